@@ -1,0 +1,45 @@
+# Portcullis: build, run and test.
+#   make run    build everything and serve policies/standard.yaml on https://127.0.0.1:8443
+#   make test   build everything once and run every test (unit and end-to-end)
+
+CARGO    ?= cargo
+POLICIES := allowed-images required-labels default-labels
+ADDR     ?= 127.0.0.1:8443
+CONFIG   ?= policies/standard.yaml
+
+.PHONY: all setup build policies host run test lint fmt clean
+
+all: build
+
+# What a fresh machine needs beyond the Rust toolchain.
+setup:
+	@command -v rustup >/dev/null 2>&1 || { echo "error: rustup is required (https://rustup.rs)"; exit 2; }
+	@rustup target list --installed | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
+
+# Policies: small .wasm files in target/wasm32-wasip1/policy/.
+policies: setup
+	$(CARGO) build --locked --target wasm32-wasip1 --profile policy $(addprefix -p ,$(POLICIES))
+
+# The host: target/release/portcullis (release only: a debug host compiles wasm ~13x slower).
+host:
+	$(CARGO) build --locked --release -p portcullis
+
+build: policies host
+
+run: build
+	./target/release/portcullis serve --config $(CONFIG) --addr $(ADDR)
+
+# One native profile (release) for the host, the SDK, the policies' unit
+# tests and the end-to-end tests, so everything is compiled once.
+test: build
+	$(CARGO) test --locked --release --workspace
+
+lint: setup
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --locked --release --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,318 @@
+//! Running policies over one review: the mutation chain (config order, each
+//! policy seeing the previous one's output, one RFC 6902 patch at the end)
+//! and validation (every policy on the object as received; any deny
+//! denies). Applies each policy's mode and onError.
+
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use crate::admission::{self, Decision, Review};
+use crate::config::{Mode, OnError};
+use crate::invoke::{PolicyError, Verdict};
+use crate::policy::Policy;
+use crate::policy_set::PolicySet;
+
+/// HTTP code of a denial caused by a policy error.
+const POLICY_ERROR_CODE: u16 = 500;
+
+/// A policy failed and its config says `onError: fail`: the whole review
+/// must be answered with HTTP 500 so the API server applies the webhook's
+/// failurePolicy.
+#[derive(Debug, thiserror::Error)]
+#[error("policy {policy:?} failed: {error}")]
+pub struct ChainFailure {
+    pub policy: String,
+    #[source]
+    pub error: PolicyError,
+}
+
+/// Which policies a chain runs.
+#[derive(Debug, Clone, Copy)]
+pub enum Selection<'a> {
+    /// Every matching policy of the set.
+    All,
+    /// Only this one (the per-policy endpoints).
+    One(&'a Arc<Policy>),
+}
+
+/// Accumulates what the policies said.
+struct Outcome {
+    decision: Decision,
+    denials: Vec<String>,
+}
+
+impl Outcome {
+    fn new(set: &PolicySet) -> Self {
+        let mut decision = Decision {
+            allowed: true,
+            ..Decision::default()
+        };
+        decision
+            .audit_annotations
+            .insert("generation".to_string(), set.generation.to_string());
+        Self {
+            decision,
+            denials: Vec::new(),
+        }
+    }
+
+    /// Records that `policy` decided, so the answer traces to exact code.
+    fn record(&mut self, policy: &Policy) {
+        self.decision.audit_annotations.insert(
+            format!("{}-digest", policy.name),
+            policy.module.digest.clone(),
+        );
+    }
+
+    /// Applies a verdict under the policy's mode. Returns whether the
+    /// policy's verdict stands as an allow (its mutation may be used).
+    fn verdict(&mut self, policy: &Policy, verdict: Verdict) -> bool {
+        self.record(policy);
+        let name = &policy.name;
+        self.decision.warnings.extend(verdict.warnings);
+        for (key, value) in verdict.audit_annotations {
+            self.decision
+                .audit_annotations
+                .insert(format!("{name}.{key}"), value);
+        }
+        if verdict.allowed {
+            return true;
+        }
+        let message = verdict
+            .message
+            .unwrap_or_else(|| "denied the request".to_string());
+        match policy.mode {
+            Mode::Enforce => {
+                if self.denials.is_empty() {
+                    self.decision.code = verdict.code;
+                }
+                self.denials.push(format!("{name}: {message}"));
+            }
+            Mode::Warn => self
+                .decision
+                .warnings
+                .push(format!("{name} (warn mode) would deny: {message}")),
+            Mode::Audit => {
+                tracing::info!(policy = %name, %message, "audit mode: would deny");
+                self.decision
+                    .audit_annotations
+                    .insert(format!("{name}-audit"), format!("would deny: {message}"));
+            }
+        }
+        false
+    }
+
+    /// Applies a policy error under the policy's onError.
+    fn error(&mut self, policy: &Policy, error: PolicyError) -> Result<(), ChainFailure> {
+        self.record(policy);
+        let name = &policy.name;
+        tracing::warn!(policy = %name, kind = error.kind(), %error, "policy error");
+        match policy.on_error {
+            OnError::Deny => {
+                if self.denials.is_empty() {
+                    self.decision.code = Some(POLICY_ERROR_CODE);
+                }
+                self.denials.push(format!("{name}: policy failed: {error}"));
+                Ok(())
+            }
+            OnError::Allow => {
+                self.decision.warnings.push(format!(
+                    "{name}: policy failed and was skipped (onError: allow): {error}"
+                ));
+                Ok(())
+            }
+            OnError::Fail => Err(ChainFailure {
+                policy: name.to_string(),
+                error,
+            }),
+        }
+    }
+
+    fn is_denied(&self) -> bool {
+        !self.denials.is_empty()
+    }
+
+    fn finish(mut self) -> Decision {
+        if self.is_denied() {
+            self.decision.allowed = false;
+            self.decision.message = Some(self.denials.join("; "));
+            self.decision.patch = None;
+        }
+        self.decision
+    }
+}
+
+fn selected<'a>(
+    candidates: impl Iterator<Item = &'a Arc<Policy>>,
+    selection: Selection<'a>,
+    review: &Review<'_>,
+) -> Vec<&'a Arc<Policy>> {
+    let facts = review.facts();
+    match selection {
+        Selection::All => candidates.filter(|p| p.matches(&facts)).collect(),
+        Selection::One(policy) => {
+            if policy.matches(&facts) {
+                vec![policy]
+            } else {
+                Vec::new()
+            }
+        }
+    }
+}
+
+/// Runs the mutation chain. DELETE (no object) never gets a patch, though
+/// its policies still run and may deny.
+///
+/// # Errors
+/// [`ChainFailure`] when a policy with `onError: fail` fails.
+pub async fn mutate(
+    set: &PolicySet,
+    review: &Review<'_>,
+    selection: Selection<'_>,
+) -> Result<Decision, ChainFailure> {
+    let mut outcome = Outcome::new(set);
+    let policies = selected(set.mutators(), selection, review);
+    if policies.is_empty() {
+        return Ok(outcome.finish());
+    }
+    let original: Option<Value> = review
+        .object
+        .and_then(|raw| serde_json::from_str(raw.get()).ok());
+    let mut current: Option<Value> = None;
+    for policy in policies {
+        let request = match &current {
+            None => review.request.get().to_string(),
+            Some(object) => match admission::request_with_object(review.request, object) {
+                Ok(text) => text,
+                Err(err) => {
+                    outcome.error(policy, PolicyError::InvalidOutput(err.to_string()))?;
+                    break;
+                }
+            },
+        };
+        let output = match policy.mutate(&request).await {
+            Ok(output) => output,
+            Err(error) => {
+                outcome.error(policy, error)?;
+                if outcome.is_denied() {
+                    break;
+                }
+                continue;
+            }
+        };
+        let stands = outcome.verdict(policy, output.verdict);
+        if outcome.is_denied() {
+            break;
+        }
+        let (Some(text), true, Some(before)) = (output.object, stands, original.as_ref()) else {
+            continue;
+        };
+        let previous = current.as_ref().unwrap_or(before);
+        match parse_mutated(previous, &text) {
+            Ok(object) => current = Some(object),
+            Err(error) => {
+                outcome.error(policy, error)?;
+                if outcome.is_denied() {
+                    break;
+                }
+            }
+        }
+    }
+    if let (Some(before), Some(after)) = (original.as_ref(), current.as_ref()) {
+        let patch = json_patch::diff(before, after);
+        if !patch.0.is_empty() {
+            outcome.decision.patch = serde_json::to_string(&patch).ok();
+        }
+    }
+    Ok(outcome.finish())
+}
+
+/// Runs every matching validating policy on the object as received.
+///
+/// # Errors
+/// [`ChainFailure`] when a policy with `onError: fail` fails.
+pub async fn validate(
+    set: &PolicySet,
+    review: &Review<'_>,
+    selection: Selection<'_>,
+) -> Result<Decision, ChainFailure> {
+    let mut outcome = Outcome::new(set);
+    let request = review.request.get();
+    for policy in selected(set.validators(), selection, review) {
+        match policy.validate(request).await {
+            Ok(verdict) => {
+                outcome.verdict(policy, verdict);
+            }
+            Err(error) => outcome.error(policy, error)?,
+        }
+    }
+    Ok(outcome.finish())
+}
+
+/// Identity fields a mutation may not change: the API server would refuse
+/// the patch, or worse, apply it to another object.
+const IDENTITY: [&str; 5] = [
+    "/apiVersion",
+    "/kind",
+    "/metadata/name",
+    "/metadata/namespace",
+    "/metadata/uid",
+];
+
+/// Parses a policy's mutated object and checks it is still the same object.
+fn parse_mutated(previous: &Value, text: &str) -> Result<Value, PolicyError> {
+    let object: Value = serde_json::from_str(text).map_err(|err| {
+        PolicyError::InvalidOutput(format!("mutated object is not valid JSON: {err}"))
+    })?;
+    if !object.is_object() {
+        return Err(PolicyError::InvalidOutput(
+            "mutated object is not a JSON object".to_string(),
+        ));
+    }
+    for pointer in IDENTITY {
+        let before = previous.pointer(pointer);
+        let after = object.pointer(pointer);
+        if before != after {
+            return Err(PolicyError::InvalidOutput(format!(
+                "mutation changed {} from {} to {}; identity fields cannot be mutated",
+                pointer.trim_start_matches('/').replace('/', "."),
+                before.map_or("nothing".to_string(), Value::to_string),
+                after.map_or("nothing".to_string(), Value::to_string),
+            )));
+        }
+    }
+    Ok(object)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn mutated_objects_must_be_json_objects() {
+        let before = json!({"kind": "Pod", "metadata": {"name": "a"}});
+        let err = parse_mutated(&before, "not json").expect_err("invalid");
+        assert!(
+            err.to_string()
+                .starts_with("returned invalid output: mutated object is not valid JSON")
+        );
+        assert!(parse_mutated(&before, "[1]").is_err());
+    }
+
+    #[test]
+    fn identity_fields_cannot_change() {
+        let before = json!({"kind": "Pod", "metadata": {"name": "a", "namespace": "ns"}});
+        let renamed = r#"{"kind":"Pod","metadata":{"name":"b","namespace":"ns"}}"#;
+        let err = parse_mutated(&before, renamed).expect_err("renamed");
+        assert_eq!(
+            err.to_string(),
+            "returned invalid output: mutation changed metadata.name from \"a\" to \"b\"; \
+             identity fields cannot be mutated"
+        );
+        let labelled =
+            r#"{"kind":"Pod","metadata":{"name":"a","namespace":"ns","labels":{"x":"y"}}}"#;
+        assert!(parse_mutated(&before, labelled).is_ok());
+    }
+}

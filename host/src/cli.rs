@@ -1,0 +1,70 @@
+//! Command-line interface: one subcommand per file under `commands/`.
+//! Every flag can also be set through a `PORTCULLIS_*` environment variable.
+
+use clap::{Parser, Subcommand};
+
+use crate::commands::{certs::CertsCommand, eval::EvalCommand, serve::ServeCommand};
+use crate::telemetry::LogFormat;
+
+/// Portcullis: Kubernetes admission policies as sandboxed WebAssembly.
+#[derive(Debug, Parser)]
+#[command(name = "portcullis", version, about)]
+pub struct Cli {
+    /// Log line format.
+    #[arg(
+        long,
+        global = true,
+        env = "PORTCULLIS_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
+
+    /// Log filter, e.g. `info` or `portcullis=debug,info`.
+    #[arg(
+        long,
+        global = true,
+        env = "PORTCULLIS_LOG_LEVEL",
+        default_value = "info"
+    )]
+    pub log_level: String,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the admission webhook over HTTPS.
+    Serve(ServeCommand),
+    /// Generate a CA and a server certificate for the webhook.
+    Certs(CertsCommand),
+    /// Run the mutate and validate chains on one review, offline.
+    Eval(EvalCommand),
+}
+
+/// How a command failed, and the exit code that says so.
+#[derive(Debug)]
+pub struct CliError {
+    /// 1: a failure found or a runtime error; 2: usage or config error.
+    pub code: u8,
+    pub error: anyhow::Error,
+}
+
+impl CliError {
+    /// A usage or configuration error (exit code 2).
+    pub fn usage(error: impl Into<anyhow::Error>) -> Self {
+        Self {
+            code: 2,
+            error: error.into(),
+        }
+    }
+
+    /// A runtime failure (exit code 1).
+    pub fn failure(error: impl Into<anyhow::Error>) -> Self {
+        Self {
+            code: 1,
+            error: error.into(),
+        }
+    }
+}

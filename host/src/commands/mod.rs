@@ -1,0 +1,5 @@
+//! The subcommands.
+
+pub mod certs;
+pub mod eval;
+pub mod serve;

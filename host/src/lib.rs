@@ -1,0 +1,42 @@
+//! Portcullis: a Kubernetes admission-webhook host that runs policies as
+//! sandboxed WebAssembly components.
+//!
+//! # Layout
+//! Dependencies point one way, down this list:
+//! - `config`: the YAML config, typed and validated; no sockets, no modules.
+//! - `matcher`: which policies apply to a request.
+//! - `admission`: AdmissionReview in, AdmissionReview out; no wasmtime.
+//! - `contract`: the WIT contract version and the check that a module fits.
+//! - `engine`: the wasmtime engine, linker and epoch ticker; no HTTP.
+//! - `sandbox`: what a call may use: memory cap, bounded log, empty WASI.
+//! - `module`: componentize, compile, pre-instantiate one `.wasm`.
+//! - `invoke`: one call into a policy with a deadline; typed errors.
+//! - `policy`: a module bound to its settings, limits and match rules.
+//! - `policy_set`: the immutable snapshot of all policies, swapped whole.
+//! - `chain`: mutate chain and validation over a snapshot; modes, onError.
+//! - `server`: routes and handlers; never names a wasmtime type.
+//! - `tls`, `certs`: the serving certificate; generating CA and certificates.
+//! - `app`: wires config -> engine -> policies -> TLS -> server.
+//! - `cli`, `commands`: flags and subcommands; `main` maps errors to exit codes.
+
+mod bindings;
+
+pub mod admission;
+pub mod app;
+pub mod certs;
+pub mod chain;
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod contract;
+pub mod engine;
+pub mod invoke;
+pub mod matcher;
+pub mod module;
+pub mod policy;
+pub mod policy_set;
+pub mod sandbox;
+pub mod server;
+pub mod shutdown;
+pub mod telemetry;
+pub mod tls;

@@ -1,0 +1,28 @@
+//! The `portcullis` binary: flags, logs, then one subcommand. Exit codes:
+//! 0 ok, 1 failure, 2 usage or configuration error.
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+use portcullis::cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Err(message) = portcullis::telemetry::init(cli.log_format, &cli.log_level) {
+        eprintln!("error: {message}");
+        return ExitCode::from(2);
+    }
+    let result = match cli.command {
+        Command::Serve(command) => command.execute(),
+        Command::Certs(command) => command.execute(),
+        Command::Eval(command) => command.execute(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!("{:#}", err.error);
+            eprintln!("error: {:#}", err.error);
+            ExitCode::from(err.code)
+        }
+    }
+}

@@ -1,0 +1,320 @@
+//! Which policies apply to a request: by operation, resource and namespace.
+
+use serde::{Deserialize, Serialize};
+
+/// An admission operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+pub enum Operation {
+    #[serde(rename = "CREATE")]
+    Create,
+    #[serde(rename = "UPDATE")]
+    Update,
+    #[serde(rename = "DELETE")]
+    Delete,
+    #[serde(rename = "CONNECT")]
+    Connect,
+    /// Any operation (config only).
+    #[serde(rename = "*")]
+    Any,
+}
+
+/// A resource pattern: `resource[/subresource][.group]`, e.g. `pods`,
+/// `deployments.apps`, `pods/ephemeralcontainers`, `*` (every resource,
+/// no subresources) or `*/*` (everything).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(into = "String")]
+pub struct ResourcePattern {
+    resource: String,
+    /// `None`: only the main resource; `Some("*")`: any subresource.
+    subresource: Option<String>,
+    /// `None`: any group (only for `*`); `Some("")`: the core group.
+    group: Option<String>,
+}
+
+impl ResourcePattern {
+    /// Parses a pattern.
+    ///
+    /// # Errors
+    /// A message saying what a pattern looks like.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let bad = || {
+            format!(
+                "invalid resource {text:?}: expected resource[/subresource][.group], \
+                 e.g. pods, deployments.apps, pods/ephemeralcontainers or *"
+            )
+        };
+        // Resource names never contain dots; API groups do.
+        let (path, group) = match text.split_once('.') {
+            Some((path, group)) if !group.is_empty() => (path, Some(group.to_string())),
+            Some(_) => return Err(bad()),
+            None => (text, None),
+        };
+        let (resource, subresource) = match path.split_once('/') {
+            Some((resource, sub)) if !sub.is_empty() => (resource, Some(sub.to_string())),
+            Some(_) => return Err(bad()),
+            None => (path, None),
+        };
+        let valid_name = |s: &str| {
+            s == "*"
+                || (!s.is_empty()
+                    && s.bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'))
+        };
+        if !valid_name(resource) || subresource.as_deref().is_some_and(|s| !valid_name(s)) {
+            return Err(bad());
+        }
+        // A bare `pods` means the core group; a bare `*` means every group.
+        let group = match group {
+            Some(group) => Some(group),
+            None if resource == "*" => None,
+            None => Some(String::new()),
+        };
+        Ok(Self {
+            resource: resource.to_string(),
+            subresource,
+            group,
+        })
+    }
+
+    fn matches(&self, resource: &GroupResource<'_>) -> bool {
+        let group_ok = self
+            .group
+            .as_deref()
+            .is_none_or(|group| group == "*" || group == resource.group);
+        let resource_ok = self.resource == "*" || self.resource == resource.resource;
+        let sub_ok = match (&self.subresource, resource.subresource) {
+            (None, None) => true,
+            (None, Some(_)) => false,
+            (Some(want), Some(got)) => want == "*" || want == got,
+            (Some(want), None) => want == "*",
+        };
+        group_ok && resource_ok && sub_ok
+    }
+}
+
+impl From<ResourcePattern> for String {
+    fn from(pattern: ResourcePattern) -> String {
+        let mut text = pattern.resource;
+        if let Some(sub) = pattern.subresource {
+            text.push('/');
+            text.push_str(&sub);
+        }
+        if let Some(group) = pattern.group.filter(|g| !g.is_empty()) {
+            text.push('.');
+            text.push_str(&group);
+        }
+        text
+    }
+}
+
+impl<'de> Deserialize<'de> for ResourcePattern {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        ResourcePattern::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// The resource a request is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupResource<'a> {
+    pub group: &'a str,
+    pub resource: &'a str,
+    pub subresource: Option<&'a str>,
+}
+
+/// What the matcher needs to know about a request.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestFacts<'a> {
+    pub operation: Option<Operation>,
+    pub resource: GroupResource<'a>,
+    /// Empty for cluster-scoped objects.
+    pub namespace: &'a str,
+    pub name: &'a str,
+}
+
+/// A policy's `match` block.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Matcher {
+    /// `None`: every operation.
+    pub operations: Option<Vec<Operation>>,
+    /// `None`: the resources the policy's metadata names.
+    pub resources: Option<Vec<ResourcePattern>>,
+    /// Non-empty: only these namespaces.
+    pub include_namespaces: Vec<String>,
+    pub exclude_namespaces: Vec<String>,
+}
+
+impl Matcher {
+    /// Fills in the resources from the policy's metadata when the config
+    /// named none. Patterns the policy declares that do not parse are
+    /// reported.
+    ///
+    /// # Errors
+    /// The first unparsable resource the policy declares.
+    pub fn with_default_resources(mut self, declared: &[String]) -> Result<Self, String> {
+        if self.resources.is_none() {
+            let parsed = declared
+                .iter()
+                .map(|text| ResourcePattern::parse(text))
+                .collect::<Result<Vec<_>, _>>()?;
+            self.resources = Some(parsed);
+        }
+        Ok(self)
+    }
+
+    /// Whether a request falls under this policy.
+    pub fn matches(&self, request: &RequestFacts<'_>) -> bool {
+        let operation_ok = match (&self.operations, request.operation) {
+            (None, _) => true,
+            (Some(ops), Some(op)) => ops.iter().any(|o| *o == Operation::Any || *o == op),
+            (Some(ops), None) => ops.contains(&Operation::Any),
+        };
+        let resource_ok = self
+            .resources
+            .as_ref()
+            .is_none_or(|patterns| patterns.iter().any(|p| p.matches(&request.resource)));
+        operation_ok && resource_ok && self.namespace_matches(request)
+    }
+
+    /// Namespaced requests are matched by their namespace, a Namespace
+    /// object by its own name; other cluster-scoped requests always match,
+    /// as the API server's namespaceSelector does.
+    fn namespace_matches(&self, request: &RequestFacts<'_>) -> bool {
+        let namespace = if !request.namespace.is_empty() {
+            request.namespace
+        } else if request.resource.resource == "namespaces" && request.resource.group.is_empty() {
+            request.name
+        } else {
+            return true;
+        };
+        if self.exclude_namespaces.iter().any(|n| n == namespace) {
+            return false;
+        }
+        self.include_namespaces.is_empty() || self.include_namespaces.iter().any(|n| n == namespace)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts<'a>(
+        op: Operation,
+        group: &'a str,
+        resource: &'a str,
+        namespace: &'a str,
+    ) -> RequestFacts<'a> {
+        RequestFacts {
+            operation: Some(op),
+            resource: GroupResource {
+                group,
+                resource,
+                subresource: None,
+            },
+            namespace,
+            name: "x",
+        }
+    }
+
+    fn patterns(list: &[&str]) -> Option<Vec<ResourcePattern>> {
+        Some(
+            list.iter()
+                .map(|p| ResourcePattern::parse(p).expect("valid"))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn resources_match_by_group() {
+        let m = Matcher {
+            resources: patterns(&["pods", "deployments.apps"]),
+            ..Matcher::default()
+        };
+        assert!(m.matches(&facts(Operation::Create, "", "pods", "default")));
+        assert!(m.matches(&facts(Operation::Create, "apps", "deployments", "default")));
+        assert!(!m.matches(&facts(
+            Operation::Create,
+            "extensions",
+            "deployments",
+            "default"
+        )));
+        assert!(!m.matches(&facts(Operation::Create, "", "configmaps", "default")));
+    }
+
+    #[test]
+    fn subresources_only_match_when_named() {
+        let m = Matcher {
+            resources: patterns(&["pods"]),
+            ..Matcher::default()
+        };
+        let mut request = facts(Operation::Update, "", "pods", "default");
+        request.resource.subresource = Some("status");
+        assert!(!m.matches(&request));
+        let m = Matcher {
+            resources: patterns(&["pods/*"]),
+            ..Matcher::default()
+        };
+        assert!(m.matches(&request));
+        let m = Matcher {
+            resources: patterns(&["*"]),
+            ..Matcher::default()
+        };
+        assert!(m.matches(&facts(Operation::Create, "batch", "jobs", "default")));
+        assert!(!m.matches(&request));
+    }
+
+    #[test]
+    fn operations_and_namespaces() {
+        let m = Matcher {
+            operations: Some(vec![Operation::Create]),
+            exclude_namespaces: vec!["kube-system".into()],
+            ..Matcher::default()
+        };
+        assert!(m.matches(&facts(Operation::Create, "", "pods", "default")));
+        assert!(!m.matches(&facts(Operation::Delete, "", "pods", "default")));
+        assert!(!m.matches(&facts(Operation::Create, "", "pods", "kube-system")));
+        // Cluster-scoped objects are not filtered by namespace.
+        assert!(m.matches(&facts(
+            Operation::Create,
+            "rbac.authorization.k8s.io",
+            "clusterroles",
+            ""
+        )));
+        // A Namespace is matched by its own name.
+        let mut ns = facts(Operation::Create, "", "namespaces", "");
+        ns.name = "kube-system";
+        assert!(!m.matches(&ns));
+        let include = Matcher {
+            include_namespaces: vec!["team-a".into()],
+            ..Matcher::default()
+        };
+        assert!(include.matches(&facts(Operation::Create, "", "pods", "team-a")));
+        assert!(!include.matches(&facts(Operation::Create, "", "pods", "team-b")));
+    }
+
+    #[test]
+    fn defaults_come_from_metadata() {
+        let m = Matcher::default()
+            .with_default_resources(&["pods".to_string(), "jobs.batch".to_string()])
+            .expect("valid");
+        assert!(m.matches(&facts(Operation::Create, "batch", "jobs", "default")));
+        assert!(!m.matches(&facts(Operation::Create, "", "services", "default")));
+        assert!(
+            Matcher::default()
+                .with_default_resources(&["Pods!".to_string()])
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn bad_patterns_are_explained() {
+        let err = ResourcePattern::parse("Deployments").expect_err("uppercase");
+        assert!(err.contains("resource[/subresource][.group]"), "{err}");
+        assert!(ResourcePattern::parse("pods.").is_err());
+        assert!(ResourcePattern::parse("pods/").is_err());
+        assert_eq!(
+            String::from(ResourcePattern::parse("deployments/scale.apps").expect("valid")),
+            "deployments/scale.apps"
+        );
+    }
+}

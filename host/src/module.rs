@@ -1,0 +1,166 @@
+//! One policy module, compiled: componentized if it was a wasip1 core
+//! module, checked against the contract, compiled and pre-instantiated.
+//!
+//! A `CompiledModule` is independent of any policy's settings, so a reload
+//! that changes only settings reuses it (keyed by the module's sha256).
+
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+use wasi_preview1_component_adapter_provider::{
+    WASI_SNAPSHOT_PREVIEW1_ADAPTER_NAME, WASI_SNAPSHOT_PREVIEW1_REACTOR_ADAPTER,
+};
+
+use crate::bindings::AdmissionPolicyPre;
+use crate::contract::{self, ContractError, Version};
+use crate::engine::{PolicyEngine, StoreState};
+
+/// How the module arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ModuleFormat {
+    /// A wasip1 core module with an embedded component type (turned into a
+    /// component at load time with the WASI reactor adapter).
+    CoreModule,
+    /// A ready-made component (wasm32-wasip2 or another language's toolchain).
+    Component,
+}
+
+/// Why a module could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ModuleError {
+    /// The bytes are not WebAssembly at all.
+    #[error("not a WebAssembly module or component (bad magic number)")]
+    NotWasm,
+    /// A core module that could not be turned into a component.
+    #[error(
+        "cannot turn the core module into a component: {0} \
+         (was it built with portcullis-sdk for wasm32-wasip1?)"
+    )]
+    Componentize(String),
+    /// Cranelift refused the component.
+    #[error("cannot compile the component: {0}")]
+    Compile(String),
+    /// Built for another contract, or not a policy.
+    #[error(transparent)]
+    Contract(#[from] ContractError),
+    /// The component imports something this host does not provide.
+    #[error("cannot link the component: {0}")]
+    Link(String),
+}
+
+/// A compiled, pre-instantiated policy module. Instantiating it is cheap
+/// (tens of microseconds), so each call gets a fresh instance.
+pub struct CompiledModule {
+    /// `sha256:<hex>` of the file as shipped.
+    pub digest: String,
+    /// Size of the file as shipped.
+    pub size: usize,
+    pub format: ModuleFormat,
+    /// The contract version the module was built against.
+    pub contract: Version,
+    pub(crate) pre: AdmissionPolicyPre<StoreState>,
+    pub(crate) engine: Arc<PolicyEngine>,
+}
+
+impl std::fmt::Debug for CompiledModule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CompiledModule")
+            .field("digest", &self.digest)
+            .field("size", &self.size)
+            .field("format", &self.format)
+            .field("contract", &self.contract)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `sha256:<hex>` of some bytes: the identity of a module.
+pub fn digest(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+impl CompiledModule {
+    /// Componentizes (if needed), compiles and pre-instantiates `bytes`.
+    /// CPU-heavy (tens of milliseconds): call it off the async runtime.
+    ///
+    /// # Errors
+    /// See [`ModuleError`].
+    pub fn compile(engine: &Arc<PolicyEngine>, bytes: &[u8]) -> Result<Self, ModuleError> {
+        let (component_bytes, format) = componentize(bytes)?;
+        let component = engine
+            .compile(&component_bytes)
+            .map_err(|err| ModuleError::Compile(format!("{err:#}")))?;
+        let contract = contract::check(&component, engine.engine())?;
+        let pre = engine
+            .linker()
+            .instantiate_pre(&component)
+            .map_err(|err| ModuleError::Link(format!("{err:#}")))?;
+        let pre =
+            AdmissionPolicyPre::new(pre).map_err(|err| ModuleError::Link(format!("{err:#}")))?;
+        Ok(Self {
+            digest: digest(bytes),
+            size: bytes.len(),
+            format,
+            contract,
+            pre,
+            engine: engine.clone(),
+        })
+    }
+}
+
+/// Turns a wasip1 core module into a component; passes a component through.
+fn componentize(bytes: &[u8]) -> Result<(std::borrow::Cow<'_, [u8]>, ModuleFormat), ModuleError> {
+    if wasmparser::Parser::is_component(bytes) {
+        return Ok((bytes.into(), ModuleFormat::Component));
+    }
+    if !wasmparser::Parser::is_core_wasm(bytes) {
+        return Err(ModuleError::NotWasm);
+    }
+    let component = wit_component::ComponentEncoder::default()
+        .validate(true)
+        .module(bytes)
+        .and_then(|encoder| {
+            encoder.adapter(
+                WASI_SNAPSHOT_PREVIEW1_ADAPTER_NAME,
+                WASI_SNAPSHOT_PREVIEW1_REACTOR_ADAPTER,
+            )
+        })
+        .and_then(|mut encoder| encoder.encode())
+        .map_err(|err| ModuleError::Componentize(format!("{err:#}")))?;
+    Ok((component.into(), ModuleFormat::CoreModule))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_bytes_that_are_not_wasm() {
+        assert!(matches!(componentize(b"hello"), Err(ModuleError::NotWasm)));
+    }
+
+    #[test]
+    fn a_core_module_without_the_contract_is_not_a_policy() {
+        // The smallest valid core module: magic + version, no sections. It
+        // componentizes into an empty component, which the contract refuses.
+        let empty = b"\0asm\x01\0\0\0";
+        let engine = PolicyEngine::new().expect("engine");
+        let err = CompiledModule::compile(&engine, empty).expect_err("not a policy");
+        assert!(
+            matches!(err, ModuleError::Contract(ContractError::NotAPolicy { .. })),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("it is not a Portcullis policy"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn digest_is_sha256_hex() {
+        assert_eq!(
+            digest(b""),
+            "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+    }
+}

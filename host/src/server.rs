@@ -1,0 +1,333 @@
+//! The HTTP surface: routes, the review body extractor, and handlers that
+//! turn a review into a chain run and a chain run into a response.
+//!
+//! Never names a wasmtime type: it sees policies only through the policy
+//! set and the chain.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Path, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use http_body_util::BodyExt as _;
+use serde::Serialize;
+
+use crate::admission::{self, Review};
+use crate::chain::{self, Selection};
+use crate::policy::Policy;
+use crate::policy_set::{PolicySet, SharedPolicySet};
+
+/// Largest review body accepted: an UPDATE carries object and oldObject,
+/// up to about 6 MiB together.
+pub const DEFAULT_BODY_LIMIT: usize = 8 << 20;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct ServerState {
+    pub policies: SharedPolicySet,
+    pub body_limit: usize,
+}
+
+/// The webhook router.
+pub fn router(state: ServerState) -> Router {
+    Router::new()
+        .route("/mutate", post(mutate_all))
+        .route("/validate", post(validate_all))
+        .route("/mutate/{policy}", post(mutate_one))
+        .route("/validate/{policy}", post(validate_one))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/policies", get(list_policies))
+        .fallback(not_found)
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            panic_response,
+        ))
+        .with_state(state)
+}
+
+/// A plain-text answer: every error this server gives has this shape.
+fn plain(status: StatusCode, message: impl Into<String>) -> Response {
+    let mut message = message.into();
+    message.push('\n');
+    (
+        status,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        )],
+        message,
+    )
+        .into_response()
+}
+
+fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    tracing::error!("a request handler panicked; answered 500");
+    plain(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal error while handling the review",
+    )
+}
+
+async fn not_found(request: Request) -> Response {
+    plain(
+        StatusCode::NOT_FOUND,
+        format!("no route for {} {}", request.method(), request.uri().path()),
+    )
+}
+
+/// A review body: JSON content type, at most `body_limit` bytes. Rejections
+/// are plain-text answers saying what was wrong.
+pub struct ReviewBody(Bytes);
+
+impl FromRequest<ServerState> for ReviewBody {
+    type Rejection = Response;
+
+    async fn from_request(request: Request, state: &ServerState) -> Result<Self, Self::Rejection> {
+        if let Some(content_type) = request.headers().get(header::CONTENT_TYPE) {
+            let media_type = content_type
+                .to_str()
+                .unwrap_or_default()
+                .split(';')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_ascii_lowercase();
+            if media_type != "application/json" {
+                return Err(plain(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    format!("unsupported content type {content_type:?}: expected application/json"),
+                ));
+            }
+        }
+        let limit = state.body_limit;
+        let too_large = || {
+            plain(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body is larger than the limit of {limit} bytes"),
+            )
+        };
+        let declared = request
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        if declared.is_some_and(|length| length > limit) {
+            return Err(too_large());
+        }
+        let limited = http_body_util::Limited::new(request.into_body(), limit);
+        match limited.collect().await {
+            Ok(collected) => Ok(Self(collected.to_bytes())),
+            Err(err) if err.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+            Err(err) => Err(plain(
+                StatusCode::BAD_REQUEST,
+                format!("cannot read request body: {err}"),
+            )),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Endpoint {
+    Mutate,
+    Validate,
+}
+
+impl Endpoint {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Mutate => "mutate",
+            Self::Validate => "validate",
+        }
+    }
+
+    fn serves(self, policy: &Policy) -> bool {
+        match self {
+            Self::Mutate => policy.metadata.mutates,
+            Self::Validate => policy.metadata.validates,
+        }
+    }
+}
+
+async fn mutate_all(State(state): State<ServerState>, body: ReviewBody) -> Response {
+    handle(&state, Endpoint::Mutate, None, &body.0).await
+}
+
+async fn validate_all(State(state): State<ServerState>, body: ReviewBody) -> Response {
+    handle(&state, Endpoint::Validate, None, &body.0).await
+}
+
+async fn mutate_one(
+    State(state): State<ServerState>,
+    Path(policy): Path<String>,
+    body: ReviewBody,
+) -> Response {
+    handle(&state, Endpoint::Mutate, Some(&policy), &body.0).await
+}
+
+async fn validate_one(
+    State(state): State<ServerState>,
+    Path(policy): Path<String>,
+    body: ReviewBody,
+) -> Response {
+    handle(&state, Endpoint::Validate, Some(&policy), &body.0).await
+}
+
+async fn handle(
+    state: &ServerState,
+    endpoint: Endpoint,
+    policy: Option<&str>,
+    body: &[u8],
+) -> Response {
+    let started = Instant::now();
+    // One snapshot for the whole request: it is answered by one generation.
+    let set: Arc<PolicySet> = state.policies.load_full();
+    let selection = match policy {
+        None => Selection::All,
+        Some(name) => match set.get(name) {
+            None => {
+                return plain(
+                    StatusCode::NOT_FOUND,
+                    format!("no policy named {name:?} is loaded"),
+                );
+            }
+            Some(found) if !endpoint.serves(found) => {
+                let other = match endpoint {
+                    Endpoint::Mutate => "validating",
+                    Endpoint::Validate => "mutating",
+                };
+                return plain(
+                    StatusCode::NOT_FOUND,
+                    format!(
+                        "policy {name:?} does not {} (it is a {other} policy)",
+                        endpoint.as_str()
+                    ),
+                );
+            }
+            Some(found) => Selection::One(found),
+        },
+    };
+    let review = match Review::parse(body) {
+        Ok(review) => review,
+        Err(err) => {
+            let status = StatusCode::from_u16(err.status()).unwrap_or(StatusCode::BAD_REQUEST);
+            return plain(status, err.to_string());
+        }
+    };
+    let result = match endpoint {
+        Endpoint::Mutate => chain::mutate(&set, &review, selection).await,
+        Endpoint::Validate => chain::validate(&set, &review, selection).await,
+    };
+    let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+    match result {
+        Ok(decision) => {
+            tracing::info!(
+                uid = %review.uid,
+                endpoint = endpoint.as_str(),
+                operation = ?review.operation(),
+                resource = review.resource(),
+                namespace = review.namespace(),
+                name = review.name(),
+                allowed = decision.allowed,
+                patched = decision.patch.is_some(),
+                generation = set.generation,
+                elapsed_ms,
+                "admission decision"
+            );
+            let body = admission::response(review.api_version, &review.uid, &decision);
+            (
+                StatusCode::OK,
+                [(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                )],
+                Body::from(body),
+            )
+                .into_response()
+        }
+        Err(failure) => {
+            tracing::warn!(uid = %review.uid, endpoint = endpoint.as_str(), %failure, elapsed_ms, "answering 500 (onError: fail)");
+            plain(StatusCode::INTERNAL_SERVER_ERROR, failure.to_string())
+        }
+    }
+}
+
+async fn healthz() -> Response {
+    plain(StatusCode::OK, "ok")
+}
+
+async fn readyz(State(state): State<ServerState>) -> Response {
+    let set = state.policies.load();
+    if set.generation == 0 {
+        return plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: no policy set loaded yet",
+        );
+    }
+    plain(
+        StatusCode::OK,
+        format!(
+            "ready: generation {} with {} policies",
+            set.generation,
+            set.policies().len()
+        ),
+    )
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct PolicyView {
+    name: String,
+    module: String,
+    digest: String,
+    size_bytes: usize,
+    format: crate::module::ModuleFormat,
+    contract: String,
+    version: String,
+    validates: bool,
+    mutates: bool,
+    mode: crate::config::Mode,
+    on_error: crate::config::OnError,
+    timeout_ms: u128,
+    memory_limit_bytes: u64,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct PoliciesView {
+    generation: u64,
+    loaded_at: String,
+    policies: Vec<PolicyView>,
+}
+
+async fn list_policies(State(state): State<ServerState>) -> Json<serde_json::Value> {
+    let set = state.policies.load_full();
+    let view = PoliciesView {
+        generation: set.generation,
+        loaded_at: crate::telemetry::rfc3339(set.loaded_at),
+        policies: set
+            .policies()
+            .iter()
+            .map(|p| PolicyView {
+                name: p.name.to_string(),
+                module: p.module_path.display().to_string(),
+                digest: p.module.digest.clone(),
+                size_bytes: p.module.size,
+                format: p.module.format,
+                contract: p.module.contract.to_string(),
+                version: p.metadata.version.clone(),
+                validates: p.metadata.validates,
+                mutates: p.metadata.mutates,
+                mode: p.mode,
+                on_error: p.on_error,
+                timeout_ms: p.limits.timeout.as_millis(),
+                memory_limit_bytes: p.limits.memory,
+            })
+            .collect(),
+    };
+    Json(serde_json::to_value(view).unwrap_or_default())
+}

@@ -1,0 +1,112 @@
+//! Allow-list patterns, normalized like image references so that `nginx`
+//! and `docker.io/library/nginx` are the same pattern.
+
+use std::fmt;
+
+use portcullis_sdk::image::ImageRef;
+use serde::Deserialize;
+
+use crate::glob;
+
+/// One entry of `allowed`.
+///
+/// - ending in `/`: every repository below that registry or path, at a
+///   path boundary (`registry.k8s.io/`, `ghcr.io/acme/`);
+/// - a name (`nginx`, `docker.io/library/nginx`): that repository, any tag
+///   or digest;
+/// - with a tag (`nginx:1.27`): exactly that tag;
+/// - with a digest (`nginx@sha256:…`): exactly that digest;
+/// - `*` anywhere but the digest matches any run of characters, `/`
+///   included (`ghcr.io/acme/*`, `nginx:1.*`); `*` alone allows every image.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct Pattern {
+    /// As written in the settings; shown in messages.
+    text: String,
+    /// Glob over the normalized `registry/repository`.
+    name: String,
+    /// Glob over the tag, when the pattern gives one.
+    tag: Option<String>,
+    /// The exact digest, when the pattern gives one.
+    digest: Option<String>,
+}
+
+/// Appended to a prefix pattern so it parses as a reference; two
+/// components, so Docker Hub's `library/` is not inserted into it.
+const PREFIX_PROBE: &str = "x/x";
+
+impl Pattern {
+    /// Parses and normalizes a pattern.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let invalid = |reason: &str| format!("invalid image pattern {text:?}: {reason}");
+        if text == "*" {
+            return Ok(Pattern {
+                text: text.to_string(),
+                name: "*".to_string(),
+                tag: None,
+                digest: None,
+            });
+        }
+        if let Some(prefix) = text.strip_suffix('/') {
+            // `registry.k8s.io/`, `ghcr.io/acme/`, `library/`: parse as the
+            // registry and namespace of a probe repository, then drop the
+            // probe and match anything below.
+            let probe = ImageRef::parse_glob(&format!("{prefix}/{PREFIX_PROBE}"))
+                .map_err(|e| invalid(e.reason()))?;
+            let below = probe
+                .repository()
+                .strip_suffix(PREFIX_PROBE)
+                .ok_or_else(|| invalid("a prefix cannot have a tag or digest"))?;
+            if !probe.tag_is_implicit() {
+                return Err(invalid("a prefix cannot have a tag or digest"));
+            }
+            return Ok(Pattern {
+                text: text.to_string(),
+                name: format!("{}/{below}*", probe.registry()),
+                tag: None,
+                digest: None,
+            });
+        }
+        let image = ImageRef::parse_glob(text).map_err(|e| invalid(e.reason()))?;
+        Ok(Pattern {
+            text: text.to_string(),
+            name: image.name(),
+            tag: if image.tag_is_implicit() {
+                None
+            } else {
+                image.tag().map(str::to_string)
+            },
+            digest: image.digest().map(str::to_string),
+        })
+    }
+
+    /// Whether `image` is allowed by this pattern.
+    pub fn allows(&self, image: &ImageRef) -> bool {
+        glob::matches(&self.name, &image.name())
+            && self
+                .tag
+                .as_deref()
+                .is_none_or(|tag| image.tag().is_some_and(|t| glob::matches(tag, t)))
+            && self
+                .digest
+                .as_deref()
+                .is_none_or(|digest| image.digest() == Some(digest))
+    }
+}
+
+impl TryFrom<String> for Pattern {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        Pattern::parse(&text)
+    }
+}
+
+impl fmt::Display for Pattern {
+    /// The pattern as written in the settings.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+#[cfg(test)]
+mod tests;

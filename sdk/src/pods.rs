@@ -1,0 +1,157 @@
+//! Finding the pod specs in workload objects and the containers in them.
+//!
+//! Policies about what runs (images, privileges, resources) apply equally
+//! to a bare Pod and to the pod template of every controller; this module
+//! finds the pod spec by the object's `kind` so each policy does not have
+//! to know where each controller keeps it.
+
+use std::fmt;
+
+use serde_json::Value;
+
+/// Where each kind keeps its pod spec, as a JSON pointer.
+const POD_SPEC_PATHS: &[(&str, &str)] = &[
+    ("Pod", "/spec"),
+    ("Deployment", "/spec/template/spec"),
+    ("StatefulSet", "/spec/template/spec"),
+    ("DaemonSet", "/spec/template/spec"),
+    ("ReplicaSet", "/spec/template/spec"),
+    ("ReplicationController", "/spec/template/spec"),
+    ("Job", "/spec/template/spec"),
+    ("CronJob", "/spec/jobTemplate/spec/template/spec"),
+];
+
+/// The kinds [`pod_specs`] knows, e.g. for a policy's documentation.
+pub fn workload_kinds() -> impl Iterator<Item = &'static str> {
+    POD_SPEC_PATHS.iter().map(|(kind, _)| *kind)
+}
+
+/// A pod spec inside an object.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PodSpecRef<'a> {
+    /// JSON pointer to the spec, e.g. `/spec/template/spec`.
+    pub path: &'static str,
+    /// The spec itself.
+    pub spec: &'a Value,
+}
+
+/// The pod specs of `object`, found by its `kind`: `spec` of a Pod,
+/// `spec.template.spec` of Deployments, StatefulSets, DaemonSets,
+/// ReplicaSets, ReplicationControllers and Jobs, and
+/// `spec.jobTemplate.spec.template.spec` of CronJobs. Empty for any other
+/// kind or when the spec is missing.
+pub fn pod_specs(object: &Value) -> Vec<PodSpecRef<'_>> {
+    let Some(kind) = crate::object::kind(object) else {
+        return Vec::new();
+    };
+    POD_SPEC_PATHS
+        .iter()
+        .filter(|(k, _)| *k == kind)
+        .filter_map(|(_, path)| {
+            let spec = object.pointer(path).filter(|spec| spec.is_object())?;
+            Some(PodSpecRef { path, spec })
+        })
+        .collect()
+}
+
+/// Every container of every pod spec in `object`, in the order
+/// containers, initContainers, ephemeralContainers.
+pub fn containers(object: &Value) -> Vec<ContainerRef<'_>> {
+    pod_specs(object)
+        .iter()
+        .flat_map(PodSpecRef::containers)
+        .collect()
+}
+
+/// Which list of a pod spec a container is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ContainerKind {
+    /// `containers`
+    Container,
+    /// `initContainers`
+    InitContainer,
+    /// `ephemeralContainers`
+    EphemeralContainer,
+}
+
+impl ContainerKind {
+    /// Every list, in the order they are visited.
+    pub const ALL: [ContainerKind; 3] = [
+        ContainerKind::Container,
+        ContainerKind::InitContainer,
+        ContainerKind::EphemeralContainer,
+    ];
+
+    /// The pod spec field holding the list, e.g. `initContainers`.
+    pub fn field(self) -> &'static str {
+        match self {
+            ContainerKind::Container => "containers",
+            ContainerKind::InitContainer => "initContainers",
+            ContainerKind::EphemeralContainer => "ephemeralContainers",
+        }
+    }
+}
+
+impl fmt::Display for ContainerKind {
+    /// The singular used in messages: `container`, `initContainer`,
+    /// `ephemeralContainer`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ContainerKind::Container => "container",
+            ContainerKind::InitContainer => "initContainer",
+            ContainerKind::EphemeralContainer => "ephemeralContainer",
+        })
+    }
+}
+
+/// One container of a pod spec.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContainerRef<'a> {
+    /// The list it is in.
+    pub kind: ContainerKind,
+    /// Its index in that list.
+    pub index: usize,
+    /// JSON pointer to it, e.g. `/spec/template/spec/initContainers/0`.
+    pub path: String,
+    /// The container itself.
+    pub container: &'a Value,
+}
+
+impl<'a> ContainerRef<'a> {
+    /// The container's `name`.
+    pub fn name(&self) -> Option<&'a str> {
+        self.container.get("name")?.as_str()
+    }
+
+    /// The container's `image`, as written.
+    pub fn image(&self) -> Option<&'a str> {
+        self.container.get("image")?.as_str()
+    }
+}
+
+impl<'a> PodSpecRef<'a> {
+    /// Every container, in the order containers, initContainers,
+    /// ephemeralContainers; lists that are missing or not arrays are
+    /// skipped.
+    pub fn containers(&self) -> Vec<ContainerRef<'a>> {
+        let spec = self.spec;
+        ContainerKind::ALL
+            .into_iter()
+            .flat_map(|kind| {
+                let list = spec.get(kind.field()).and_then(Value::as_array);
+                list.into_iter()
+                    .flatten()
+                    .enumerate()
+                    .map(move |(index, container)| ContainerRef {
+                        kind,
+                        index,
+                        path: format!("{}/{}/{index}", self.path, kind.field()),
+                        container,
+                    })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests;

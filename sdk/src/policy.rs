@@ -1,0 +1,66 @@
+//! The trait a policy author implements.
+
+use serde::de::DeserializeOwned;
+
+use crate::{Mutation, Request, Verdict};
+
+/// What a policy says about itself; becomes the contract's `metadata`
+/// record, which the host reads once when it loads the module.
+///
+/// A `const` so a policy declares it in one place, next to its code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Metadata {
+    /// The policy's name, e.g. `"allowed-images"`.
+    pub name: &'static str,
+    /// The policy's own version; `env!("CARGO_PKG_VERSION")` is usual.
+    pub version: &'static str,
+    /// The resources it is written for, as `resource[.group]`
+    /// (e.g. `"pods"`, `"deployments.apps"`); `"*"` for any.
+    pub resources: &'static [&'static str],
+    /// Whether it implements [`Policy::validate`].
+    pub validates: bool,
+    /// Whether it implements [`Policy::mutate`].
+    pub mutates: bool,
+}
+
+/// An admission policy.
+///
+/// Every function is associated (no `self`): the host may run each call in
+/// a fresh instance, so a policy keeps no state between calls. Settings
+/// arrive with every call and are deserialized into [`Policy::Settings`];
+/// the host passes `{}` when its config gives none, and `null` or empty
+/// text is read as `{}` too, so `Settings` should accept `{}` (use
+/// `#[serde(default)]`) or let [`Policy::validate_settings`] say what is
+/// missing. Prefer `#[serde(deny_unknown_fields)]` so a typo in the config
+/// is reported when the module is loaded rather than silently ignored.
+///
+/// Implement [`Policy::validate`], [`Policy::mutate`] or both, and say so
+/// in [`Policy::METADATA`]; the one not implemented answers with an error.
+pub trait Policy {
+    /// The policy's settings, deserialized from the config's JSON.
+    type Settings: DeserializeOwned;
+
+    /// What the policy says about itself.
+    const METADATA: Metadata;
+
+    /// Checks settings beyond what deserialization checks (e.g. that a
+    /// list is not empty, that patterns compile). Called by the host every
+    /// time it loads the module; an error keeps the module from serving.
+    fn validate_settings(_settings: &Self::Settings) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// Judges a request. An `Err` is a policy error, which the host
+    /// handles according to the policy's `onError`, unlike a denial.
+    fn validate(_request: &Request, _settings: &Self::Settings) -> Result<Verdict, String> {
+        Err(format!(
+            "policy {} does not support validate",
+            Self::METADATA.name
+        ))
+    }
+
+    /// Mutates the request's object. An `Err` is a policy error.
+    fn mutate(_request: &Request, _settings: &Self::Settings) -> Result<Mutation, String> {
+        Err(format!("policy {} does not support mutate", Self::METADATA.name))
+    }
+}

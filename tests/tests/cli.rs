@@ -1,0 +1,261 @@
+//! The command line: `certs`, `eval`, and config errors for `serve`/`eval`.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, ensure};
+use base64::Engine as _;
+use portcullis_e2e::{
+    CLI_TIMEOUT, CliOutput, Json, Paths, decode_patch, fixture, fixtures_dir, free_port,
+    generate_certs, paths, run_cli, write_default_config,
+};
+
+fn s(p: &Path) -> Result<&str> {
+    p.to_str().context("non-UTF-8 path")
+}
+
+fn eval(paths: &Paths, config: &Path, review: &str, stdin: Option<&[u8]>) -> Result<CliOutput> {
+    run_cli(
+        &paths.bin,
+        &["eval", "--config", s(config)?, "--review", review],
+        stdin,
+        CLI_TIMEOUT,
+    )
+}
+
+/// Parses eval's stdout as the answer to `review` and checks uid/apiVersion.
+fn eval_answer(out: &CliOutput, review: &Json) -> Result<Json> {
+    let answer: Json = serde_json::from_str(out.stdout.trim())
+        .with_context(|| format!("eval stdout is not one JSON document\n{out}"))?;
+    ensure!(
+        answer["kind"] == "AdmissionReview",
+        "eval output kind\n{out}"
+    );
+    ensure!(
+        answer["apiVersion"] == review["apiVersion"],
+        "eval output apiVersion\n{out}"
+    );
+    ensure!(
+        answer["response"]["uid"] == review["request"]["uid"],
+        "eval output uid != request uid\n{out}"
+    );
+    ensure!(
+        answer["response"]["allowed"].is_boolean(),
+        "eval output allowed\n{out}"
+    );
+    Ok(answer)
+}
+
+#[test]
+fn certs_writes_pem_files_and_prints_the_ca() -> Result<()> {
+    let paths = paths()?;
+    let dir = tempfile::tempdir()?;
+    // generate_certs checks the four files and that the last stdout line is
+    // the base64 of ca.crt.
+    let certs = generate_certs(&paths.bin, dir.path())?;
+    let read =
+        |p: &PathBuf| fs::read_to_string(p).with_context(|| format!("reading {}", p.display()));
+    for (file, marker) in [
+        (&certs.ca_crt, "-----BEGIN CERTIFICATE-----"),
+        (&certs.tls_crt, "-----BEGIN CERTIFICATE-----"),
+        (&certs.ca_key, "PRIVATE KEY-----"),
+        (&certs.tls_key, "PRIVATE KEY-----"),
+    ] {
+        let text = read(file)?;
+        ensure!(
+            text.contains(marker),
+            "{} is not PEM with {marker:?}:\n{text}",
+            file.display()
+        );
+    }
+    ensure!(
+        read(&certs.ca_crt)? != read(&certs.tls_crt)?,
+        "tls.crt is the CA itself"
+    );
+    // The last line is what goes into a webhook's caBundle.
+    let last = certs
+        .output
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("");
+    let decoded = base64::engine::general_purpose::STANDARD.decode(last.trim())?;
+    ensure!(
+        decoded == fs::read(&certs.ca_crt)?,
+        "caBundle line != ca.crt"
+    );
+    Ok(())
+}
+
+#[test]
+fn eval_allowed_pod_prints_a_patched_allowed_answer() -> Result<()> {
+    let paths = paths()?;
+    let dir = tempfile::tempdir()?;
+    let config = write_default_config(&paths, dir.path())?;
+    let review = fixture("pod-allowed.json")?;
+    let file = fixtures_dir().join("pod-allowed.json");
+    let out = eval(&paths, &config, s(&file)?, None)?;
+    ensure!(
+        out.code() == Some(0),
+        "eval of an allowed pod: expected exit 0\n{out}"
+    );
+    let answer = eval_answer(&out, &review)?;
+    ensure!(
+        answer["response"]["allowed"] == true,
+        "allowed pod denied by eval\n{out}"
+    );
+    let patch =
+        decode_patch(&answer["response"])?.with_context(|| format!("eval gave no patch\n{out}"))?;
+    ensure!(
+        answer["response"]["patchType"] == "JSONPatch",
+        "patchType\n{out}"
+    );
+    let mut object = review["request"]["object"].clone();
+    json_patch::patch(&mut object, &patch)?;
+    ensure!(
+        object["metadata"]["labels"]["portcullis.dev/managed"] == "true",
+        "eval patch does not add the default label\n{out}"
+    );
+    ensure!(
+        object["metadata"]["labels"]["team"] == "platform",
+        "eval patch changed a label\n{out}"
+    );
+    Ok(())
+}
+
+#[test]
+fn eval_denied_pod_prints_a_denial() -> Result<()> {
+    let paths = paths()?;
+    let dir = tempfile::tempdir()?;
+    let config = write_default_config(&paths, dir.path())?;
+    let review = fixture("pod-denied.json")?;
+    let file = fixtures_dir().join("pod-denied.json");
+    let out = eval(&paths, &config, s(&file)?, None)?;
+    ensure!(
+        out.code() == Some(0),
+        "eval of a denied pod: expected exit 0 (the evaluation worked)\n{out}"
+    );
+    let answer = eval_answer(&out, &review)?;
+    ensure!(
+        answer["response"]["allowed"] == false,
+        "denied pod allowed by eval\n{out}"
+    );
+    let msg = answer["response"]["status"]["message"]
+        .as_str()
+        .unwrap_or("");
+    for expected in [
+        r#"container "app" uses image "evil.io/x:1""#,
+        r#"container "setup" uses image "quay.io/bad/y:2""#,
+    ] {
+        ensure!(
+            msg.contains(expected),
+            "eval denial lacks {expected:?}\n{out}"
+        );
+    }
+    ensure!(
+        msg.starts_with("allowed-images: "),
+        "eval denial not prefixed by the policy\n{out}"
+    );
+    Ok(())
+}
+
+#[test]
+fn eval_reads_the_review_from_stdin() -> Result<()> {
+    let paths = paths()?;
+    let dir = tempfile::tempdir()?;
+    let config = write_default_config(&paths, dir.path())?;
+    let review = fixture("pod-allowed.json")?;
+    let out = eval(&paths, &config, "-", Some(&serde_json::to_vec(&review)?))?;
+    ensure!(
+        out.code() == Some(0),
+        "eval --review -: expected exit 0\n{out}"
+    );
+    let answer = eval_answer(&out, &review)?;
+    ensure!(answer["response"]["allowed"] == true, "{out}");
+    Ok(())
+}
+
+#[test]
+fn eval_of_a_missing_review_file_exits_2_naming_it() -> Result<()> {
+    let paths = paths()?;
+    let dir = tempfile::tempdir()?;
+    let config = write_default_config(&paths, dir.path())?;
+    let missing = dir.path().join("no-such-review.json");
+    let out = eval(&paths, &config, s(&missing)?, None)?;
+    ensure!(out.code() == Some(2), "expected exit 2\n{out}");
+    ensure!(
+        out.all_output().contains("no-such-review.json"),
+        "the message does not name the file\n{out}"
+    );
+    Ok(())
+}
+
+/// A config with an unknown key on a known line.
+fn write_broken_config(paths: &Paths, dir: &Path) -> Result<(PathBuf, usize)> {
+    let good_path = write_default_config(paths, dir)?;
+    let good = fs::read_to_string(&good_path)?;
+    let mut lines: Vec<String> = good.lines().map(str::to_owned).collect();
+    // Insert an unknown key into the required-labels policy entry.
+    let idx = lines
+        .iter()
+        .position(|l| l.contains("module: required_labels.wasm"))
+        .context("standard config layout")?;
+    lines.insert(idx + 1, "    colour: blue".to_owned());
+    let line_no = idx + 2; // 1-based
+    let path = dir.join("broken-config.yaml");
+    fs::write(&path, lines.join("\n") + "\n")?;
+    Ok((path, line_no))
+}
+
+fn ensure_config_error(out: &CliOutput, line_no: usize, what: &str) -> Result<()> {
+    ensure!(out.code() == Some(2), "{what}: expected exit 2\n{out}");
+    let text = out.all_output();
+    ensure!(
+        text.contains("broken-config.yaml"),
+        "{what}: the message does not name the file\n{out}"
+    );
+    ensure!(
+        text.contains("line"),
+        "{what}: the message does not give the line\n{out}"
+    );
+    ensure!(
+        text.contains(&line_no.to_string()),
+        "{what}: the message does not give line {line_no}\n{out}"
+    );
+    ensure!(
+        text.contains("colour"),
+        "{what}: the message does not name the unknown key\n{out}"
+    );
+    Ok(())
+}
+
+#[test]
+fn broken_config_makes_serve_and_eval_exit_2() -> Result<()> {
+    let paths = paths()?;
+    let dir = tempfile::tempdir()?;
+    let (config, line_no) = write_broken_config(&paths, dir.path())?;
+    let certs = generate_certs(&paths.bin, &dir.path().join("certs"))?;
+    let addr = format!("127.0.0.1:{}", free_port()?);
+    let serve = run_cli(
+        &paths.bin,
+        &[
+            "serve",
+            "--config",
+            s(&config)?,
+            "--addr",
+            &addr,
+            "--tls-cert",
+            s(&certs.tls_crt)?,
+            "--tls-key",
+            s(&certs.tls_key)?,
+        ],
+        None,
+        CLI_TIMEOUT,
+    )?;
+    ensure_config_error(&serve, line_no, "serve")?;
+
+    let review = fixtures_dir().join("pod-allowed.json");
+    let out = eval(&paths, &config, s(&review)?, None)?;
+    ensure_config_error(&out, line_no, "eval")?;
+    Ok(())
+}
