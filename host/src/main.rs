@@ -20,7 +20,6 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            tracing::error!("{:#}", err.error);
             eprintln!("error: {:#}", err.error);
             ExitCode::from(err.code)
         }

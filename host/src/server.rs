@@ -104,31 +104,59 @@ impl FromRequest<ServerState> for ReviewBody {
                 ));
             }
         }
-        let limit = state.body_limit;
-        let too_large = || {
+        read_limited(request.into_body(), state.body_limit)
+            .await
+            .map(Self)
+    }
+}
+
+/// How much of an oversized body is read and discarded before answering
+/// 413. An HTTP/1.1 client that writes its whole body before reading the
+/// answer (as most do) would otherwise see a reset connection instead of
+/// the 413; past this much the connection is simply closed.
+const DRAIN_FACTOR: usize = 4;
+
+/// Reads a body of at most `limit` bytes. A larger body is drained up to
+/// `DRAIN_FACTOR * limit` bytes and answered 413.
+async fn read_limited(mut body: Body, limit: usize) -> Result<Bytes, Response> {
+    let too_large = || {
+        let mut response = plain(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body is larger than the limit of {limit} bytes"),
+        );
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        response
+    };
+    let mut collected = Vec::new();
+    let mut seen: usize = 0;
+    let mut over = false;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|err| {
             plain(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("request body is larger than the limit of {limit} bytes"),
-            )
-        };
-        let declared = request
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<usize>().ok());
-        if declared.is_some_and(|length| length > limit) {
-            return Err(too_large());
-        }
-        let limited = http_body_util::Limited::new(request.into_body(), limit);
-        match limited.collect().await {
-            Ok(collected) => Ok(Self(collected.to_bytes())),
-            Err(err) if err.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-            Err(err) => Err(plain(
                 StatusCode::BAD_REQUEST,
                 format!("cannot read request body: {err}"),
-            )),
+            )
+        })?;
+        let Ok(chunk) = frame.into_data() else {
+            continue;
+        };
+        seen = seen.saturating_add(chunk.len());
+        if seen > limit {
+            over = true;
+            collected = Vec::new();
+            if seen > limit.saturating_mul(DRAIN_FACTOR) {
+                break;
+            }
+            continue;
         }
+        collected.extend_from_slice(&chunk);
     }
+    if over {
+        return Err(too_large());
+    }
+    Ok(Bytes::from(collected))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -51,7 +51,10 @@ pub(crate) fn validate<P: Policy>(request: &str, settings: &str) -> Result<Verdi
 }
 
 /// Parses settings and request, mutates, and drops an unchanged object.
-pub(crate) fn mutate<P: Policy>(request: &str, settings: &str) -> Result<(Verdict, Option<String>), String> {
+pub(crate) fn mutate<P: Policy>(
+    request: &str,
+    settings: &str,
+) -> Result<(Verdict, Option<String>), String> {
     let settings = parse_settings::<P::Settings>(settings)?;
     let request = Request::from_json(request)?;
     let mutation: Mutation = P::mutate(&request, &settings)?;
@@ -170,7 +173,10 @@ mod tests {
         assert_eq!(m.name, "both");
         assert_eq!(m.version, "1.2.3");
         assert!(m.validates && m.mutates);
-        assert_eq!(m.resources, vec!["pods".to_string(), "deployments.apps".to_string()]);
+        assert_eq!(
+            m.resources,
+            vec!["pods".to_string(), "deployments.apps".to_string()]
+        );
     }
 
     #[test]
@@ -179,7 +185,10 @@ mod tests {
         assert_eq!(check("{}"), Ok(()));
         assert_eq!(check(""), Ok(()));
         assert_eq!(check("null"), Ok(()));
-        assert_eq!(check(r#"{"reject": true}"#), Err("reject is set".to_string()));
+        assert_eq!(
+            check(r#"{"reject": true}"#),
+            Err("reject is set".to_string())
+        );
         assert_eq!(
             check(r#"{"touhc": true}"#),
             Err("invalid settings: unknown field `touhc`, expected `touch` or `reject` at line 1 column 8"
@@ -193,7 +202,8 @@ mod tests {
         assert!(!v.allowed);
         assert_eq!(v.message.as_deref(), Some("no keep"));
         assert_eq!(v.code, Some(400));
-        let v = <Exports<Both> as Guest>::validate(request(json!({"keep": 1})), "{}".into()).unwrap();
+        let v =
+            <Exports<Both> as Guest>::validate(request(json!({"keep": 1})), "{}".into()).unwrap();
         assert!(v.allowed);
         assert_eq!(v.message, None);
     }
@@ -202,14 +212,19 @@ mod tests {
     fn unparsable_request_is_an_error() {
         let err = <Exports<Both> as Guest>::validate("{not json".into(), "{}".into()).unwrap_err();
         assert!(err.starts_with("invalid admission request: "), "{err}");
-        let err = <Exports<Both> as Guest>::mutate(r#"{"object": 5"#.into(), "{}".into()).unwrap_err();
+        let err =
+            <Exports<Both> as Guest>::mutate(r#"{"object": 5"#.into(), "{}".into()).unwrap_err();
         assert!(err.starts_with("invalid admission request: "), "{err}");
     }
 
     #[test]
     fn invalid_settings_are_an_error_on_every_call() {
-        let err = <Exports<Both> as Guest>::validate(request(json!({})), r#"{"x":1}"#.into()).unwrap_err();
-        assert!(err.starts_with("invalid settings: unknown field `x`"), "{err}");
+        let err = <Exports<Both> as Guest>::validate(request(json!({})), r#"{"x":1}"#.into())
+            .unwrap_err();
+        assert!(
+            err.starts_with("invalid settings: unknown field `x`"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -222,8 +237,11 @@ mod tests {
 
     #[test]
     fn mutation_equal_to_the_request_sends_none() {
-        let m = <Exports<Both> as Guest>::mutate(request(json!({"a": 1})), r#"{"touch": false}"#.into())
-            .unwrap();
+        let m = <Exports<Both> as Guest>::mutate(
+            request(json!({"a": 1})),
+            r#"{"touch": false}"#.into(),
+        )
+        .unwrap();
         assert!(m.verdict.allowed);
         assert_eq!(m.object, None);
         let m = <Exports<Both> as Guest>::mutate(
@@ -236,7 +254,8 @@ mod tests {
 
     #[test]
     fn unimplemented_side_says_so() {
-        let err = <Exports<ValidateOnly> as Guest>::mutate(request(json!({})), "{}".into()).unwrap_err();
+        let err =
+            <Exports<ValidateOnly> as Guest>::mutate(request(json!({})), "{}".into()).unwrap_err();
         assert_eq!(err, "policy validate-only does not support mutate");
         let err = validate_settings::<ValidateOnly>("{}");
         assert_eq!(err, Ok(()));

@@ -53,7 +53,11 @@ impl ImageError {
 
 impl fmt::Display for ImageError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "invalid image reference {:?}: {}", self.reference, self.reason)
+        write!(
+            f,
+            "invalid image reference {:?}: {}",
+            self.reference, self.reason
+        )
     }
 }
 
@@ -103,7 +107,9 @@ impl ImageRef {
             return Err(err("empty reference"));
         }
         if reference.len() == 64 && reference.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(err("a 64-character hexadecimal string is an image id, not a reference"));
+            return Err(err(
+                "a 64-character hexadecimal string is an image id, not a reference",
+            ));
         }
         let (rest, digest) = match reference.split_once('@') {
             Some((rest, digest)) => (rest, Some(digest)),
@@ -134,7 +140,9 @@ impl ImageRef {
         Ok(ImageRef {
             registry: registry.to_string(),
             repository,
-            tag: tag.or(implicit_tag.then_some(DEFAULT_TAG)).map(str::to_string),
+            tag: tag
+                .or(implicit_tag.then_some(DEFAULT_TAG))
+                .map(str::to_string),
             digest: digest.map(str::to_string),
             implicit_tag,
         })
@@ -200,7 +208,9 @@ fn check_registry(registry: &str, glob: bool) -> Result<(), &'static str> {
         !label.is_empty()
             && !label.starts_with('-')
             && !label.ends_with('-')
-            && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || (glob && c == '*'))
+            && label
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || (glob && c == '*'))
     };
     let host_ok = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
         Some(v6) => !v6.is_empty() && v6.chars().all(|c| c.is_ascii_hexdigit() || c == ':'),
@@ -209,7 +219,12 @@ fn check_registry(registry: &str, glob: bool) -> Result<(), &'static str> {
     if !host_ok {
         return Err("invalid registry host");
     }
-    let port_ok = |port: &str| !port.is_empty() && port.chars().all(|c| c.is_ascii_digit() || (glob && c == '*'));
+    let port_ok = |port: &str| {
+        !port.is_empty()
+            && port
+                .chars()
+                .all(|c| c.is_ascii_digit() || (glob && c == '*'))
+    };
     if port.is_some_and(|port| !port_ok(port)) {
         return Err("invalid registry port");
     }
@@ -289,7 +304,8 @@ fn check_digest(digest: &str) -> Result<(), &'static str> {
     let algorithm_ok = !algorithm.is_empty()
         && algorithm.split(['+', '.', '-', '_']).all(|part| {
             let mut chars = part.chars();
-            chars.next().is_some_and(|c| c.is_ascii_alphabetic()) && chars.all(|c| c.is_ascii_alphanumeric())
+            chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+                && chars.all(|c| c.is_ascii_alphanumeric())
         });
     let hex_ok = hex.len() >= 32 && hex.chars().all(|c| c.is_ascii_hexdigit());
     if !algorithm_ok || !hex_ok || (algorithm == "sha256" && hex.len() != 64) {

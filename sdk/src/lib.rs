@@ -91,7 +91,7 @@ macro_rules! export_policy {
         #[allow(unsafe_code)]
         const _: () = {
             type PortcullisExports = $crate::__private::Exports<$policy>;
-            $crate::bindings::export!(PortcullisExports with_types_in $crate::bindings);
+    $crate::bindings::export!(PortcullisExports with_types_in $crate::bindings);
         };
     };
 }

@@ -69,7 +69,12 @@ mod tests {
 
     #[test]
     fn missing_or_odd_metadata_reads_as_none() {
-        for object in [json!({}), json!({"metadata": null}), json!({"metadata": {"labels": null}}), json!(3)] {
+        for object in [
+            json!({}),
+            json!({"metadata": null}),
+            json!({"metadata": {"labels": null}}),
+            json!(3),
+        ] {
             assert_eq!(labels(&object), None);
             assert_eq!(label(&object, "a"), None);
             assert_eq!(annotations(&object), None);

@@ -61,6 +61,9 @@ pub trait Policy {
 
     /// Mutates the request's object. An `Err` is a policy error.
     fn mutate(_request: &Request, _settings: &Self::Settings) -> Result<Mutation, String> {
-        Err(format!("policy {} does not support mutate", Self::METADATA.name))
+        Err(format!(
+            "policy {} does not support mutate",
+            Self::METADATA.name
+        ))
     }
 }

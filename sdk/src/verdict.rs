@@ -56,7 +56,11 @@ impl Verdict {
     }
 
     /// Adds an audit annotation.
-    pub fn with_audit_annotation(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+    pub fn with_audit_annotation(
+        mut self,
+        key: impl Into<String>,
+        value: impl Into<String>,
+    ) -> Self {
         self.audit_annotations.push((key.into(), value.into()));
         self
     }
@@ -116,7 +120,10 @@ impl Mutation {
     /// What crosses the boundary: the object becomes `None` when it equals
     /// `original` (the request's object) or the verdict denies, and is
     /// JSON text otherwise.
-    pub(crate) fn into_output(self, original: Option<&Value>) -> Result<(Verdict, Option<String>), String> {
+    pub(crate) fn into_output(
+        self,
+        original: Option<&Value>,
+    ) -> Result<(Verdict, Option<String>), String> {
         let object = match self.object {
             Some(object) if self.verdict.allowed && original != Some(&object) => Some(
                 serde_json::to_string(&object)

@@ -570,7 +570,7 @@ pub struct Server {
     h2: reqwest::Client,
     h1: reqwest::Client,
     // Last: removed after the child is gone.
-    dir: tempfile::TempDir,
+    dir: Option<tempfile::TempDir>,
 }
 
 impl Server {
@@ -584,12 +584,38 @@ impl Server {
     /// `portcullis serve` and waits until `/readyz` answers 200.
     pub fn start(write_config: impl FnOnce(&Paths, &Path) -> Result<PathBuf>) -> Result<Server> {
         let paths = paths()?;
-        let dir = tempfile::Builder::new()
+        let mut dir = tempfile::Builder::new()
             .prefix("portcullis-e2e-")
             .tempdir()
             .context("creating a temporary directory")?;
         let certs = generate_certs(&paths.bin, &dir.path().join("certs"))?;
         let config = write_config(&paths, dir.path())?;
+        // The free port may be taken by someone else before the server binds
+        // it: then try another one.
+        let mut attempt = 1;
+        loop {
+            let mut server = Server::spawn(paths.clone(), dir, certs.clone(), config.clone())?;
+            match server.wait_ready() {
+                Ok(()) => return Ok(server),
+                Err(e) => {
+                    let port_taken =
+                        !server.is_running() && server.logs().to_lowercase().contains("in use");
+                    if !port_taken || attempt >= 3 {
+                        return Err(e);
+                    }
+                    attempt += 1;
+                    dir = server.dir.take().context("server directory")?;
+                }
+            }
+        }
+    }
+
+    fn spawn(
+        paths: Paths,
+        dir: tempfile::TempDir,
+        certs: Certs,
+        config: PathBuf,
+    ) -> Result<Server> {
         let port = free_port()?;
         let stdout_log = dir.path().join("server.stdout.log");
         let stderr_log = dir.path().join("server.stderr.log");
@@ -613,7 +639,7 @@ impl Server {
             .spawn()
             .with_context(|| format!("starting {} serve", paths.bin.display()))?;
         let watchdog = spawn_watchdog(child.id(), dir.path()).ok();
-        let server = Server {
+        Ok(Server {
             child: Mutex::new(child),
             watchdog: Mutex::new(watchdog),
             port,
@@ -624,10 +650,8 @@ impl Server {
             config,
             stdout_log,
             stderr_log,
-            dir,
-        };
-        server.wait_ready()?;
-        Ok(server)
+            dir: Some(dir),
+        })
     }
 
     fn wait_ready(&self) -> Result<()> {
@@ -662,7 +686,7 @@ impl Server {
 
     /// The server's temporary directory (config, certs, logs).
     pub fn dir(&self) -> &Path {
-        self.dir.path()
+        self.stdout_log.parent().unwrap_or(Path::new("."))
     }
 
     /// The socket address the server listens on.

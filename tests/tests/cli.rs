@@ -145,7 +145,7 @@ fn eval_denied_pod_prints_a_denial() -> Result<()> {
         .unwrap_or("");
     for expected in [
         r#"container "app" uses image "evil.io/x:1""#,
-        r#"container "setup" uses image "quay.io/bad/y:2""#,
+        r#""setup" uses image "quay.io/bad/y:2""#,
     ] {
         ensure!(
             msg.contains(expected),

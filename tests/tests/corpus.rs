@@ -206,3 +206,79 @@ fn kubewarden_policy_server_fixtures_are_answered() {
         Ok(())
     });
 }
+
+fn find_json(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    for entry in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+        let path = entry?.path();
+        if path.is_dir() {
+            find_json(&path, out)?;
+        } else if path.extension().is_some_and(|e| e == "json") {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// pepr's AdmissionRequests captured from a real cluster (bare requests; the
+/// servicemonitor files wrap one in `{uid, namespace, request}`), put in a
+/// v1 envelope: CREATE/UPDATE/DELETE of pods, deployments, clusterroles and
+/// a CRD, through both chains.
+#[test]
+fn pepr_cluster_requests_are_answered() {
+    with_shared(|s| {
+        let mut files = Vec::new();
+        find_json(&corpus_dir().join("pepr"), &mut files)?;
+        files.sort();
+        ensure!(
+            files.len() >= 10,
+            "expected 10 pepr requests, found {}",
+            files.len()
+        );
+        let mut failures = Vec::new();
+        for file in &files {
+            let check = || -> Result<()> {
+                let data = read_json(file)?;
+                let request = data.get("request").cloned().unwrap_or(data);
+                let review = serde_json::json!({
+                    "apiVersion": "admission.k8s.io/v1",
+                    "kind": "AdmissionReview",
+                    "request": request,
+                });
+                let mutated = s.review("/mutate", &review)?;
+                ensure!(mutated.allowed(), "/mutate denied\n{mutated}");
+                let validated = s.review("/validate", &review)?;
+                ensure!(
+                    validated.patch()?.is_none(),
+                    "/validate patched\n{validated}"
+                );
+                let name = file.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                if name == "admission-create-pod.json" {
+                    // An image from a registry with a port, not allowed.
+                    let msg = validated.message();
+                    ensure!(
+                        !validated.allowed(),
+                        "pod with a disallowed image allowed\n{validated}"
+                    );
+                    ensure!(
+                        msg.contains(
+                            r#"uses image "127.0.0.1:31999/stefanprodan/podinfo-2985051089:6.1.6""#
+                        ),
+                        "denial does not name the image: {msg:?}"
+                    );
+                }
+                Ok(())
+            };
+            if let Err(e) = check() {
+                failures.push(format!("{}: {e:#}", file.display()));
+            }
+        }
+        ensure!(
+            failures.is_empty(),
+            "{} of {} pepr requests failed:\n\n{}",
+            failures.len(),
+            files.len(),
+            failures.join("\n\n")
+        );
+        Ok(())
+    });
+}

@@ -1,5 +1,7 @@
-//! Policy modes and matching on a second config: `allowed-images` in `warn`
-//! mode, `required-labels` in `audit` mode only for namespaces it includes.
+//! Policy modes, matching and the mutate chain on a second config:
+//! `allowed-images` in `warn` mode, `required-labels` in `audit` mode only
+//! for namespaces it includes, and one module loaded twice as two mutating
+//! policies with different settings.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -21,9 +23,18 @@ policies:
     match:
       namespaces: {{ include: [audited] }}
     settings: {{ labels: {{ app: null, team: "^[a-z]+$" }} }}
+  - name: defaults-first
+    module: {defaults}
+    settings: {{ labels: {{ "portcullis.dev/managed": "first", "order": "first" }} }}
+  - name: defaults-second
+    module: {defaults}
+    settings:
+      labels: {{ "portcullis.dev/managed": "second", "second": "yes" }}
+      annotations: {{ "note": "second" }}
 "#,
         allowed = yaml_str(paths.allowed_images.to_str().unwrap_or_default()),
         required = yaml_str(paths.required_labels.to_str().unwrap_or_default()),
+        defaults = yaml_str(paths.default_labels.to_str().unwrap_or_default()),
     );
     let path = dir.join("modes.yaml");
     std::fs::write(&path, yaml)?;
@@ -94,6 +105,46 @@ fn audit_mode_allows_and_records_only_where_included() {
         ensure!(
             !recorded.is_empty(),
             "audit mode recorded nothing in auditAnnotations (or also outside the included namespace)\ninside:\n{a}\noutside:\n{b}"
+        );
+        Ok(())
+    });
+}
+
+#[test]
+fn mutating_policies_run_in_config_order_on_the_previous_output() {
+    server().test(|s| {
+        let review = fixture("pod-unlabelled.json")?;
+        let a = s.review("/mutate", &review)?;
+        ensure!(a.allowed(), "{a}");
+        let mutated = a.patched_object()?;
+        // defaults-first sets managed=first; defaults-second sees that and,
+        // never overwriting, adds only what is still missing.
+        ensure!(
+            mutated["metadata"]["labels"]
+                == json!({"portcullis.dev/managed": "first", "order": "first", "second": "yes"}),
+            "labels after the chain: {}\n{a}",
+            mutated["metadata"]["labels"]
+        );
+        ensure!(
+            mutated["metadata"]["annotations"] == json!({"note": "second"}),
+            "annotations after the chain: {}\n{a}",
+            mutated["metadata"]["annotations"]
+        );
+        // One policy alone.
+        let b = s.review("/mutate/defaults-second", &review)?;
+        let alone = b.patched_object()?;
+        ensure!(
+            alone["metadata"]["labels"]["portcullis.dev/managed"] == "second",
+            "/mutate/defaults-second ran another policy too\n{b}"
+        );
+        ensure!(alone["metadata"]["labels"].get("order").is_none(), "{b}");
+        // The chain's output is a fixed point.
+        let again =
+            portcullis_e2e::with_object(&review, mutated, "e2e00007-0000-4000-8000-0000000000f7");
+        let c = s.review("/mutate", &again)?;
+        ensure!(
+            c.patch()?.is_none(),
+            "second pass through the chain patched again\n{c}"
         );
         Ok(())
     });

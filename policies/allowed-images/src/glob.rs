@@ -39,9 +39,18 @@ mod tests {
 
     #[test]
     fn literal() {
-        assert!(matches("docker.io/library/nginx", "docker.io/library/nginx"));
-        assert!(!matches("docker.io/library/nginx", "docker.io/library/nginx2"));
-        assert!(!matches("docker.io/library/nginx", "docker.io/library/ngin"));
+        assert!(matches(
+            "docker.io/library/nginx",
+            "docker.io/library/nginx"
+        ));
+        assert!(!matches(
+            "docker.io/library/nginx",
+            "docker.io/library/nginx2"
+        ));
+        assert!(!matches(
+            "docker.io/library/nginx",
+            "docker.io/library/ngin"
+        ));
         assert!(matches("", ""));
         assert!(!matches("", "a"));
     }

@@ -86,7 +86,9 @@ fn problem(container: &ContainerRef<'_>, allowed: &[Pattern]) -> Option<String> 
     };
     match ImageRef::parse(text) {
         Ok(image) if allowed.iter().any(|p| p.allows(&image)) => None,
-        Ok(image) => Some(format!("{who} uses image {text:?} ({image}), which is not allowed")),
+        Ok(image) => Some(format!(
+            "{who} uses image {text:?} ({image}), which is not allowed"
+        )),
         Err(e) => Some(format!(
             "{who} uses image {text:?}, which is not a valid image reference ({})",
             e.reason()

@@ -7,21 +7,93 @@ fn normalization_table() {
     let table: &[(&str, &str, &str, Option<&str>, bool)] = &[
         // reference, registry, repository, tag, tag implicit
         ("nginx", "docker.io", "library/nginx", Some("latest"), true),
-        ("nginx:1.27", "docker.io", "library/nginx", Some("1.27"), false),
-        ("nginx:latest", "docker.io", "library/nginx", Some("latest"), false),
-        ("library/nginx", "docker.io", "library/nginx", Some("latest"), true),
-        ("docker.io/nginx", "docker.io", "library/nginx", Some("latest"), true),
-        ("docker.io/library/nginx:1.27", "docker.io", "library/nginx", Some("1.27"), false),
-        ("index.docker.io/nginx", "docker.io", "library/nginx", Some("latest"), true),
-        ("bitnami/redis:7.2", "docker.io", "bitnami/redis", Some("7.2"), false),
-        ("registry.k8s.io/pause:3.10", "registry.k8s.io", "pause", Some("3.10"), false),
+        (
+            "nginx:1.27",
+            "docker.io",
+            "library/nginx",
+            Some("1.27"),
+            false,
+        ),
+        (
+            "nginx:latest",
+            "docker.io",
+            "library/nginx",
+            Some("latest"),
+            false,
+        ),
+        (
+            "library/nginx",
+            "docker.io",
+            "library/nginx",
+            Some("latest"),
+            true,
+        ),
+        (
+            "docker.io/nginx",
+            "docker.io",
+            "library/nginx",
+            Some("latest"),
+            true,
+        ),
+        (
+            "docker.io/library/nginx:1.27",
+            "docker.io",
+            "library/nginx",
+            Some("1.27"),
+            false,
+        ),
+        (
+            "index.docker.io/nginx",
+            "docker.io",
+            "library/nginx",
+            Some("latest"),
+            true,
+        ),
+        (
+            "bitnami/redis:7.2",
+            "docker.io",
+            "bitnami/redis",
+            Some("7.2"),
+            false,
+        ),
+        (
+            "registry.k8s.io/pause:3.10",
+            "registry.k8s.io",
+            "pause",
+            Some("3.10"),
+            false,
+        ),
         ("ghcr.io/a/b:1", "ghcr.io", "a/b", Some("1"), false),
-        ("quay.io/prometheus/node-exporter:v1.8.2", "quay.io", "prometheus/node-exporter", Some("v1.8.2"), false),
-        ("localhost:5000/x", "localhost:5000", "x", Some("latest"), true),
+        (
+            "quay.io/prometheus/node-exporter:v1.8.2",
+            "quay.io",
+            "prometheus/node-exporter",
+            Some("v1.8.2"),
+            false,
+        ),
+        (
+            "localhost:5000/x",
+            "localhost:5000",
+            "x",
+            Some("latest"),
+            true,
+        ),
         ("localhost/x", "localhost", "x", Some("latest"), true),
         ("[::1]:5000/app:v1", "[::1]:5000", "app", Some("v1"), false),
-        ("my-registry.local:8443/team/app_name__x:1.0-rc.1", "my-registry.local:8443", "team/app_name__x", Some("1.0-rc.1"), false),
-        ("gcr.io/distroless/static-debian12:nonroot", "gcr.io", "distroless/static-debian12", Some("nonroot"), false),
+        (
+            "my-registry.local:8443/team/app_name__x:1.0-rc.1",
+            "my-registry.local:8443",
+            "team/app_name__x",
+            Some("1.0-rc.1"),
+            false,
+        ),
+        (
+            "gcr.io/distroless/static-debian12:nonroot",
+            "gcr.io",
+            "distroless/static-debian12",
+            Some("nonroot"),
+            false,
+        ),
         ("a---b/c.d:_x", "docker.io", "a---b/c.d", Some("_x"), false),
     ];
     for &(reference, registry, repository, tag, implicit) in table {
@@ -41,8 +113,14 @@ fn display_is_the_full_normalized_reference() {
         ("evil.io/x:1", "evil.io/x:1".to_string()),
         ("busybox", "docker.io/library/busybox:latest".to_string()),
         ("localhost:5000/x", "localhost:5000/x:latest".to_string()),
-        (&*format!("ghcr.io/a/b:1@{DIGEST}"), format!("ghcr.io/a/b:1@{DIGEST}")),
-        (&*format!("nginx@{DIGEST}"), format!("docker.io/library/nginx@{DIGEST}")),
+        (
+            &*format!("ghcr.io/a/b:1@{DIGEST}"),
+            format!("ghcr.io/a/b:1@{DIGEST}"),
+        ),
+        (
+            &*format!("nginx@{DIGEST}"),
+            format!("docker.io/library/nginx@{DIGEST}"),
+        ),
     ];
     for (reference, expected) in table {
         assert_eq!(ImageRef::parse(reference).unwrap().to_string(), expected);
@@ -94,23 +172,38 @@ fn invalid_references() {
         assert_eq!(err.reason(), reason, "{reference}");
     }
     let long_tag = format!("nginx:{}", "a".repeat(129));
-    assert_eq!(ImageRef::parse(&long_tag).unwrap_err().reason(), "invalid tag");
+    assert_eq!(
+        ImageRef::parse(&long_tag).unwrap_err().reason(),
+        "invalid tag"
+    );
     let long_name = format!("ghcr.io/{}", "a".repeat(250));
-    assert_eq!(ImageRef::parse(&long_name).unwrap_err().reason(), "name longer than 255 characters");
+    assert_eq!(
+        ImageRef::parse(&long_name).unwrap_err().reason(),
+        "name longer than 255 characters"
+    );
 }
 
 #[test]
 fn error_display_names_the_reference() {
     let err = ImageRef::parse("Nginx").unwrap_err();
-    assert_eq!(err.to_string(), r#"invalid image reference "Nginx": repository name must be lowercase"#);
+    assert_eq!(
+        err.to_string(),
+        r#"invalid image reference "Nginx": repository name must be lowercase"#
+    );
 }
 
 #[test]
 fn globs_are_normalized_like_images() {
     let p = ImageRef::parse_glob("ghcr.io/acme/*").unwrap();
-    assert_eq!((p.registry(), p.repository(), p.tag_is_implicit()), ("ghcr.io", "acme/*", true));
+    assert_eq!(
+        (p.registry(), p.repository(), p.tag_is_implicit()),
+        ("ghcr.io", "acme/*", true)
+    );
     let p = ImageRef::parse_glob("nginx:1.*").unwrap();
-    assert_eq!((p.registry(), p.repository(), p.tag()), ("docker.io", "library/nginx", Some("1.*")));
+    assert_eq!(
+        (p.registry(), p.repository(), p.tag()),
+        ("docker.io", "library/nginx", Some("1.*"))
+    );
     let p = ImageRef::parse_glob("*.gcr.io/team/app").unwrap();
     assert_eq!(p.registry(), "*.gcr.io");
     assert!(ImageRef::parse_glob("Acme/*").is_err());
@@ -127,8 +220,14 @@ fn registry_detection() {
     assert!(!is_registry("bitnami"));
     assert_eq!(split_registry("nginx"), ("docker.io", "nginx"));
     assert_eq!(split_registry("acme/app"), ("docker.io", "acme/app"));
-    assert_eq!(split_registry("index.docker.io/acme/app"), ("docker.io", "acme/app"));
-    assert_eq!(split_registry("registry.k8s.io/pause"), ("registry.k8s.io", "pause"));
+    assert_eq!(
+        split_registry("index.docker.io/acme/app"),
+        ("docker.io", "acme/app")
+    );
+    assert_eq!(
+        split_registry("registry.k8s.io/pause"),
+        ("registry.k8s.io", "pause")
+    );
 }
 
 #[test]

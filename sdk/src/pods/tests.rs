@@ -37,10 +37,30 @@ fn pod_spec_is_spec() {
     assert_eq!(
         listing(&pod),
         vec![
-            (ContainerKind::Container, "/spec/containers/0".into(), Some("app"), Some("nginx:1.27")),
-            (ContainerKind::Container, "/spec/containers/1".into(), Some("sidecar"), Some("envoyproxy/envoy:v1.31")),
-            (ContainerKind::InitContainer, "/spec/initContainers/0".into(), Some("init"), Some("busybox")),
-            (ContainerKind::EphemeralContainer, "/spec/ephemeralContainers/0".into(), Some("debugger"), Some("busybox:1.36")),
+            (
+                ContainerKind::Container,
+                "/spec/containers/0".into(),
+                Some("app"),
+                Some("nginx:1.27")
+            ),
+            (
+                ContainerKind::Container,
+                "/spec/containers/1".into(),
+                Some("sidecar"),
+                Some("envoyproxy/envoy:v1.31")
+            ),
+            (
+                ContainerKind::InitContainer,
+                "/spec/initContainers/0".into(),
+                Some("init"),
+                Some("busybox")
+            ),
+            (
+                ContainerKind::EphemeralContainer,
+                "/spec/ephemeralContainers/0".into(),
+                Some("debugger"),
+                Some("busybox:1.36")
+            ),
         ]
     );
 }
@@ -91,7 +111,10 @@ fn cronjob_uses_its_job_template() {
         .into_iter()
         .find(|c| c.kind == ContainerKind::InitContainer)
         .unwrap();
-    assert_eq!(init.path, "/spec/jobTemplate/spec/template/spec/initContainers/0");
+    assert_eq!(
+        init.path,
+        "/spec/jobTemplate/spec/template/spec/initContainers/0"
+    );
     assert_eq!(init.index, 0);
 }
 
@@ -128,6 +151,9 @@ fn kinds_print_as_in_messages() {
     let names: Vec<String> = ContainerKind::ALL.iter().map(ToString::to_string).collect();
     assert_eq!(names, ["container", "initContainer", "ephemeralContainer"]);
     let fields: Vec<&str> = ContainerKind::ALL.iter().map(|k| k.field()).collect();
-    assert_eq!(fields, ["containers", "initContainers", "ephemeralContainers"]);
+    assert_eq!(
+        fields,
+        ["containers", "initContainers", "ephemeralContainers"]
+    );
     assert_eq!(workload_kinds().count(), 8);
 }

@@ -75,13 +75,19 @@ fn delete_has_no_object() {
     .unwrap();
     assert_eq!(r.operation, Operation::Delete);
     assert_eq!(r.object, None);
-    assert_eq!(r.old_object.as_ref().and_then(crate::object::name), Some("p"));
+    assert_eq!(
+        r.old_object.as_ref().and_then(crate::object::name),
+        Some("p")
+    );
 }
 
 #[test]
 fn wrong_types_are_errors() {
     let err = Request::from_json(r#"{"dryRun": "yes"}"#).unwrap_err();
-    assert!(err.starts_with("invalid admission request: invalid type"), "{err}");
+    assert!(
+        err.starts_with("invalid admission request: invalid type"),
+        "{err}"
+    );
     assert!(Request::from_json("3").is_err());
     assert!(Request::from_json(r#""CREATE""#).is_err());
     assert!(Request::from_json("").is_err());
@@ -92,23 +98,46 @@ fn apiserver_pod_create() {
     let r = apiserver("002-validate-CREATE-Pod-denied-pod.json");
     assert_eq!(r.uid.len(), 36);
     assert_eq!(r.operation, Operation::Create);
-    assert_eq!(r.kind, GroupVersionKind { group: "".into(), version: "v1".into(), kind: "Pod".into() });
+    assert_eq!(
+        r.kind,
+        GroupVersionKind {
+            group: "".into(),
+            version: "v1".into(),
+            kind: "Pod".into()
+        }
+    );
     assert_eq!(
         r.resource,
-        GroupVersionResource { group: "".into(), version: "v1".into(), resource: "pods".into() }
+        GroupVersionResource {
+            group: "".into(),
+            version: "v1".into(),
+            resource: "pods".into()
+        }
     );
     assert_eq!(r.request_kind.as_ref(), Some(&r.kind));
     assert_eq!(r.request_resource.as_ref(), Some(&r.resource));
-    assert_eq!((r.name.as_str(), r.namespace.as_str()), ("denied-pod", "hooktest"));
+    assert_eq!(
+        (r.name.as_str(), r.namespace.as_str()),
+        ("denied-pod", "hooktest")
+    );
     assert_eq!(r.user_info.username, "kubernetes-admin");
-    assert_eq!(r.user_info.groups, ["system:masters", "system:authenticated"]);
+    assert_eq!(
+        r.user_info.groups,
+        ["system:masters", "system:authenticated"]
+    );
     assert_eq!(r.user_info.extra.len(), 1);
     assert!(!r.dry_run);
     assert_eq!(r.old_object, None);
-    assert_eq!(r.options.as_ref().and_then(|o| o["kind"].as_str()), Some("CreateOptions"));
+    assert_eq!(
+        r.options.as_ref().and_then(|o| o["kind"].as_str()),
+        Some("CreateOptions")
+    );
     let object = r.object.as_ref().unwrap();
     assert_eq!(crate::object::label(object, "deny"), Some("true"));
-    let images: Vec<_> = crate::pods::containers(object).iter().filter_map(|c| c.image()).collect();
+    let images: Vec<_> = crate::pods::containers(object)
+        .iter()
+        .filter_map(|c| c.image())
+        .collect();
     assert_eq!(images, ["registry.k8s.io/pause:3.10"]);
 }
 
@@ -127,7 +156,12 @@ fn apiserver_dry_run() {
 
 #[test]
 fn apiserver_ordinary_user() {
-    assert_eq!(apiserver("010-validate-CREATE-Pod-alice-pod.json").user_info.username, "alice");
+    assert_eq!(
+        apiserver("010-validate-CREATE-Pod-alice-pod.json")
+            .user_info
+            .username,
+        "alice"
+    );
 }
 
 #[test]
@@ -149,7 +183,10 @@ fn apiserver_deletes_have_only_old_object() {
         assert_eq!(r.operation, Operation::Delete, "{name}");
         assert_eq!(r.object, None, "{name}");
         assert!(r.old_object.is_some(), "{name}");
-        assert_eq!(r.options.as_ref().and_then(|o| o["kind"].as_str()), Some("DeleteOptions"));
+        assert_eq!(
+            r.options.as_ref().and_then(|o| o["kind"].as_str()),
+            Some("DeleteOptions")
+        );
     }
 }
 
@@ -162,7 +199,12 @@ fn apiserver_every_review_parses() {
     for file in files {
         let envelope = read_json(&file);
         let r = request_of(&envelope);
-        assert_eq!(r.uid, envelope["request"]["uid"].as_str().unwrap(), "{}", file.display());
+        assert_eq!(
+            r.uid,
+            envelope["request"]["uid"].as_str().unwrap(),
+            "{}",
+            file.display()
+        );
         assert_ne!(r.operation, Operation::default(), "{}", file.display());
     }
 }
@@ -178,7 +220,10 @@ fn apiserver_v1beta1_and_v1_read_alike() {
 #[test]
 fn pepr_requests() {
     let deployment = Request::from_json(
-        &std::fs::read_to_string(corpus("pepr/src/fixtures/data/admission-create-deployment.json")).unwrap(),
+        &std::fs::read_to_string(corpus(
+            "pepr/src/fixtures/data/admission-create-deployment.json",
+        ))
+        .unwrap(),
     )
     .unwrap();
     assert_eq!(deployment.kind.group, "apps");
@@ -190,7 +235,8 @@ fn pepr_requests() {
     assert_eq!(crate::pods::containers(object)[0].image(), Some("nginx"));
 
     let delete = Request::from_json(
-        &std::fs::read_to_string(corpus("pepr/src/fixtures/data/admission-delete-pod.json")).unwrap(),
+        &std::fs::read_to_string(corpus("pepr/src/fixtures/data/admission-delete-pod.json"))
+            .unwrap(),
     )
     .unwrap();
     assert_eq!(delete.operation, Operation::Delete);
@@ -198,7 +244,8 @@ fn pepr_requests() {
     assert!(delete.old_object.is_some());
 
     let pod = Request::from_json(
-        &std::fs::read_to_string(corpus("pepr/src/fixtures/data/admission-create-pod.json")).unwrap(),
+        &std::fs::read_to_string(corpus("pepr/src/fixtures/data/admission-create-pod.json"))
+            .unwrap(),
     )
     .unwrap();
     let object = pod.object.as_ref().unwrap();
@@ -217,11 +264,14 @@ fn pepr_every_request_parses() {
         let json = read_json(&file);
         // The servicemonitor files wrap the request in {uid, namespace, request}.
         let request = json.get("request").unwrap_or(&json);
-        let r = Request::from_json(&request.to_string()).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        let r = Request::from_json(&request.to_string())
+            .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
         assert!(!r.uid.is_empty(), "{}", file.display());
         match r.operation {
             Operation::Delete => assert_eq!(r.object, None, "{}", file.display()),
-            Operation::Create | Operation::Update => assert!(r.object.is_some(), "{}", file.display()),
+            Operation::Create | Operation::Update => {
+                assert!(r.object.is_some(), "{}", file.display())
+            }
             ref other => panic!("{}: {other}", file.display()),
         }
     }
@@ -231,12 +281,17 @@ fn pepr_every_request_parses() {
 fn kubernetes_api_round_trip_fixtures_parse() {
     for version in ["HEAD", "v1.33.0", "v1.34.0", "v1.35.0", "v1.36.0"] {
         for api in ["v1", "v1beta1"] {
-            let file = corpus(&format!("kubernetes-api/testdata/{version}/admission.k8s.io.{api}.AdmissionReview.json"));
+            let file = corpus(&format!(
+                "kubernetes-api/testdata/{version}/admission.k8s.io.{api}.AdmissionReview.json"
+            ));
             let r = request_of(&read_json(&file));
             assert_eq!(r.uid, "uidValue", "{}", file.display());
             assert_eq!(r.operation, Operation::Other("operationValue".into()));
             assert_eq!(r.sub_resource, "subResourceValue");
-            assert_eq!(r.request_sub_resource.as_deref(), Some("requestSubResourceValue"));
+            assert_eq!(
+                r.request_sub_resource.as_deref(),
+                Some("requestSubResourceValue")
+            );
             assert_eq!(r.user_info.extra["extraKey"], ["extraValue"]);
             assert!(r.dry_run);
             assert!(r.object.is_some() && r.old_object.is_some() && r.options.is_some());
@@ -258,7 +313,8 @@ fn kubewarden_requests_parse() {
         if request.get("uid").is_none() || request.get("operation").is_none() {
             continue;
         }
-        Request::from_json(&request.to_string()).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        Request::from_json(&request.to_string())
+            .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
         parsed += 1;
     }
     assert!(parsed > 150, "only {parsed} requests found");

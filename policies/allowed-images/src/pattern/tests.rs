@@ -1,7 +1,8 @@
 use super::*;
 
 const DIGEST: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
-const OTHER_DIGEST: &str = "sha256:fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210";
+const OTHER_DIGEST: &str =
+    "sha256:fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210";
 
 fn allows(pattern: &str, image: &str) -> bool {
     let pattern = Pattern::parse(pattern).unwrap_or_else(|e| panic!("{e}"));
@@ -12,11 +13,23 @@ fn allows(pattern: &str, image: &str) -> bool {
 #[test]
 fn prefixes_match_at_path_boundaries() {
     assert!(allows("registry.k8s.io/", "registry.k8s.io/pause:3.10"));
-    assert!(allows("registry.k8s.io/", "registry.k8s.io/kube-apiserver/x:v1.36.2"));
-    assert!(!allows("registry.k8s.io/", "registry.k8s.io.evil.com/pause"));
-    assert!(!allows("registry.k8s.io/", "docker.io/registry.k8s.io/pause"));
+    assert!(allows(
+        "registry.k8s.io/",
+        "registry.k8s.io/kube-apiserver/x:v1.36.2"
+    ));
+    assert!(!allows(
+        "registry.k8s.io/",
+        "registry.k8s.io.evil.com/pause"
+    ));
+    assert!(!allows(
+        "registry.k8s.io/",
+        "docker.io/registry.k8s.io/pause"
+    ));
     assert!(allows("ghcr.io/acme/", "ghcr.io/acme/app:1"));
-    assert!(allows("ghcr.io/acme/", &format!("ghcr.io/acme/team/app@{DIGEST}")));
+    assert!(allows(
+        "ghcr.io/acme/",
+        &format!("ghcr.io/acme/team/app@{DIGEST}")
+    ));
     assert!(!allows("ghcr.io/acme/", "ghcr.io/acmecorp/app"));
     assert!(!allows("ghcr.io/acme/", "ghcr.io/acme"));
     assert!(allows("localhost:5000/", "localhost:5000/x"));
@@ -31,8 +44,18 @@ fn prefixes_match_at_path_boundaries() {
 
 #[test]
 fn names_allow_any_tag_or_digest() {
-    for pattern in ["nginx", "library/nginx", "docker.io/library/nginx", "index.docker.io/nginx"] {
-        for image in ["nginx", "nginx:1.27", "docker.io/library/nginx:1.27-alpine", &format!("nginx@{DIGEST}")] {
+    for pattern in [
+        "nginx",
+        "library/nginx",
+        "docker.io/library/nginx",
+        "index.docker.io/nginx",
+    ] {
+        for image in [
+            "nginx",
+            "nginx:1.27",
+            "docker.io/library/nginx:1.27-alpine",
+            &format!("nginx@{DIGEST}"),
+        ] {
             assert!(allows(pattern, image), "{pattern} {image}");
         }
         assert!(!allows(pattern, "nginx-unprivileged"), "{pattern}");
@@ -67,13 +90,21 @@ fn globs() {
     assert!(allows("ghcr.io/acme/*", "ghcr.io/acme/app:1"));
     assert!(allows("ghcr.io/acme/*", "ghcr.io/acme/team/app"));
     assert!(!allows("ghcr.io/acme/*", "ghcr.io/other/app"));
-    assert!(allows("*.gcr.io/distroless/*", "eu.gcr.io/distroless/static:nonroot"));
+    assert!(allows(
+        "*.gcr.io/distroless/*",
+        "eu.gcr.io/distroless/static:nonroot"
+    ));
     assert!(!allows("*.gcr.io/distroless/*", "gcr.io/distroless/static"));
     assert!(allows("nginx:1.*", "nginx:1.27"));
     assert!(!allows("nginx:1.*", "nginx:2.0"));
     assert!(!allows("nginx:1.*", "nginx"));
     assert!(allows("nginx*", "nginx-unprivileged"));
-    for image in ["nginx", "evil.io/x:1", "localhost:5000/x", &format!("a/b@{DIGEST}")] {
+    for image in [
+        "nginx",
+        "evil.io/x:1",
+        "localhost:5000/x",
+        &format!("a/b@{DIGEST}"),
+    ] {
         assert!(allows("*", image), "{image}");
     }
 }
@@ -82,12 +113,24 @@ fn globs() {
 fn invalid_patterns() {
     let table = [
         ("", "invalid image pattern \"\": empty reference"),
-        ("Nginx", "invalid image pattern \"Nginx\": repository name must be lowercase"),
+        (
+            "Nginx",
+            "invalid image pattern \"Nginx\": repository name must be lowercase",
+        ),
         ("nginx:", "invalid image pattern \"nginx:\": invalid tag"),
-        ("nginx@sha256:abc", "invalid image pattern \"nginx@sha256:abc\": invalid digest"),
+        (
+            "nginx@sha256:abc",
+            "invalid image pattern \"nginx@sha256:abc\": invalid digest",
+        ),
         ("/", "invalid image pattern \"/\": invalid repository name"),
-        ("ghcr.io/acme:1/", "invalid image pattern \"ghcr.io/acme:1/\": invalid tag"),
-        ("ghcr.io//", "invalid image pattern \"ghcr.io//\": invalid repository name"),
+        (
+            "ghcr.io/acme:1/",
+            "invalid image pattern \"ghcr.io/acme:1/\": invalid tag",
+        ),
+        (
+            "ghcr.io//",
+            "invalid image pattern \"ghcr.io//\": invalid repository name",
+        ),
     ];
     for (text, message) in table {
         assert_eq!(Pattern::parse(text), Err(message.to_string()), "{text}");
@@ -97,5 +140,8 @@ fn invalid_patterns() {
 #[test]
 fn display_is_the_text_as_written() {
     assert_eq!(Pattern::parse("nginx").unwrap().to_string(), "nginx");
-    assert_eq!(Pattern::parse("registry.k8s.io/").unwrap().to_string(), "registry.k8s.io/");
+    assert_eq!(
+        Pattern::parse("registry.k8s.io/").unwrap().to_string(),
+        "registry.k8s.io/"
+    );
 }
