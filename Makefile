@@ -30,8 +30,10 @@ run: build
 	./target/release/portcullis serve --config $(CONFIG) --addr $(ADDR)
 
 # One native profile (release) for the host, the SDK, the policies' unit
-# tests and the end-to-end tests, so everything is compiled once.
-test: build
+# tests and the end-to-end tests, so everything is compiled once. `cargo
+# test` builds target/release/portcullis itself (with the workspace's
+# feature set); building it separately first would compile the engine twice.
+test: policies
 	$(CARGO) test --locked --release --workspace
 
 lint: setup

@@ -39,20 +39,19 @@ pub struct ServeOptions {
 pub enum AppError {
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("cannot load policies from the config: {0}")]
+    #[error(transparent)]
     Policies(#[from] SetError),
     #[error(transparent)]
     Tls(#[from] TlsError),
     #[error(transparent)]
     Engine(#[from] EngineError),
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}: {cause}")]
     Bind {
         addr: SocketAddr,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("server error: {0}")]
-    Serve(#[source] std::io::Error),
+    Serve(std::io::Error),
 }
 
 impl AppError {
@@ -101,19 +100,19 @@ pub async fn serve(options: ServeOptions) -> Result<(), AppError> {
         }
     };
 
-    let listener = std::net::TcpListener::bind(options.addr).map_err(|source| AppError::Bind {
+    let listener = std::net::TcpListener::bind(options.addr).map_err(|cause| AppError::Bind {
         addr: options.addr,
-        source,
+        cause,
     })?;
     listener
         .set_nonblocking(true)
-        .map_err(|source| AppError::Bind {
+        .map_err(|cause| AppError::Bind {
             addr: options.addr,
-            source,
+            cause,
         })?;
-    let local = listener.local_addr().map_err(|source| AppError::Bind {
+    let local = listener.local_addr().map_err(|cause| AppError::Bind {
         addr: options.addr,
-        source,
+        cause,
     })?;
 
     let router = server::router(ServerState {
@@ -131,9 +130,9 @@ pub async fn serve(options: ServeOptions) -> Result<(), AppError> {
     };
     let rustls = axum_server::tls_rustls::RustlsConfig::from_config(tls_config);
     let server = axum_server::from_tcp_rustls(listener, rustls)
-        .map_err(|source| AppError::Bind {
+        .map_err(|cause| AppError::Bind {
             addr: options.addr,
-            source,
+            cause,
         })?
         .handle(handle);
     tracing::info!(

@@ -16,20 +16,25 @@ use time::{Duration, OffsetDateTime};
 pub enum CertError {
     /// rcgen refused the parameters.
     #[error("cannot generate certificate: {0}")]
-    Generate(#[from] rcgen::Error),
+    Generate(String),
     /// A DNS name is not valid in a certificate.
     #[error("invalid DNS name {name:?} for a certificate: {reason}")]
     DnsName { name: String, reason: String },
     /// A file could not be written.
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {path}: {cause}")]
     Write {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// No names at all were given.
     #[error("a server certificate needs at least one --dns name or --ip address")]
     NoNames,
+}
+
+impl From<rcgen::Error> for CertError {
+    fn from(err: rcgen::Error) -> Self {
+        Self::Generate(err.to_string())
+    }
 }
 
 /// What to put in the server certificate.
@@ -141,9 +146,9 @@ fn distinguished_name(common_name: &str) -> DistinguishedName {
 /// # Errors
 /// [`CertError::Write`] naming the file.
 pub fn write(bundle: &CertBundle, dir: &Path) -> Result<(), CertError> {
-    std::fs::create_dir_all(dir).map_err(|source| CertError::Write {
+    std::fs::create_dir_all(dir).map_err(|cause| CertError::Write {
         path: dir.to_path_buf(),
-        source,
+        cause,
     })?;
     for (name, contents, private) in [
         (CA_CERT, &bundle.ca_cert, false),
@@ -152,9 +157,9 @@ pub fn write(bundle: &CertBundle, dir: &Path) -> Result<(), CertError> {
         (TLS_KEY, &bundle.key, true),
     ] {
         let path = dir.join(name);
-        write_file(&path, contents.as_bytes(), private).map_err(|source| CertError::Write {
+        write_file(&path, contents.as_bytes(), private).map_err(|cause| CertError::Write {
             path: path.clone(),
-            source,
+            cause,
         })?;
     }
     Ok(())

@@ -23,7 +23,6 @@ const POLICY_ERROR_CODE: u16 = 500;
 #[error("policy {policy:?} failed: {error}")]
 pub struct ChainFailure {
     pub policy: String,
-    #[source]
     pub error: PolicyError,
 }
 

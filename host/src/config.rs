@@ -38,11 +38,10 @@ const MIN_MEMORY: u64 = 2 << 20;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}: {cause}")]
     Read {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The YAML is malformed or does not fit the schema.
     #[error("invalid config file {path}: {message}")]
@@ -260,9 +259,9 @@ impl Config {
     /// # Errors
     /// A [`ConfigError`] naming the file and what was wrong.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
             path: path.to_path_buf(),
-            source,
+            cause,
         })?;
         Self::parse(path, &text)
     }

@@ -34,13 +34,13 @@ const POOLED_INSTANCES: u32 = 512;
 pub enum EngineError {
     /// wasmtime refused the configuration.
     #[error("cannot create the WebAssembly engine: {0}")]
-    Create(#[source] wasmtime::Error),
+    Create(wasmtime::Error),
     /// The host functions could not be linked.
     #[error("cannot set up host functions for policies: {0}")]
-    Link(#[source] wasmtime::Error),
+    Link(wasmtime::Error),
     /// The epoch ticker thread could not be started.
     #[error("cannot start the epoch ticker thread: {0}")]
-    Ticker(#[source] std::io::Error),
+    Ticker(std::io::Error),
 }
 
 /// State of one store: one policy call. Dropped when the call ends.

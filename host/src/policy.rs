@@ -14,13 +14,13 @@ use crate::module::{CompiledModule, ModuleError};
 pub enum LoadError {
     /// The module file could not be read.
     #[error("cannot read module: {0}")]
-    Read(#[source] std::io::Error),
+    Read(std::io::Error),
     /// The module could not be compiled or does not fit the contract.
     #[error(transparent)]
     Module(#[from] ModuleError),
     /// Calling `metadata` failed.
     #[error("metadata call failed: {0}")]
-    Metadata(#[source] PolicyError),
+    Metadata(PolicyError),
     /// The module neither validates nor mutates.
     #[error("module says it neither validates nor mutates")]
     NoCapability,
@@ -32,7 +32,7 @@ pub enum LoadError {
     SettingsRejected(String),
     /// Calling `validate-settings` failed.
     #[error("validate-settings call failed: {0}")]
-    SettingsCall(#[source] PolicyError),
+    SettingsCall(PolicyError),
     /// The compile task died (a panic inside the compiler).
     #[error("compilation task failed: {0}")]
     Task(String),

@@ -32,7 +32,6 @@ pub type SharedPolicySet = Arc<ArcSwap<PolicySet>>;
 pub struct SetError {
     pub policy: String,
     pub module: PathBuf,
-    #[source]
     pub error: LoadError,
 }
 
@@ -66,37 +65,50 @@ impl PolicySet {
                     .collect()
             })
             .unwrap_or_default();
-        let mut policies = Vec::with_capacity(config.policies.len());
-        for policy_config in &config.policies {
-            let fail = |error| SetError {
-                policy: policy_config.name.to_string(),
-                module: policy_config.module.clone(),
+        let fail = |index: usize, error: LoadError| {
+            let policy = &config.policies[index];
+            SetError {
+                policy: policy.name.to_string(),
+                module: policy.module.clone(),
                 error,
-            };
+            }
+        };
+
+        // Read every module, then compile each new digest once, all at once:
+        // componentizing and Cranelift are CPU-bound, so they run on the
+        // blocking pool, off the threads that serve requests.
+        let mut digests = Vec::with_capacity(config.policies.len());
+        let mut compiling = tokio::task::JoinSet::new();
+        for (index, policy_config) in config.policies.iter().enumerate() {
             let bytes = tokio::fs::read(&policy_config.module)
                 .await
-                .map_err(|err| fail(LoadError::Read(err)))?;
+                .map_err(|err| fail(index, LoadError::Read(err)))?;
             let digest = module::digest(&bytes);
-            let compiled_module = match compiled.get(&digest) {
-                Some(existing) => existing.clone(),
-                None => {
-                    let engine = engine.clone();
-                    // Componentizing and Cranelift are CPU-bound: keep them
-                    // off the threads that serve requests.
-                    let module = tokio::task::spawn_blocking(move || {
-                        CompiledModule::compile(&engine, &bytes)
-                    })
-                    .await
-                    .map_err(|err| fail(LoadError::Task(err.to_string())))?
-                    .map_err(|err| fail(LoadError::Module(err)))?;
-                    let module = Arc::new(module);
-                    compiled.insert(digest, module.clone());
-                    module
-                }
-            };
-            let policy = Policy::bind(policy_config, compiled_module)
+            let first_use = !digests.contains(&digest);
+            if first_use && !compiled.contains_key(&digest) {
+                let engine = engine.clone();
+                compiling.spawn_blocking(move || (index, CompiledModule::compile(&engine, &bytes)));
+            }
+            digests.push(digest);
+        }
+        while let Some(joined) = compiling.join_next().await {
+            let (index, result) =
+                joined.map_err(|err| fail(0, LoadError::Task(err.to_string())))?;
+            let module = result.map_err(|err| fail(index, LoadError::Module(err)))?;
+            compiled.insert(digests[index].clone(), Arc::new(module));
+        }
+
+        let mut policies = Vec::with_capacity(config.policies.len());
+        for (index, policy_config) in config.policies.iter().enumerate() {
+            let module = compiled.get(&digests[index]).cloned().ok_or_else(|| {
+                fail(
+                    index,
+                    LoadError::Task("module missing after compile".into()),
+                )
+            })?;
+            let policy = Policy::bind(policy_config, module)
                 .await
-                .map_err(fail)?;
+                .map_err(|err| fail(index, err))?;
             policies.push(Arc::new(policy));
         }
         Ok(Self {

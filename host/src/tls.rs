@@ -12,22 +12,20 @@ use crate::certs::{self, CertRequest};
 /// Errors loading the serving certificate.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {cause}")]
     Read {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{path} holds no PEM certificate")]
     NoCertificate { path: PathBuf },
     #[error("{path} holds no PEM private key (PKCS#8, PKCS#1 or SEC1)")]
     NoKey { path: PathBuf },
-    #[error("certificate {cert} and key {key} do not make a valid TLS identity: {source}")]
+    #[error("certificate {cert} and key {key} do not make a valid TLS identity: {cause}")]
     Config {
         cert: PathBuf,
         key: PathBuf,
-        #[source]
-        source: rustls::Error,
+        cause: rustls::Error,
     },
     #[error(transparent)]
     Generate(#[from] certs::CertError),
@@ -44,19 +42,19 @@ pub fn server_config(cert_path: &Path, key_path: &Path) -> Result<Arc<ServerConf
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .and_then(|builder| builder.with_no_client_auth().with_single_cert(certs, key))
-        .map_err(|source| TlsError::Config {
+        .map_err(|cause| TlsError::Config {
             cert: cert_path.to_path_buf(),
             key: key_path.to_path_buf(),
-            source,
+            cause,
         })?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|source| TlsError::Read {
+    std::fs::read(path).map_err(|cause| TlsError::Read {
         path: path.to_path_buf(),
-        source,
+        cause,
     })
 }
 
