@@ -20,9 +20,12 @@ setup:
 policies: setup
 	$(CARGO) build --locked --target wasm32-wasip1 --profile policy $(addprefix -p ,$(POLICIES))
 
-# The host: target/release/portcullis (release only: a debug host compiles wasm ~13x slower).
+# The host: target/release/portcullis (release only: a debug host compiles
+# wasm ~13x slower). Built with every target of the workspace so that its
+# dependencies get the same features as in `make test` and are compiled once
+# for both.
 host:
-	$(CARGO) build --locked --release -p portcullis
+	$(CARGO) build --locked --release --workspace --all-targets
 
 build: policies host
 
@@ -30,10 +33,8 @@ run: build
 	./target/release/portcullis serve --config $(CONFIG) --addr $(ADDR)
 
 # One native profile (release) for the host, the SDK, the policies' unit
-# tests and the end-to-end tests, so everything is compiled once. `cargo
-# test` builds target/release/portcullis itself (with the workspace's
-# feature set); building it separately first would compile the engine twice.
-test: policies
+# tests and the end-to-end tests, so everything is compiled once.
+test: build
 	$(CARGO) test --locked --release --workspace
 
 lint: setup

@@ -3,17 +3,19 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
+use tokio::sync::mpsc;
 
-use crate::config::{Config, ConfigError};
 use crate::engine::{EngineError, PolicyEngine};
-use crate::policy_set::{PolicySet, SetError};
+use crate::metrics::Metrics;
+use crate::policy_set::PolicySet;
+use crate::policy_store::PolicyStore;
+use crate::reload::{self, Debounce, ReloadError, Reloader};
 use crate::server::{self, ServerState};
 use crate::shutdown;
 use crate::tls::{self, TlsError};
+use crate::watch::{FileWatcher, WatchError};
 
 /// Where the serving certificate comes from.
 #[derive(Debug, Clone)]
@@ -32,15 +34,19 @@ pub struct ServeOptions {
     pub tls: TlsSource,
     pub body_limit: usize,
     pub shutdown_grace: Duration,
+    /// Start serving with no policies when the config is broken at
+    /// start-up, and wait for a good one.
+    pub allow_empty: bool,
+    pub debounce: Debounce,
 }
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     #[error(transparent)]
-    Config(#[from] ConfigError),
+    Load(#[from] ReloadError),
     #[error(transparent)]
-    Policies(#[from] SetError),
+    Watch(#[from] WatchError),
     #[error(transparent)]
     Tls(#[from] TlsError),
     #[error(transparent)]
@@ -58,8 +64,8 @@ impl AppError {
     /// 2 for what the operator must fix in config or files, 1 otherwise.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Self::Config(_) | Self::Policies(_) | Self::Tls(_) | Self::Bind { .. } => 2,
-            Self::Engine(_) | Self::Serve(_) => 1,
+            Self::Load(_) | Self::Tls(_) | Self::Bind { .. } => 2,
+            Self::Engine(_) | Self::Watch(_) | Self::Serve(_) => 1,
         }
     }
 }
@@ -70,20 +76,29 @@ impl AppError {
 /// An [`AppError`] for what went wrong at start-up.
 pub async fn serve(options: ServeOptions) -> Result<(), AppError> {
     let started = Instant::now();
-    let config = Config::load(&options.config)?;
     let engine = PolicyEngine::new()?;
-    let set = PolicySet::build(&engine, &config, 1, None).await?;
-    for policy in set.policies() {
-        tracing::info!(
-            policy = %policy.name,
-            module = %policy.module_path.display(),
-            digest = %policy.module.digest,
-            validates = policy.metadata.validates,
-            mutates = policy.metadata.mutates,
-            "policy loaded"
+    let metrics = Metrics::new();
+    // Generation 0 is "nothing loaded yet": not ready.
+    let store = PolicyStore::new(PolicySet::empty(0));
+    let mut reloader = Reloader::new(
+        engine.clone(),
+        options.config.clone(),
+        store.clone(),
+        metrics.clone(),
+    );
+    // Start-up is the first reload: the same path a running server uses.
+    if let Err(error) = reloader.reload().await {
+        if !options.allow_empty {
+            return Err(error.into());
+        }
+        tracing::warn!(
+            %error,
+            "--allow-empty: serving no policies until the config loads"
         );
     }
-    let policies = Arc::new(ArcSwap::from_pointee(set));
+    let (file_events_tx, file_events) = mpsc::unbounded_channel();
+    let mut watcher = FileWatcher::new(file_events_tx)?;
+    watcher.watch(reloader.watched());
 
     let tls_config = match &options.tls {
         TlsSource::Files { cert, key } => tls::server_config(cert, key)?,
@@ -116,18 +131,33 @@ pub async fn serve(options: ServeOptions) -> Result<(), AppError> {
     })?;
 
     let router = server::router(ServerState {
-        policies,
+        policies: store,
+        metrics,
         body_limit: options.body_limit,
     });
     let handle = axum_server::Handle::new();
+    // The control loop: SIGTERM/SIGINT drain the server and stop the
+    // reloader; file changes and SIGHUP reload.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let drain = {
         let handle = handle.clone();
         let grace = options.shutdown_grace;
         tokio::spawn(async move {
             shutdown::signal().await;
+            let _ = stop_tx.send(true);
             handle.graceful_shutdown(Some(grace));
         })
     };
+    let reloading = tokio::spawn(reload::run(
+        reloader,
+        watcher,
+        file_events,
+        options.debounce,
+        async move {
+            let mut stop_rx = stop_rx;
+            let _ = stop_rx.wait_for(|stop| *stop).await;
+        },
+    ));
     let rustls = axum_server::tls_rustls::RustlsConfig::from_config(tls_config);
     let server = axum_server::from_tcp_rustls(listener, rustls)
         .map_err(|cause| AppError::Bind {
@@ -143,6 +173,7 @@ pub async fn serve(options: ServeOptions) -> Result<(), AppError> {
     );
     let result = server.serve(router.into_make_service()).await;
     drain.abort();
+    reloading.abort();
     tracing::info!("stopped");
     result.map_err(AppError::Serve)
 }

@@ -12,11 +12,15 @@
 //! - `module`: componentize, compile, pre-instantiate one `.wasm`.
 //! - `invoke`: one call into a policy with a deadline; typed errors.
 //! - `policy`: a module bound to its settings, limits and match rules.
-//! - `policy_set`: the immutable snapshot of all policies, swapped whole.
+//! - `policy_set`: the immutable snapshot of all policies, and the
+//!   compiled-module cache that reloads share.
+//! - `policy_store`: the snapshot in service (swapped whole) and reload status.
 //! - `chain`: mutate chain and validation over a snapshot; modes, onError.
 //! - `server`: routes and handlers; never names a wasmtime type.
+//! - `reload`, `watch`: directory watch, debounce, build then swap.
+//! - `metrics`: Prometheus metrics.
 //! - `tls`, `certs`: the serving certificate; generating CA and certificates.
-//! - `app`: wires config -> engine -> policies -> TLS -> server.
+//! - `app`: wires engine -> reloader -> TLS -> server; owns the control loop.
 //! - `cli`, `commands`: flags and subcommands; `main` maps errors to exit codes.
 
 mod bindings;
@@ -32,11 +36,15 @@ pub mod contract;
 pub mod engine;
 pub mod invoke;
 pub mod matcher;
+pub mod metrics;
 pub mod module;
 pub mod policy;
 pub mod policy_set;
+pub mod policy_store;
+pub mod reload;
 pub mod sandbox;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;
 pub mod tls;
+pub mod watch;

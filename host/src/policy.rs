@@ -95,6 +95,18 @@ impl Policy {
         })
     }
 
+    /// Whether `other` is the same policy with the same code and config.
+    pub fn same_as(&self, other: &Policy) -> bool {
+        self.name == other.name
+            && self.module_path == other.module_path
+            && self.module.digest == other.module.digest
+            && self.mode == other.mode
+            && self.on_error == other.on_error
+            && self.limits == other.limits
+            && self.matcher == other.matcher
+            && self.settings == other.settings
+    }
+
     /// Whether this policy applies to a request.
     pub fn matches(&self, request: &RequestFacts<'_>) -> bool {
         self.matcher.matches(request)

@@ -2,12 +2,10 @@
 //! generation. A request takes the current snapshot once and is answered
 //! entirely by it; a reload builds a whole new snapshot and swaps it in.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::SystemTime;
-
-use arc_swap::ArcSwap;
 
 use crate::config::Config;
 use crate::engine::PolicyEngine;
@@ -22,9 +20,6 @@ pub struct PolicySet {
     /// In config order: the order mutations run in.
     policies: Vec<Arc<Policy>>,
 }
-
-/// The swappable current snapshot, shared by the server and the reloader.
-pub type SharedPolicySet = Arc<ArcSwap<PolicySet>>;
 
 /// A policy that failed to load, with its name and module path.
 #[derive(Debug, thiserror::Error)]
@@ -45,9 +40,9 @@ impl PolicySet {
         }
     }
 
-    /// Loads every policy of `config`. Modules whose sha256 matches one in
-    /// `reuse` are not recompiled. Either every policy loads or the set is
-    /// not built.
+    /// Loads every policy of `config`. Modules whose sha256 is in `cache`
+    /// are not recompiled; new ones are compiled and added to it. Either
+    /// every policy loads or the set is not built.
     ///
     /// # Errors
     /// The first policy that failed, by name and path, with its cause.
@@ -55,16 +50,8 @@ impl PolicySet {
         engine: &Arc<PolicyEngine>,
         config: &Config,
         generation: u64,
-        reuse: Option<&PolicySet>,
-    ) -> Result<Self, SetError> {
-        let mut compiled: HashMap<String, Arc<CompiledModule>> = reuse
-            .map(|set| {
-                set.policies
-                    .iter()
-                    .map(|p| (p.module.digest.clone(), p.module.clone()))
-                    .collect()
-            })
-            .unwrap_or_default();
+        cache: &mut ModuleCache,
+    ) -> Result<(Self, BuildStats), SetError> {
         let fail = |index: usize, error: LoadError| {
             let policy = &config.policies[index];
             SetError {
@@ -73,21 +60,26 @@ impl PolicySet {
                 error,
             }
         };
+        let mut stats = BuildStats::default();
 
         // Read every module, then compile each new digest once, all at once:
         // componentizing and Cranelift are CPU-bound, so they run on the
         // blocking pool, off the threads that serve requests.
-        let mut digests = Vec::with_capacity(config.policies.len());
+        let mut digests: Vec<String> = Vec::with_capacity(config.policies.len());
         let mut compiling = tokio::task::JoinSet::new();
         for (index, policy_config) in config.policies.iter().enumerate() {
             let bytes = tokio::fs::read(&policy_config.module)
                 .await
                 .map_err(|err| fail(index, LoadError::Read(err)))?;
             let digest = module::digest(&bytes);
-            let first_use = !digests.contains(&digest);
-            if first_use && !compiled.contains_key(&digest) {
-                let engine = engine.clone();
-                compiling.spawn_blocking(move || (index, CompiledModule::compile(&engine, &bytes)));
+            if !digests.contains(&digest) {
+                if cache.contains(&digest) {
+                    stats.reused += 1;
+                } else {
+                    let engine = engine.clone();
+                    compiling
+                        .spawn_blocking(move || (index, CompiledModule::compile(&engine, &bytes)));
+                }
             }
             digests.push(digest);
         }
@@ -95,12 +87,13 @@ impl PolicySet {
             let (index, result) =
                 joined.map_err(|err| fail(0, LoadError::Task(err.to_string())))?;
             let module = result.map_err(|err| fail(index, LoadError::Module(err)))?;
-            compiled.insert(digests[index].clone(), Arc::new(module));
+            stats.compiled += 1;
+            cache.insert(digests[index].clone(), Arc::new(module), generation);
         }
 
         let mut policies = Vec::with_capacity(config.policies.len());
         for (index, policy_config) in config.policies.iter().enumerate() {
-            let module = compiled.get(&digests[index]).cloned().ok_or_else(|| {
+            let module = cache.get(&digests[index], generation).ok_or_else(|| {
                 fail(
                     index,
                     LoadError::Task("module missing after compile".into()),
@@ -111,11 +104,34 @@ impl PolicySet {
                 .map_err(|err| fail(index, err))?;
             policies.push(Arc::new(policy));
         }
-        Ok(Self {
-            generation,
-            loaded_at: SystemTime::now(),
-            policies,
-        })
+        Ok((
+            Self {
+                generation,
+                loaded_at: SystemTime::now(),
+                policies,
+            },
+            stats,
+        ))
+    }
+
+    /// Whether `other` would answer every request exactly as this set does:
+    /// the same policies in the same order, with the same module digests,
+    /// settings, limits, modes and match rules.
+    pub fn same_policies(&self, other: &PolicySet) -> bool {
+        self.policies.len() == other.policies.len()
+            && self
+                .policies
+                .iter()
+                .zip(&other.policies)
+                .all(|(a, b)| a.same_as(b))
+    }
+
+    /// Digests of the modules this set uses.
+    pub fn digests(&self) -> HashSet<String> {
+        self.policies
+            .iter()
+            .map(|p| p.module.digest.clone())
+            .collect()
     }
 
     /// Every policy, in config order.
@@ -140,5 +156,89 @@ impl PolicySet {
 
     pub fn is_empty(&self) -> bool {
         self.policies.is_empty()
+    }
+}
+
+/// What building a set cost.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BuildStats {
+    /// Modules componentized and compiled.
+    pub compiled: u64,
+    /// Modules taken from the cache.
+    pub reused: u64,
+}
+
+/// Compiled modules by sha256, kept across reloads so that a module that
+/// did not change, or that comes back (a rollback), is not recompiled.
+/// Holds the modules of the set in service plus up to `spare` others,
+/// least recently used first out.
+#[derive(Debug)]
+pub struct ModuleCache {
+    entries: HashMap<String, CachedModule>,
+    spare: usize,
+}
+
+#[derive(Debug)]
+struct CachedModule {
+    module: Arc<CompiledModule>,
+    /// The newest generation that asked for it.
+    last_used: u64,
+}
+
+impl ModuleCache {
+    /// A cache keeping up to `spare` modules beyond those in service.
+    pub fn new(spare: usize) -> Self {
+        Self {
+            entries: HashMap::new(),
+            spare,
+        }
+    }
+
+    pub fn contains(&self, digest: &str) -> bool {
+        self.entries.contains_key(digest)
+    }
+
+    fn get(&mut self, digest: &str, generation: u64) -> Option<Arc<CompiledModule>> {
+        let entry = self.entries.get_mut(digest)?;
+        entry.last_used = entry.last_used.max(generation);
+        Some(entry.module.clone())
+    }
+
+    fn insert(&mut self, digest: String, module: Arc<CompiledModule>, generation: u64) {
+        self.entries.insert(
+            digest,
+            CachedModule {
+                module,
+                last_used: generation,
+            },
+        );
+    }
+
+    /// Drops the least recently used modules not in `in_use` beyond the
+    /// spare capacity.
+    pub fn prune(&mut self, in_use: &HashSet<String>) {
+        let mut spares: Vec<(u64, String)> = self
+            .entries
+            .iter()
+            .filter(|(digest, _)| !in_use.contains(*digest))
+            .map(|(digest, entry)| (entry.last_used, digest.clone()))
+            .collect();
+        if spares.len() <= self.spare {
+            return;
+        }
+        spares.sort();
+        let excess = spares.len() - self.spare;
+        for (_, digest) in spares.into_iter().take(excess) {
+            self.entries.remove(&digest);
+        }
+    }
+
+    /// Modules held.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
     }
 }

@@ -19,8 +19,10 @@ use serde::Serialize;
 
 use crate::admission::{self, Review};
 use crate::chain::{self, Selection};
+use crate::metrics::Metrics;
 use crate::policy::Policy;
-use crate::policy_set::{PolicySet, SharedPolicySet};
+use crate::policy_set::PolicySet;
+use crate::policy_store::PolicyStore;
 
 /// Largest review body accepted: an UPDATE carries object and oldObject,
 /// up to about 6 MiB together.
@@ -29,7 +31,8 @@ pub const DEFAULT_BODY_LIMIT: usize = 8 << 20;
 /// What the handlers share.
 #[derive(Clone)]
 pub struct ServerState {
-    pub policies: SharedPolicySet,
+    pub policies: Arc<PolicyStore>,
+    pub metrics: Arc<Metrics>,
     pub body_limit: usize,
 }
 
@@ -43,6 +46,7 @@ pub fn router(state: ServerState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/policies", get(list_policies))
+        .route("/metrics", get(metrics))
         .fallback(not_found)
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             panic_response,
@@ -213,7 +217,7 @@ async fn handle(
 ) -> Response {
     let started = Instant::now();
     // One snapshot for the whole request: it is answered by one generation.
-    let set: Arc<PolicySet> = state.policies.load_full();
+    let set: Arc<PolicySet> = state.policies.current();
     let selection = match policy {
         None => Selection::All,
         Some(name) => match set.get(name) {
@@ -289,7 +293,7 @@ async fn healthz() -> Response {
 }
 
 async fn readyz(State(state): State<ServerState>) -> Response {
-    let set = state.policies.load();
+    let set = state.policies.current();
     if set.generation == 0 {
         return plain(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -304,6 +308,18 @@ async fn readyz(State(state): State<ServerState>) -> Response {
             set.policies().len()
         ),
     )
+}
+
+async fn metrics(State(state): State<ServerState>) -> Response {
+    (
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        )],
+        state.metrics.encode(),
+    )
+        .into_response()
 }
 
 #[derive(Serialize)]
@@ -322,6 +338,29 @@ struct PolicyView {
     on_error: crate::config::OnError,
     timeout_ms: u128,
     memory_limit_bytes: u64,
+    /// The newest reload's error for this policy; the version listed here
+    /// keeps serving meanwhile.
+    last_load_error: Option<String>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct FailureView {
+    at: String,
+    policy: Option<String>,
+    message: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ReloadView {
+    last_attempt: Option<String>,
+    last_error: Option<FailureView>,
+    succeeded: u64,
+    failed: u64,
+    unchanged: u64,
+    modules_compiled: u64,
+    modules_reused: u64,
 }
 
 #[derive(Serialize)]
@@ -330,13 +369,23 @@ struct PoliciesView {
     generation: u64,
     loaded_at: String,
     policies: Vec<PolicyView>,
+    reload: ReloadView,
 }
 
 async fn list_policies(State(state): State<ServerState>) -> Json<serde_json::Value> {
-    let set = state.policies.load_full();
+    let set = state.policies.current();
+    let status = state.policies.status();
+    let rfc3339 = crate::telemetry::rfc3339;
+    let error_of = |name: &str| {
+        status
+            .last_error
+            .as_ref()
+            .filter(|failure| failure.policy.as_deref() == Some(name))
+            .map(|failure| failure.message.clone())
+    };
     let view = PoliciesView {
         generation: set.generation,
-        loaded_at: crate::telemetry::rfc3339(set.loaded_at),
+        loaded_at: rfc3339(set.loaded_at),
         policies: set
             .policies()
             .iter()
@@ -354,8 +403,22 @@ async fn list_policies(State(state): State<ServerState>) -> Json<serde_json::Val
                 on_error: p.on_error,
                 timeout_ms: p.limits.timeout.as_millis(),
                 memory_limit_bytes: p.limits.memory,
+                last_load_error: error_of(&p.name),
             })
             .collect(),
+        reload: ReloadView {
+            last_attempt: status.last_attempt.map(rfc3339),
+            last_error: status.last_error.as_ref().map(|failure| FailureView {
+                at: rfc3339(failure.at),
+                policy: failure.policy.clone(),
+                message: failure.message.clone(),
+            }),
+            succeeded: status.succeeded,
+            failed: status.failed,
+            unchanged: status.unchanged,
+            modules_compiled: status.modules_compiled,
+            modules_reused: status.modules_reused,
+        },
     };
     Json(serde_json::to_value(view).unwrap_or_default())
 }

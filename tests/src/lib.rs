@@ -413,6 +413,15 @@ pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
     RUNTIME.block_on(f)
 }
 
+/// Spawns a task on the harness runtime (e.g. a load generator).
+pub fn spawn<F>(f: F) -> tokio::task::JoinHandle<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    RUNTIME.spawn(f)
+}
+
 /// Which HTTP versions a client offers in ALPN.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Proto {
@@ -583,6 +592,33 @@ impl Server {
     /// into the server's temporary directory (returning its path), starts
     /// `portcullis serve` and waits until `/readyz` answers 200.
     pub fn start(write_config: impl FnOnce(&Paths, &Path) -> Result<PathBuf>) -> Result<Server> {
+        Server::start_with(&[], write_config)
+    }
+
+    /// [`Server::start`] with extra `serve` flags (e.g.
+    /// `["--reload-debounce-ms", "50"]`).
+    pub fn start_with(
+        args: &[&str],
+        write_config: impl FnOnce(&Paths, &Path) -> Result<PathBuf>,
+    ) -> Result<Server> {
+        Server::launch(args, Readiness::Ready, write_config)
+    }
+
+    /// Like [`Server::start_with`], but waits only until `/healthz` answers
+    /// 200: for a server that serves without being ready (`--allow-empty`
+    /// with a broken config).
+    pub fn start_alive(
+        args: &[&str],
+        write_config: impl FnOnce(&Paths, &Path) -> Result<PathBuf>,
+    ) -> Result<Server> {
+        Server::launch(args, Readiness::Alive, write_config)
+    }
+
+    fn launch(
+        args: &[&str],
+        readiness: Readiness,
+        write_config: impl FnOnce(&Paths, &Path) -> Result<PathBuf>,
+    ) -> Result<Server> {
         let paths = paths()?;
         let mut dir = tempfile::Builder::new()
             .prefix("portcullis-e2e-")
@@ -590,12 +626,14 @@ impl Server {
             .context("creating a temporary directory")?;
         let certs = generate_certs(&paths.bin, &dir.path().join("certs"))?;
         let config = write_config(&paths, dir.path())?;
+        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
         // The free port may be taken by someone else before the server binds
         // it: then try another one.
         let mut attempt = 1;
         loop {
-            let mut server = Server::spawn(paths.clone(), dir, certs.clone(), config.clone())?;
-            match server.wait_ready() {
+            let mut server =
+                Server::spawn(paths.clone(), dir, certs.clone(), config.clone(), &args)?;
+            match server.wait_for(readiness) {
                 Ok(()) => return Ok(server),
                 Err(e) => {
                     let port_taken =
@@ -615,21 +653,14 @@ impl Server {
         dir: tempfile::TempDir,
         certs: Certs,
         config: PathBuf,
+        args: &[String],
     ) -> Result<Server> {
         let port = free_port()?;
         let stdout_log = dir.path().join("server.stdout.log");
         let stderr_log = dir.path().join("server.stderr.log");
-        let addr = format!("127.0.0.1:{port}");
         let mut cmd = Command::new(&paths.bin);
-        cmd.arg("serve")
-            .arg("--config")
-            .arg(&config)
-            .arg("--addr")
-            .arg(&addr)
-            .arg("--tls-cert")
-            .arg(&certs.tls_crt)
-            .arg("--tls-key")
-            .arg(&certs.tls_key)
+        cmd.args(serve_args(&config, port, &certs))
+            .args(args)
             .current_dir(dir.path())
             .stdin(Stdio::null())
             .stdout(fs::File::create(&stdout_log)?)
@@ -654,14 +685,17 @@ impl Server {
         })
     }
 
-    fn wait_ready(&self) -> Result<()> {
+    fn wait_for(&self, readiness: Readiness) -> Result<()> {
         let deadline = Instant::now() + READY_TIMEOUT;
-        let url = self.url("/readyz");
+        let url = self.url(match readiness {
+            Readiness::Ready => "/readyz",
+            Readiness::Alive => "/healthz",
+        });
         let mut last = String::from("no attempt");
         loop {
             if let Some(status) = self.lock_child().try_wait()? {
                 bail!(
-                    "portcullis serve exited with {status} before it was ready (last /readyz attempt: {last})\n{}",
+                    "portcullis serve exited with {status} before it was ready (last {url} attempt: {last})\n{}",
                     self.logs()
                 );
             }
@@ -798,6 +832,115 @@ impl Server {
     pub fn is_running(&self) -> bool {
         matches!(self.lock_child().try_wait(), Ok(None))
     }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.lock_child().id()
+    }
+
+    /// Sends SIGHUP to the server (with `kill -HUP`), which reloads its
+    /// policies. Fails if the server is not running.
+    pub fn signal_hup(&self) -> Result<()> {
+        ensure!(
+            self.is_running(),
+            "cannot send SIGHUP: the server is not running\n{}",
+            self.logs()
+        );
+        let out = run_cli(
+            Path::new("kill"),
+            &["-HUP", &self.pid().to_string()],
+            None,
+            CLI_TIMEOUT,
+        )?;
+        ensure!(
+            out.status.success(),
+            "kill -HUP {} failed\n{out}",
+            self.pid()
+        );
+        Ok(())
+    }
+
+    /// The file the server's stderr (its log) goes to.
+    pub fn stderr_log(&self) -> &Path {
+        &self.stderr_log
+    }
+
+    /// `GET /policies` (HTTP 200, JSON).
+    pub fn policies(&self) -> Result<Json> {
+        let reply = self.get("/policies")?;
+        ensure!(
+            reply.status == StatusCode::OK,
+            "GET /policies: expected 200, got\n{reply}"
+        );
+        reply.json()
+    }
+
+    /// `GET /metrics` (HTTP 200), the Prometheus text.
+    pub fn metrics(&self) -> Result<String> {
+        let reply = self.get("/metrics")?;
+        ensure!(
+            reply.status == StatusCode::OK,
+            "GET /metrics: expected 200, got\n{reply}"
+        );
+        Ok(reply.text())
+    }
+}
+
+/// What [`Server::launch`] waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Readiness {
+    /// `/readyz` answers 200: a policy set is loaded.
+    Ready,
+    /// `/healthz` answers 200: the server is up.
+    Alive,
+}
+
+/// `serve --config CONFIG --addr 127.0.0.1:PORT --tls-cert .. --tls-key ..`.
+fn serve_args(config: &Path, port: u16, certs: &Certs) -> Vec<std::ffi::OsString> {
+    vec![
+        "serve".into(),
+        "--config".into(),
+        config.into(),
+        "--addr".into(),
+        format!("127.0.0.1:{port}").into(),
+        "--tls-cert".into(),
+        certs.tls_crt.as_os_str().into(),
+        "--tls-key".into(),
+        certs.tls_key.as_os_str().into(),
+    ]
+}
+
+/// Runs `portcullis serve --config CONFIG ... ARGS` (certificates generated
+/// in `dir/certs`, a free port) for a server expected to exit by itself,
+/// e.g. on a broken config; fails if it still runs after `timeout`.
+pub fn serve_expecting_exit(
+    paths: &Paths,
+    dir: &Path,
+    config: &Path,
+    args: &[&str],
+    timeout: Duration,
+) -> Result<CliOutput> {
+    let certs = generate_certs(&paths.bin, &dir.join("certs"))?;
+    let mut all: Vec<String> = serve_args(config, free_port()?, &certs)
+        .into_iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    all.extend(args.iter().map(|a| (*a).to_owned()));
+    let all: Vec<&str> = all.iter().map(String::as_str).collect();
+    run_cli(&paths.bin, &all, None, timeout)
+}
+
+/// The value of the sample `series` (a metric name with its labels exactly
+/// as exposed, e.g. `portcullis_reloads_total{result="success"}`) in
+/// Prometheus/OpenMetrics text, if present.
+pub fn metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find_map(|line| {
+            let rest = line.strip_prefix(series)?;
+            let value = rest.strip_prefix(' ')?.split_whitespace().next()?;
+            value.parse().ok()
+        })
 }
 
 impl Drop for Server {

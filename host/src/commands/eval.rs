@@ -11,7 +11,7 @@ use crate::chain::{self, Selection};
 use crate::cli::CliError;
 use crate::config::Config;
 use crate::engine::PolicyEngine;
-use crate::policy_set::PolicySet;
+use crate::policy_set::{ModuleCache, PolicySet};
 
 #[derive(Debug, Args)]
 pub struct EvalCommand {
@@ -38,7 +38,7 @@ impl EvalCommand {
         let runtime = tokio::runtime::Runtime::new().map_err(CliError::failure)?;
         let response = runtime.block_on(async {
             let engine = PolicyEngine::new().map_err(CliError::failure)?;
-            let set = PolicySet::build(&engine, &config, 1, None)
+            let (set, _) = PolicySet::build(&engine, &config, 1, &mut ModuleCache::new(0))
                 .await
                 .map_err(CliError::usage)?;
             evaluate(&set, &body).await

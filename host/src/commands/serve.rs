@@ -8,6 +8,7 @@ use clap::Args;
 
 use crate::app::{self, ServeOptions, TlsSource};
 use crate::cli::CliError;
+use crate::reload::Debounce;
 use crate::server::DEFAULT_BODY_LIMIT;
 
 #[derive(Debug, Args)]
@@ -46,6 +47,15 @@ pub struct ServeCommand {
     #[arg(long, env = "PORTCULLIS_BODY_LIMIT", default_value_t = DEFAULT_BODY_LIMIT)]
     pub body_limit: usize,
 
+    /// Start serving with no policies when the config is broken at
+    /// start-up (not ready until a good config loads) instead of exiting.
+    #[arg(long, env = "PORTCULLIS_ALLOW_EMPTY")]
+    pub allow_empty: bool,
+
+    /// Milliseconds file events must be quiet before a reload starts.
+    #[arg(long, env = "PORTCULLIS_RELOAD_DEBOUNCE_MS", default_value_t = 200)]
+    pub reload_debounce_ms: u64,
+
     /// Seconds to let in-flight requests finish after SIGTERM.
     #[arg(long, env = "PORTCULLIS_SHUTDOWN_GRACE", default_value_t = 10)]
     pub shutdown_grace: u64,
@@ -69,6 +79,12 @@ impl ServeCommand {
             tls,
             body_limit: self.body_limit,
             shutdown_grace: Duration::from_secs(self.shutdown_grace),
+            allow_empty: self.allow_empty,
+            debounce: Debounce {
+                quiet: Duration::from_millis(self.reload_debounce_ms),
+                // A steady stream of events must not postpone a reload forever.
+                max: Duration::from_millis(self.reload_debounce_ms.saturating_mul(10).max(1000)),
+            },
         };
         let runtime = tokio::runtime::Runtime::new().map_err(CliError::failure)?;
         runtime.block_on(app::serve(options)).map_err(|err| {

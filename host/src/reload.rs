@@ -1,0 +1,320 @@
+//! Reloading: build a complete new policy set off the request path, then
+//! swap it in whole. A set that fails to build is never swapped in; the old
+//! one keeps serving and the failure is recorded until a later success.
+//!
+//! Start-up uses the same path: the first reload.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::mpsc;
+
+use crate::config::{Config, ConfigError};
+use crate::engine::PolicyEngine;
+use crate::metrics::Metrics;
+use crate::policy_set::{ModuleCache, PolicySet, SetError};
+use crate::policy_store::{LoadFailure, PolicyStore};
+use crate::watch::FileWatcher;
+
+/// Compiled modules kept beyond those in service, for rollbacks.
+const SPARE_MODULES: usize = 16;
+
+/// Why a reload did not swap.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Policies(#[from] SetError),
+}
+
+/// What a successful reload did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReloadOutcome {
+    /// A new generation is in service.
+    Swapped { generation: u64 },
+    /// The files changed but the policies did not; nothing was swapped.
+    Unchanged { generation: u64 },
+}
+
+/// Builds and swaps policy sets. One per server; reloads never overlap
+/// because only its control loop calls [`Reloader::reload`].
+pub struct Reloader {
+    engine: Arc<PolicyEngine>,
+    config_path: PathBuf,
+    store: Arc<PolicyStore>,
+    metrics: Arc<Metrics>,
+    cache: ModuleCache,
+    /// Files whose change should trigger a reload: the config and every
+    /// module the newest parsable config names (even if it failed to load,
+    /// so that fixing a missing file is noticed).
+    watched: Vec<PathBuf>,
+}
+
+impl Reloader {
+    pub fn new(
+        engine: Arc<PolicyEngine>,
+        config_path: PathBuf,
+        store: Arc<PolicyStore>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let watched = vec![config_path.clone()];
+        Self {
+            engine,
+            config_path,
+            store,
+            metrics,
+            cache: ModuleCache::new(SPARE_MODULES),
+            watched,
+        }
+    }
+
+    /// The files to watch.
+    pub fn watched(&self) -> &[PathBuf] {
+        &self.watched
+    }
+
+    /// Reads the config and every module, builds a complete new set and,
+    /// if it differs from the one in service, swaps it in.
+    ///
+    /// # Errors
+    /// A [`ReloadError`]; the set in service is then untouched.
+    pub async fn reload(&mut self) -> Result<ReloadOutcome, ReloadError> {
+        let started = Instant::now();
+        let result = self.try_reload().await;
+        let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let now = SystemTime::now();
+        match &result {
+            Ok(ReloadOutcome::Swapped { generation }) => {
+                tracing::info!(generation, elapsed_ms, "policy set swapped in");
+                self.metrics.reload("success");
+            }
+            Ok(ReloadOutcome::Unchanged { generation }) => {
+                tracing::info!(generation, elapsed_ms, "files changed but policies did not");
+                self.metrics.reload("unchanged");
+            }
+            Err(error) => {
+                tracing::error!(%error, elapsed_ms, "reload failed; the previous policy set keeps serving");
+                self.metrics.reload("failure");
+            }
+        }
+        self.metrics
+            .last_reload_failed
+            .set(i64::from(result.is_err()));
+        self.store.update_status(|status| {
+            status.last_attempt = Some(now);
+            match &result {
+                Ok(ReloadOutcome::Swapped { .. }) => {
+                    status.succeeded += 1;
+                    status.last_error = None;
+                }
+                Ok(ReloadOutcome::Unchanged { .. }) => {
+                    status.unchanged += 1;
+                    status.last_error = None;
+                }
+                Err(error) => {
+                    status.failed += 1;
+                    status.last_error = Some(LoadFailure {
+                        at: now,
+                        policy: match error {
+                            ReloadError::Policies(set) => Some(set.policy.clone()),
+                            ReloadError::Config(_) => None,
+                        },
+                        message: error.to_string(),
+                    });
+                }
+            }
+        });
+        result
+    }
+
+    async fn try_reload(&mut self) -> Result<ReloadOutcome, ReloadError> {
+        let config = Config::load(&self.config_path)?;
+        self.watched = std::iter::once(self.config_path.clone())
+            .chain(config.policies.iter().map(|p| p.module.clone()))
+            .collect();
+        let current = self.store.current();
+        let generation = current.generation + 1;
+        let (set, stats) =
+            PolicySet::build(&self.engine, &config, generation, &mut self.cache).await?;
+        self.metrics.module_compilations.inc_by(stats.compiled);
+        self.metrics.module_reuses.inc_by(stats.reused);
+        self.store.update_status(|status| {
+            status.modules_compiled += stats.compiled;
+            status.modules_reused += stats.reused;
+        });
+        // A first load always swaps, even an empty set: it makes the
+        // server ready.
+        if current.generation > 0 && current.same_policies(&set) {
+            self.cache.prune(&current.digests());
+            return Ok(ReloadOutcome::Unchanged {
+                generation: current.generation,
+            });
+        }
+        for policy in set.policies() {
+            tracing::info!(
+                generation,
+                policy = %policy.name,
+                module = %policy.module_path.display(),
+                digest = %policy.module.digest,
+                validates = policy.metadata.validates,
+                mutates = policy.metadata.mutates,
+                "policy loaded"
+            );
+        }
+        let in_use = set.digests();
+        self.metrics.generation.set(generation as i64);
+        self.metrics
+            .policies_loaded
+            .set(set.policies().len() as i64);
+        self.store.swap(set);
+        self.cache.prune(&in_use);
+        Ok(ReloadOutcome::Swapped { generation })
+    }
+}
+
+/// What wakes the control loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// A watched file changed (already debounced).
+    FilesChanged,
+    /// SIGHUP.
+    Signal,
+}
+
+/// How long file events must be quiet before a reload starts, and the
+/// longest a burst may delay it.
+#[derive(Debug, Clone, Copy)]
+pub struct Debounce {
+    pub quiet: Duration,
+    pub max: Duration,
+}
+
+/// Runs reloads until `shutdown` resolves: on debounced file changes and
+/// on SIGHUP. The watcher only reports; it never reloads by itself.
+pub async fn run(
+    mut reloader: Reloader,
+    mut watcher: FileWatcher,
+    mut file_events: mpsc::UnboundedReceiver<()>,
+    debounce: Debounce,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(stream) => Some(stream),
+        Err(error) => {
+            tracing::warn!(%error, "cannot listen for SIGHUP; reloads on file changes only");
+            None
+        }
+    };
+    tokio::pin!(shutdown);
+    loop {
+        let trigger = tokio::select! {
+            () = &mut shutdown => return,
+            Some(()) = file_events.recv() => {
+                settle(&mut file_events, debounce).await;
+                Trigger::FilesChanged
+            }
+            Some(()) = recv_signal(&mut hangup) => Trigger::Signal,
+        };
+        tracing::info!(?trigger, "reloading policies");
+        let _ = reloader.reload().await;
+        watcher.watch(reloader.watched());
+    }
+}
+
+async fn recv_signal(signal: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
+    match signal {
+        Some(signal) => signal.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Waits until events have been quiet for `debounce.quiet` (at most
+/// `debounce.max` in all), swallowing the burst.
+async fn settle(events: &mut mpsc::UnboundedReceiver<()>, debounce: Debounce) {
+    let hard_deadline = tokio::time::Instant::now() + debounce.max;
+    loop {
+        let quiet_deadline = (tokio::time::Instant::now() + debounce.quiet).min(hard_deadline);
+        tokio::select! {
+            event = events.recv() => {
+                if event.is_none() || tokio::time::Instant::now() >= hard_deadline {
+                    return;
+                }
+            }
+            () = tokio::time::sleep_until(quiet_deadline) => return,
+        }
+    }
+}
+
+/// The directories to watch for `files`: each file's parent.
+pub fn directories(files: &[PathBuf]) -> HashSet<PathBuf> {
+    files
+        .iter()
+        .map(|file| {
+            file.parent()
+                .filter(|dir| !dir.as_os_str().is_empty())
+                .unwrap_or(Path::new("."))
+                .to_path_buf()
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn settle_waits_for_quiet_and_caps_a_burst() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let debounce = Debounce {
+            quiet: Duration::from_millis(100),
+            max: Duration::from_millis(500),
+        };
+        // A burst that never goes quiet ends at the cap.
+        let feeder = tokio::spawn(async move {
+            for _ in 0..100 {
+                if tx.send(()).is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+        let started = tokio::time::Instant::now();
+        settle(&mut rx, debounce).await;
+        let waited = started.elapsed();
+        assert!(waited >= Duration::from_millis(500), "{waited:?}");
+        assert!(waited < Duration::from_millis(600), "{waited:?}");
+        feeder.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn settle_returns_after_the_quiet_period() {
+        let (tx, mut rx) = mpsc::unbounded_channel::<()>();
+        let debounce = Debounce {
+            quiet: Duration::from_millis(100),
+            max: Duration::from_secs(5),
+        };
+        tx.send(()).expect("send");
+        let started = tokio::time::Instant::now();
+        settle(&mut rx, debounce).await;
+        let waited = started.elapsed();
+        // The queued event is swallowed, then 100 ms of quiet.
+        assert_eq!(waited, Duration::from_millis(100));
+    }
+
+    #[test]
+    fn watches_each_files_directory_once() {
+        let dirs = directories(&[
+            PathBuf::from("/etc/portcullis/config.yaml"),
+            PathBuf::from("/etc/portcullis/a.wasm"),
+            PathBuf::from("/opt/policies/b.wasm"),
+            PathBuf::from("relative.wasm"),
+        ]);
+        assert_eq!(dirs.len(), 3);
+        assert!(dirs.contains(Path::new("/etc/portcullis")));
+        assert!(dirs.contains(Path::new("/opt/policies")));
+        assert!(dirs.contains(Path::new(".")));
+    }
+}
