@@ -3,7 +3,7 @@
 #   make test   build everything once and run every test (unit and end-to-end)
 
 CARGO    ?= cargo
-POLICIES := allowed-images required-labels default-labels
+POLICIES := allowed-images required-labels default-labels misbehave
 ADDR     ?= 127.0.0.1:8443
 CONFIG   ?= policies/standard.yaml
 

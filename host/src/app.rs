@@ -3,11 +3,13 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
 use crate::engine::{EngineError, PolicyEngine};
+use crate::limits::{ConnectionLimit, EvalLimiter};
 use crate::metrics::Metrics;
 use crate::policy_set::PolicySet;
 use crate::policy_store::PolicyStore;
@@ -38,6 +40,22 @@ pub struct ServeOptions {
     /// start-up, and wait for a good one.
     pub allow_empty: bool,
     pub debounce: Debounce,
+    pub limits: EdgeLimits,
+}
+
+/// Bounds at the HTTP edge.
+#[derive(Debug, Clone, Copy)]
+pub struct EdgeLimits {
+    /// Reviews evaluated at once.
+    pub max_concurrent_reviews: usize,
+    /// Reviews waiting for a slot; beyond this, 503 at once.
+    pub max_queued_reviews: usize,
+    /// Connections held open; beyond this, new ones are closed.
+    pub max_connections: usize,
+    /// Time allowed for a client to send its request headers.
+    pub header_read_timeout: Duration,
+    /// Time allowed for a client to send its request body.
+    pub body_read_timeout: Duration,
 }
 
 /// Why the server could not start or stopped with an error.
@@ -130,10 +148,17 @@ pub async fn serve(options: ServeOptions) -> Result<(), AppError> {
         cause,
     })?;
 
+    let edge = options.limits;
     let router = server::router(ServerState {
         policies: store,
+        limiter: Arc::new(EvalLimiter::new(
+            edge.max_concurrent_reviews,
+            edge.max_queued_reviews,
+            metrics.clone(),
+        )),
         metrics,
         body_limit: options.body_limit,
+        body_timeout: edge.body_read_timeout,
     });
     let handle = axum_server::Handle::new();
     // The control loop: SIGTERM/SIGINT drain the server and stop the
@@ -159,19 +184,27 @@ pub async fn serve(options: ServeOptions) -> Result<(), AppError> {
         },
     ));
     let rustls = axum_server::tls_rustls::RustlsConfig::from_config(tls_config);
-    let server = axum_server::from_tcp_rustls(listener, rustls)
+    let mut server = axum_server::from_tcp_rustls(listener, rustls)
         .map_err(|cause| AppError::Bind {
             addr: options.addr,
             cause,
         })?
         .handle(handle);
+    // Slow clients (slowloris) must not hold connections open for free.
+    server
+        .http_builder()
+        .http1()
+        .header_read_timeout(edge.header_read_timeout);
+    server.http_builder().http2().max_concurrent_streams(256);
     tracing::info!(
         address = %local,
         pooling = engine.is_pooling(),
         startup_ms = started.elapsed().as_millis() as u64,
         "listening on https://{local}"
     );
-    let result = server.serve(router.into_make_service()).await;
+    let result = server
+        .serve(ConnectionLimit::new(router, edge.max_connections))
+        .await;
     drain.abort();
     reloading.abort();
     tracing::info!("stopped");

@@ -4,6 +4,7 @@
 //! denies). Applies each policy's mode and onError.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use serde_json::Value;
 
@@ -160,8 +161,8 @@ fn selected<'a>(
     }
 }
 
-/// Runs the mutation chain. DELETE (no object) never gets a patch, though
-/// its policies still run and may deny.
+/// Runs the mutation chain, every call finishing by `deadline`. DELETE (no
+/// object) never gets a patch, though its policies still run and may deny.
 ///
 /// # Errors
 /// [`ChainFailure`] when a policy with `onError: fail` fails.
@@ -169,6 +170,7 @@ pub async fn mutate(
     set: &PolicySet,
     review: &Review<'_>,
     selection: Selection<'_>,
+    deadline: Option<Instant>,
 ) -> Result<Decision, ChainFailure> {
     let mut outcome = Outcome::new(set);
     let policies = selected(set.mutators(), selection, review);
@@ -190,7 +192,7 @@ pub async fn mutate(
                 }
             },
         };
-        let output = match policy.mutate(&request).await {
+        let output = match policy.mutate(&request, deadline).await {
             Ok(output) => output,
             Err(error) => {
                 outcome.error(policy, error)?;
@@ -235,11 +237,12 @@ pub async fn validate(
     set: &PolicySet,
     review: &Review<'_>,
     selection: Selection<'_>,
+    deadline: Option<Instant>,
 ) -> Result<Decision, ChainFailure> {
     let mut outcome = Outcome::new(set);
     let request = review.request.get();
     for policy in selected(set.validators(), selection, review) {
-        match policy.validate(request).await {
+        match policy.validate(request, deadline).await {
             Ok(verdict) => {
                 outcome.verdict(policy, verdict);
             }

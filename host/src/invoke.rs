@@ -49,6 +49,10 @@ pub enum PolicyError {
     /// The call could not start (e.g. every instance slot is busy).
     #[error("could not be instantiated: {0}")]
     Instantiate(String),
+    /// Not run: the review's deadline (the API server's `?timeout=`) had
+    /// already passed.
+    #[error("was not run: the review's deadline had passed")]
+    NoTimeLeft,
 }
 
 impl PolicyError {
@@ -61,6 +65,7 @@ impl PolicyError {
             Self::Reported(_) => "reported",
             Self::InvalidOutput(_) => "invalid_output",
             Self::Instantiate(_) => "instantiate",
+            Self::NoTimeLeft => "timeout",
         }
     }
 }

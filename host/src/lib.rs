@@ -16,6 +16,7 @@
 //!   compiled-module cache that reloads share.
 //! - `policy_store`: the snapshot in service (swapped whole) and reload status.
 //! - `chain`: mutate chain and validation over a snapshot; modes, onError.
+//! - `limits`: `?timeout=` deadlines, bounded evaluation, connection cap.
 //! - `server`: routes and handlers; never names a wasmtime type.
 //! - `reload`, `watch`: directory watch, debounce, build then swap.
 //! - `metrics`: Prometheus metrics.
@@ -35,6 +36,7 @@ pub mod config;
 pub mod contract;
 pub mod engine;
 pub mod invoke;
+pub mod limits;
 pub mod matcher;
 pub mod metrics;
 pub mod module;

@@ -31,6 +31,10 @@ pub struct Metrics {
     pub module_compilations: Counter,
     /// Modules taken from the compiled-module cache instead.
     pub module_reuses: Counter,
+    /// Reviews being evaluated now.
+    pub evaluations_in_flight: Gauge,
+    /// Reviews waiting for an evaluation slot.
+    pub evaluations_queued: Gauge,
 }
 
 impl Metrics {
@@ -73,8 +77,22 @@ impl Metrics {
             "Policy modules reused from the compiled-module cache since start",
             module_reuses.clone(),
         );
+        let evaluations_in_flight = Gauge::default();
+        registry.register(
+            "portcullis_evaluations_in_flight",
+            "Reviews being evaluated now",
+            evaluations_in_flight.clone(),
+        );
+        let evaluations_queued = Gauge::default();
+        registry.register(
+            "portcullis_evaluations_queued",
+            "Reviews waiting for an evaluation slot",
+            evaluations_queued.clone(),
+        );
         Arc::new(Self {
             registry,
+            evaluations_in_flight,
+            evaluations_queued,
             reloads,
             last_reload_failed,
             generation,

@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::config::{Mode, OnError, PolicyConfig};
 use crate::invoke::{Limits, Metadata, MutationOutput, PolicyError, Verdict};
@@ -112,23 +113,48 @@ impl Policy {
         self.matcher.matches(request)
     }
 
-    /// Runs `validate` on a request (JSON text).
+    /// The policy's limits, its deadline shortened to the review's.
+    fn limits_before(&self, deadline: Option<Instant>) -> Result<Limits, PolicyError> {
+        let Some(deadline) = deadline else {
+            return Ok(self.limits);
+        };
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return Err(PolicyError::NoTimeLeft);
+        }
+        Ok(Limits {
+            timeout: self.limits.timeout.min(remaining),
+            ..self.limits
+        })
+    }
+
+    /// Runs `validate` on a request (JSON text), finishing by `deadline`.
     ///
     /// # Errors
     /// A [`PolicyError`] when the call fails.
-    pub async fn validate(&self, request: &str) -> Result<Verdict, PolicyError> {
+    pub async fn validate(
+        &self,
+        request: &str,
+        deadline: Option<Instant>,
+    ) -> Result<Verdict, PolicyError> {
+        let limits = self.limits_before(deadline)?;
         self.module
-            .validate(&self.name, self.limits, request, &self.settings)
+            .validate(&self.name, limits, request, &self.settings)
             .await
     }
 
-    /// Runs `mutate` on a request (JSON text).
+    /// Runs `mutate` on a request (JSON text), finishing by `deadline`.
     ///
     /// # Errors
     /// A [`PolicyError`] when the call fails.
-    pub async fn mutate(&self, request: &str) -> Result<MutationOutput, PolicyError> {
+    pub async fn mutate(
+        &self,
+        request: &str,
+        deadline: Option<Instant>,
+    ) -> Result<MutationOutput, PolicyError> {
+        let limits = self.limits_before(deadline)?;
         self.module
-            .mutate(&self.name, self.limits, request, &self.settings)
+            .mutate(&self.name, limits, request, &self.settings)
             .await
     }
 }

@@ -108,14 +108,54 @@ impl HostImports for StoreState {
 
 impl TypesHost for StoreState {}
 
+/// Clocks that never move: a decision must not depend on when it is made
+/// (and a policy cannot measure the host to time side channels).
+struct FrozenClock;
+
+impl wasmtime_wasi::HostWallClock for FrozenClock {
+    fn resolution(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(1)
+    }
+
+    fn now(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
+}
+
+impl wasmtime_wasi::HostMonotonicClock for FrozenClock {
+    fn resolution(&self) -> u64 {
+        1_000_000_000
+    }
+
+    fn now(&self) -> u64 {
+        0
+    }
+}
+
+/// Largest request for random bytes a policy may make (a hash map seed
+/// needs 16).
+const MAX_RANDOM_BYTES: u64 = 4096;
+
 /// A WASI context granting nothing: no preopened directories, no
-/// environment, no arguments, no network, stdin empty, stdout discarded.
-/// Stderr is captured (bounded) so a panic message can be reported.
+/// environment, no arguments, no network, stdin empty, stdout discarded,
+/// frozen clocks, and "random" bytes from a fixed seed, so the same request
+/// always gets the same decision. Stderr is captured (bounded) so a panic
+/// message can be reported.
 pub fn wasi_context() -> (WasiCtx, MemoryOutputPipe) {
+    use rand::SeedableRng as _;
     let stderr = MemoryOutputPipe::new(STDERR_CAPTURE);
     let ctx = WasiCtx::builder()
         .stdout(wasmtime_wasi::p2::pipe::SinkOutputStream)
         .stderr(stderr.clone())
+        .wall_clock(FrozenClock)
+        .monotonic_clock(FrozenClock)
+        .secure_random(rand::rngs::StdRng::seed_from_u64(0))
+        .insecure_random(rand::rngs::StdRng::seed_from_u64(0))
+        .insecure_random_seed(0)
+        .max_random_size(MAX_RANDOM_BYTES)
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false)
         .build();
     (ctx, stderr)
 }

@@ -5,11 +5,11 @@
 //! set and the chain.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::body::Bytes;
-use axum::extract::{FromRequest, Path, Request, State};
+use axum::extract::{FromRequest, Path, RawQuery, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -19,6 +19,7 @@ use serde::Serialize;
 
 use crate::admission::{self, Review};
 use crate::chain::{self, Selection};
+use crate::limits::{self, EvalLimiter};
 use crate::metrics::Metrics;
 use crate::policy::Policy;
 use crate::policy_set::PolicySet;
@@ -34,6 +35,9 @@ pub struct ServerState {
     pub policies: Arc<PolicyStore>,
     pub metrics: Arc<Metrics>,
     pub body_limit: usize,
+    /// How long a client may take to send its body.
+    pub body_timeout: Duration,
+    pub limiter: Arc<EvalLimiter>,
 }
 
 /// The webhook router.
@@ -108,9 +112,19 @@ impl FromRequest<ServerState> for ReviewBody {
                 ));
             }
         }
-        read_limited(request.into_body(), state.body_limit)
+        let timeout = state.body_timeout;
+        match tokio::time::timeout(timeout, read_limited(request.into_body(), state.body_limit))
             .await
-            .map(Self)
+        {
+            Ok(body) => body.map(Self),
+            Err(_) => Err(plain(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "request body was not received within {} seconds",
+                    timeout.as_secs_f64()
+                ),
+            )),
+        }
     }
 }
 
@@ -185,37 +199,65 @@ impl Endpoint {
     }
 }
 
-async fn mutate_all(State(state): State<ServerState>, body: ReviewBody) -> Response {
-    handle(&state, Endpoint::Mutate, None, &body.0).await
+async fn mutate_all(
+    State(state): State<ServerState>,
+    RawQuery(query): RawQuery,
+    body: ReviewBody,
+) -> Response {
+    handle(&state, Endpoint::Mutate, None, query.as_deref(), &body.0).await
 }
 
-async fn validate_all(State(state): State<ServerState>, body: ReviewBody) -> Response {
-    handle(&state, Endpoint::Validate, None, &body.0).await
+async fn validate_all(
+    State(state): State<ServerState>,
+    RawQuery(query): RawQuery,
+    body: ReviewBody,
+) -> Response {
+    handle(&state, Endpoint::Validate, None, query.as_deref(), &body.0).await
 }
 
 async fn mutate_one(
     State(state): State<ServerState>,
     Path(policy): Path<String>,
+    RawQuery(query): RawQuery,
     body: ReviewBody,
 ) -> Response {
-    handle(&state, Endpoint::Mutate, Some(&policy), &body.0).await
+    handle(
+        &state,
+        Endpoint::Mutate,
+        Some(&policy),
+        query.as_deref(),
+        &body.0,
+    )
+    .await
 }
 
 async fn validate_one(
     State(state): State<ServerState>,
     Path(policy): Path<String>,
+    RawQuery(query): RawQuery,
     body: ReviewBody,
 ) -> Response {
-    handle(&state, Endpoint::Validate, Some(&policy), &body.0).await
+    handle(
+        &state,
+        Endpoint::Validate,
+        Some(&policy),
+        query.as_deref(),
+        &body.0,
+    )
+    .await
 }
 
 async fn handle(
     state: &ServerState,
     endpoint: Endpoint,
     policy: Option<&str>,
+    query: Option<&str>,
     body: &[u8],
 ) -> Response {
     let started = Instant::now();
+    // Answer before the API server gives up (`?timeout=`); work past that
+    // point could not be used.
+    let deadline = limits::review_deadline(started, query);
     // One snapshot for the whole request: it is answered by one generation.
     let set: Arc<PolicySet> = state.policies.current();
     let selection = match policy {
@@ -250,9 +292,20 @@ async fn handle(
             return plain(status, err.to_string());
         }
     };
+    let _slot = match state.limiter.acquire(deadline).await {
+        Ok(slot) => slot,
+        Err(busy) => {
+            tracing::warn!(uid = %review.uid, %busy, "refusing review");
+            let mut response = plain(StatusCode::SERVICE_UNAVAILABLE, busy.to_string());
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return response;
+        }
+    };
     let result = match endpoint {
-        Endpoint::Mutate => chain::mutate(&set, &review, selection).await,
-        Endpoint::Validate => chain::validate(&set, &review, selection).await,
+        Endpoint::Mutate => chain::mutate(&set, &review, selection, deadline).await,
+        Endpoint::Validate => chain::validate(&set, &review, selection, deadline).await,
     };
     let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
     match result {

@@ -492,6 +492,12 @@ const GOOD_SWAPS: usize = 51;
 /// A broken attempt after every this many good swaps.
 const BROKEN_EVERY: usize = 4;
 const BASELINE: Duration = Duration::from_secs(3);
+/// Pause after a reload shows before the next change. The host re-watches
+/// its directories only after a reload has swapped (and briefly unwatches
+/// each one while doing so), so a change made within that moment is lost;
+/// see [`a_change_right_after_a_reload_is_seen`]. On a busy machine that
+/// moment lasted over 50 ms; real changes are never this frequent.
+const SETTLE: Duration = Duration::from_millis(200);
 
 /// A broken config: `kind` 0 YAML that does not parse, 1 a module that is
 /// not wasm, 2 settings the policy rejects (three variants).
@@ -589,7 +595,8 @@ impl LoadTest<'_> {
                     .map(|s| format!("{:?} ago: {:?}", s.received.elapsed(), s.outcome));
                 bail!(
                     "version {target:?} did not answer within {RELOAD_TIMEOUT:?} of the change \
-                     (newest load answer: {last:?}); GET /policies:\n{}",
+                     (newest load answer: {last:?}; a change lost by the watcher? see SETTLE); \
+                     GET /policies:\n{}",
                     pretty(&self.server.policies()?)
                 );
             }
@@ -666,7 +673,7 @@ impl LoadTest<'_> {
         let context = || format!("broken attempt {j} ({what}) by {method:?}");
         let after = wait_policies(
             self.server,
-            "reload.failed to increase and reload.lastError to be set",
+            "reload.failed to increase and reload.lastError to be set (a change lost by the watcher? see SETTLE)",
             RELOAD_TIMEOUT,
             |p| counter(p, "failed") > failed_before && !p["reload"]["lastError"].is_null(),
         )
@@ -807,10 +814,10 @@ fn swaps_under_load_body(server: &Server, paths: &Paths, volume: Volume) -> Resu
             if i > 0 && i % BROKEN_EVERY == 0 {
                 test.broken_attempt(broken_index)?;
                 broken_index += 1;
+                std::thread::sleep(SETTLE);
             }
             test.good_swap(i)?;
-            // Let the watcher settle on the new data directory.
-            std::thread::sleep(Duration::from_millis(0));
+            std::thread::sleep(SETTLE);
         }
         Ok(())
     })();
@@ -1341,6 +1348,74 @@ fn startup_uses_the_reload_path() {
             "{}",
             pretty(&p1)
         );
+        Ok(())
+    });
+}
+
+// ---------------------------------------------------------------------------
+// A reproducer for a host race (ignored until the host is fixed)
+// ---------------------------------------------------------------------------
+
+/// A change made at once after a reload is still seen. Alternates a
+/// `..data` swap with an in-place write into the directory that swap just
+/// created, each made as soon as `/policies` shows the previous one.
+///
+/// The host loses some of these changes: after a reload it unwatches and
+/// re-watches every directory (an event in between is dropped), and the
+/// directory a new `..data` points to is watched only once the reload has
+/// swapped, so a write into it before then is never seen (until another
+/// change or SIGHUP). Run with `-- --ignored`.
+#[test]
+#[ignore = "reproduces a host race: a change made while the watcher re-registers after a reload is lost"]
+fn a_change_right_after_a_reload_is_seen() {
+    const ROUNDS: usize = 150;
+    let _serial = serial();
+    let paths = paths().unwrap_or_else(|e| panic!("{e:#}"));
+    let a = fs::read(&paths.required_labels).unwrap_or_else(|e| panic!("reading a: {e}"));
+    let b = fs::read(&paths.allowed_images).unwrap_or_else(|e| panic!("reading b: {e}"));
+    let mut volume = None;
+    let args = [
+        "--reload-debounce-ms",
+        "20",
+        "--log-level",
+        "info,portcullis::server=warn",
+    ];
+    let server = Server::start_with(&args, |_, dir| {
+        let v = Volume::create(&dir.join("vol"), &config_a(), a.clone(), b.clone())?;
+        let config = v.config_path();
+        volume = Some(v);
+        Ok(config)
+    })
+    .unwrap_or_else(|e| panic!("starting the server: {e:#}"));
+    let mut volume = volume.unwrap_or_else(|| panic!("no volume"));
+    server.test(|server| {
+        let mut current = Version::A;
+        let mut seen_generation = generation(&server.policies()?);
+        for round in 0..ROUNDS {
+            let target = current.other();
+            let method = if round % 2 == 0 {
+                Method::DataSwap
+            } else {
+                Method::InPlace
+            };
+            volume.change(method, &target.config(), &[])?;
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                let policies = server.policies()?;
+                if generation(&policies) > seen_generation {
+                    seen_generation = generation(&policies);
+                    break;
+                }
+                ensure!(
+                    Instant::now() < deadline,
+                    "round {round}: the change to {target:?} by {method:?} was not seen within 5 s \
+                     (made right after generation {seen_generation} showed); GET /policies:\n{}",
+                    pretty(&policies)
+                );
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            current = target;
+        }
         Ok(())
     });
 }

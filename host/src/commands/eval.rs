@@ -79,7 +79,7 @@ fn as_review(body: Vec<u8>) -> Vec<u8> {
 async fn evaluate(set: &PolicySet, body: &[u8]) -> Result<String, CliError> {
     let body = as_review(body.to_vec());
     let review = Review::parse(&body).map_err(CliError::usage)?;
-    let mutated = chain::mutate(set, &review, Selection::All)
+    let mutated = chain::mutate(set, &review, Selection::All, None)
         .await
         .map_err(CliError::failure)?;
     let final_decision = if !mutated.allowed {
@@ -90,9 +90,9 @@ async fn evaluate(set: &PolicySet, body: &[u8]) -> Result<String, CliError> {
                 let body =
                     patched_review(&review, object.get(), patch).map_err(CliError::failure)?;
                 let patched = Review::parse(&body).map_err(CliError::failure)?;
-                chain::validate(set, &patched, Selection::All).await
+                chain::validate(set, &patched, Selection::All, None).await
             }
-            _ => chain::validate(set, &review, Selection::All).await,
+            _ => chain::validate(set, &review, Selection::All, None).await,
         }
         .map_err(CliError::failure)?;
         combine(mutated, validated)

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-use crate::app::{self, ServeOptions, TlsSource};
+use crate::app::{self, EdgeLimits, ServeOptions, TlsSource};
 use crate::cli::CliError;
 use crate::reload::Debounce;
 use crate::server::DEFAULT_BODY_LIMIT;
@@ -56,6 +56,27 @@ pub struct ServeCommand {
     #[arg(long, env = "PORTCULLIS_RELOAD_DEBOUNCE_MS", default_value_t = 200)]
     pub reload_debounce_ms: u64,
 
+    /// Reviews evaluated at once (default: 4 per CPU).
+    #[arg(long, env = "PORTCULLIS_MAX_CONCURRENT_REVIEWS")]
+    pub max_concurrent_reviews: Option<usize>,
+
+    /// Reviews that may wait for an evaluation slot; beyond this the
+    /// server answers 503 at once.
+    #[arg(long, env = "PORTCULLIS_MAX_QUEUED_REVIEWS", default_value_t = 256)]
+    pub max_queued_reviews: usize,
+
+    /// Connections held open at once; new ones beyond this are closed.
+    #[arg(long, env = "PORTCULLIS_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
+
+    /// Seconds a client may take to send its request headers.
+    #[arg(long, env = "PORTCULLIS_HEADER_READ_TIMEOUT", default_value_t = 10)]
+    pub header_read_timeout: u64,
+
+    /// Seconds a client may take to send its request body.
+    #[arg(long, env = "PORTCULLIS_BODY_READ_TIMEOUT", default_value_t = 10)]
+    pub body_read_timeout: u64,
+
     /// Seconds to let in-flight requests finish after SIGTERM.
     #[arg(long, env = "PORTCULLIS_SHUTDOWN_GRACE", default_value_t = 10)]
     pub shutdown_grace: u64,
@@ -80,6 +101,15 @@ impl ServeCommand {
             body_limit: self.body_limit,
             shutdown_grace: Duration::from_secs(self.shutdown_grace),
             allow_empty: self.allow_empty,
+            limits: EdgeLimits {
+                max_concurrent_reviews: self.max_concurrent_reviews.unwrap_or_else(|| {
+                    4 * std::thread::available_parallelism().map_or(1, |n| n.get())
+                }),
+                max_queued_reviews: self.max_queued_reviews,
+                max_connections: self.max_connections,
+                header_read_timeout: Duration::from_secs(self.header_read_timeout),
+                body_read_timeout: Duration::from_secs(self.body_read_timeout),
+            },
             debounce: Debounce {
                 quiet: Duration::from_millis(self.reload_debounce_ms),
                 // A steady stream of events must not postpone a reload forever.
