@@ -41,10 +41,15 @@ pub fn review_parse(data: &[u8]) {
     let matcher = Matcher {
         operations: Some(vec![Operation::Create, Operation::Update]),
         resources: Some(
-            ["pods", "deployments.apps", "*/*", "pods/ephemeralcontainers"]
-                .into_iter()
-                .map(|p| ResourcePattern::parse(p).expect("valid pattern"))
-                .collect(),
+            [
+                "pods",
+                "deployments.apps",
+                "*/*",
+                "pods/ephemeralcontainers",
+            ]
+            .into_iter()
+            .map(|p| ResourcePattern::parse(p).expect("valid pattern"))
+            .collect(),
         ),
         include_namespaces: Vec::new(),
         exclude_namespaces: vec!["kube-system".to_string()],
@@ -78,14 +83,20 @@ pub fn review_parse(data: &[u8]) {
         let text = admission::request_with_object(review.request, object)
             .unwrap_or_else(|err| panic!("request_with_object failed on a parsed review: {err}"));
         let members = raw_members(&text);
-        let replaced: Value = serde_json::from_str(members["object"].get())
-            .expect("the replaced object parses back");
-        assert_eq!(&replaced, object, "request_with_object did not keep the object");
+        let replaced: Value =
+            serde_json::from_str(members["object"].get()).expect("the replaced object parses back");
+        assert_eq!(
+            &replaced, object,
+            "request_with_object did not keep the object"
+        );
         // Every other member is kept byte for byte.
         let before = raw_members(review.request.get());
         assert_eq!(
             before.keys().filter(|k| *k != "object").collect::<Vec<_>>(),
-            members.keys().filter(|k| *k != "object").collect::<Vec<_>>(),
+            members
+                .keys()
+                .filter(|k| *k != "object")
+                .collect::<Vec<_>>(),
             "request_with_object changed the set of members"
         );
         for (key, raw) in &before {
@@ -167,7 +178,10 @@ pub fn patch_build(data: &[u8]) {
     };
     let patch = json_patch::diff(&before, &after);
     if before == after {
-        assert!(patch.0.is_empty(), "equal documents gave a patch: {patch:?}");
+        assert!(
+            patch.0.is_empty(),
+            "equal documents gave a patch: {patch:?}"
+        );
     }
 
     // In memory: the property the host relies on.

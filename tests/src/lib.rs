@@ -838,6 +838,11 @@ impl Server {
         self.lock_child().id()
     }
 
+    /// The server's exit status, once it has exited.
+    pub fn exit_status(&self) -> Result<Option<std::process::ExitStatus>> {
+        Ok(self.lock_child().try_wait()?)
+    }
+
     /// Sends SIGHUP to the server (with `kill -HUP`), which reloads its
     /// policies. Fails if the server is not running.
     pub fn signal_hup(&self) -> Result<()> {

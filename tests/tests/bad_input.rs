@@ -14,7 +14,7 @@ use portcullis_e2e::{
     Json, Proto, Reply, Server, StatusCode, check_answer, fixture, json, send, tail, with_shared,
 };
 use reqwest::Method;
-use reqwest::header::{CONTENT_TYPE, HeaderValue};
+use reqwest::header::HeaderValue;
 
 /// What the answer's body must be.
 enum Says {
@@ -587,11 +587,11 @@ fn rows() -> Result<Vec<Row>> {
             .json(good_bytes.clone())
             .answers(&good),
     ];
-    // Invalid UTF-8 once percent-decoded: a path parameter axum refuses.
+    // Invalid UTF-8 once percent-decoded: axum's Path extractor refuses it.
     rows.push(
         post("a policy name that is not UTF-8", "/validate/%ff")
             .json(good_bytes.clone())
-            .status(400),
+            .says(400, "Invalid URL: Invalid UTF-8 in `policy`"),
     );
     Ok(rows)
 }

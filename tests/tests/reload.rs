@@ -873,7 +873,8 @@ fn swaps_under_load_body(server: &Server, paths: &Paths, volume: Volume) -> Resu
         "reload under load: {} good swaps (methods: ..data swap, in-place write, rename), {} broken attempts, \
          {} probe requests\n\
          requests: {} in total over {:.1} s, {} during swaps ({:.1} s), {} failed\n\
-         file change -> first answer of the new version: median {:.0} ms, max {:.0} ms, last {:.0} ms\n\
+         file change -> first answer of the new version: median {:.0} ms, max {:.0} ms, \
+         first (compiles b.wasm) {:.0} ms, last {:.0} ms\n\
          {}\n{}\n\
          generations answered: {} ({}..={}); /policies reload: {}",
         test.swap_times.len(),
@@ -886,6 +887,9 @@ fn swaps_under_load_body(server: &Server, paths: &Paths, volume: Volume) -> Resu
         failures.len(),
         swap_ms.get(swap_ms.len() / 2).copied().unwrap_or(f64::NAN),
         swap_ms.last().copied().unwrap_or(f64::NAN),
+        test.swap_times
+            .first()
+            .map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0),
         test.swap_times
             .last()
             .map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0),

@@ -1,0 +1,228 @@
+//! The HTTP edge under pressure: graceful shutdown (SIGTERM drains the
+//! reviews in flight, then exit 0), the API server's `?timeout=` (answered
+//! before it), and the bounded evaluation queue (503 beyond it).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, ensure};
+use portcullis_e2e::{Paths, Proto, Server, block_on, fixture, repo_root, run_cli, yaml_str};
+
+/// Each review spends this long in a policy (an endless loop cut at its
+/// deadline, answered as allowed by `onError: allow`): long enough that the
+/// reviews are surely in flight when SIGTERM arrives.
+const SPIN_MS: u64 = 1500;
+/// Reviews in flight when SIGTERM is sent.
+const IN_FLIGHT: usize = 8;
+
+fn misbehave_module() -> Result<PathBuf> {
+    let module = repo_root().join("target/wasm32-wasip1/policy/misbehave.wasm");
+    ensure!(
+        module.exists(),
+        "missing {}: run `make build` first",
+        module.display()
+    );
+    Ok(module)
+}
+
+/// A config with one policy, `spin`, that loops until its deadline of
+/// `timeout_ms` and is then handled as `on_error` says.
+fn spin_config(timeout_ms: u64, on_error: &str) -> impl FnOnce(&Paths, &Path) -> Result<PathBuf> {
+    let on_error = on_error.to_owned();
+    move |_: &Paths, dir: &Path| {
+        let module = misbehave_module()?;
+        let yaml = format!(
+            "policies:\n  - name: spin\n    module: {}\n    timeoutMs: {timeout_ms}\n    onError: {on_error}\n    settings: {{ behaviour: loop }}\n",
+            yaml_str(module.to_str().context("module path is not UTF-8")?)
+        );
+        let path = dir.join("config.yaml");
+        std::fs::write(&path, yaml)?;
+        Ok(path)
+    }
+}
+
+/// Posts `review` to `url` on a thread of its own; join to get the answer.
+fn post_in_background(
+    server: &Server,
+    proto: Proto,
+    url: &str,
+    review: &serde_json::Value,
+) -> std::thread::JoinHandle<Result<(reqwest::StatusCode, Option<String>, String)>> {
+    let request = server.client(proto).post(url).json(review);
+    std::thread::spawn(move || {
+        block_on(async move {
+            let response = request.send().await?;
+            let status = response.status();
+            let retry_after = response
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let body = response.text().await?;
+            anyhow::Ok((status, retry_after, body))
+        })
+    })
+}
+
+fn join<T>(handle: std::thread::JoinHandle<Result<T>>) -> Result<T> {
+    handle
+        .join()
+        .map_err(|_| anyhow::anyhow!("a client thread panicked"))?
+}
+
+#[test]
+fn the_api_servers_timeout_is_answered_before_it_passes() -> Result<()> {
+    // The policy alone would run for 5 s; the API server waits 2 s.
+    let server = Server::start(spin_config(5000, "deny"))?;
+    let review = fixture("pod-allowed.json")?;
+    let started = Instant::now();
+    let answer = server.review("/validate/spin?timeout=2s", &review)?;
+    let elapsed = started.elapsed();
+    ensure!(!answer.allowed(), "{answer}");
+    ensure!(
+        answer
+            .message()
+            .starts_with("spin: policy failed: exceeded its deadline of"),
+        "{answer}"
+    );
+    ensure!(
+        elapsed < Duration::from_secs(2),
+        "answered after {elapsed:?}, past the API server's 2 s timeout"
+    );
+    // Without ?timeout= the policy's own deadline applies.
+    let answer = server.review("/validate/spin?timeout=banana", &review)?;
+    ensure!(
+        answer.message() == "spin: policy failed: exceeded its deadline of 5000 ms",
+        "{answer}"
+    );
+    println!("?timeout=2s: answered in {} ms", elapsed.as_millis());
+    Ok(())
+}
+
+#[test]
+fn a_full_evaluation_queue_answers_503_at_once() -> Result<()> {
+    // One review evaluated at a time, one waiting: a third is refused.
+    let server = Server::start_with(
+        &["--max-concurrent-reviews", "1", "--max-queued-reviews", "1"],
+        spin_config(800, "allow"),
+    )?;
+    let review = fixture("pod-allowed.json")?;
+    let url = server.url("/validate/spin");
+    let first = post_in_background(&server, Proto::H2, &url, &review);
+    let second = post_in_background(&server, Proto::H1, &url, &review);
+    // Let the two take the slot and the queue place.
+    std::thread::sleep(Duration::from_millis(200));
+    let started = Instant::now();
+    let (status, retry_after, body) = join(post_in_background(&server, Proto::H2, &url, &review))?;
+    let refused_in = started.elapsed();
+    ensure!(status == 503, "expected 503, got {status}: {body}");
+    ensure!(
+        retry_after.as_deref() == Some("1"),
+        "Retry-After: {retry_after:?}"
+    );
+    ensure!(
+        body.starts_with("server busy: 1 reviews are being evaluated and 1 are waiting"),
+        "{body:?}"
+    );
+    ensure!(
+        refused_in < Duration::from_millis(400),
+        "the refusal took {refused_in:?}: it must not wait for a slot"
+    );
+    for handle in [first, second] {
+        let (status, _, body) = join(handle)?;
+        ensure!(
+            status == 200,
+            "a review within the bounds got {status}: {body}"
+        );
+    }
+    // Once the queue drains, reviews are served again.
+    let answer = server.review("/validate/spin", &review)?;
+    ensure!(answer.allowed(), "{answer}");
+    Ok(())
+}
+
+#[test]
+fn sigterm_drains_in_flight_reviews_and_exits_zero() -> Result<()> {
+    let server = Server::start_with(&["--shutdown-grace", "10"], spin_config(SPIN_MS, "allow"))?;
+    let review = fixture("pod-allowed.json")?;
+    let url = server.url("/validate/spin");
+
+    let started = Instant::now();
+    let requests: Vec<_> = (0..IN_FLIGHT)
+        .map(|i| {
+            let proto = if i % 2 == 0 { Proto::H2 } else { Proto::H1 };
+            post_in_background(&server, proto, &url, &review)
+        })
+        .collect();
+    // Wait until the server itself counts every review as in flight, then
+    // ask it to stop.
+    let wait_until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = server.get("/metrics")?.text();
+        if metrics.contains(&format!("portcullis_evaluations_in_flight {IN_FLIGHT}\n")) {
+            break;
+        }
+        ensure!(
+            Instant::now() < wait_until,
+            "the reviews never were all in flight:\n{metrics}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let kill = run_cli(
+        Path::new("kill"),
+        &["-TERM", &server.pid().to_string()],
+        None,
+        Duration::from_secs(10),
+    )?;
+    ensure!(kill.status.success(), "kill -TERM failed: {kill}");
+    let signalled = started.elapsed();
+
+    let mut completed = 0;
+    for request in requests {
+        let (status, _, body) = join(request)?;
+        ensure!(
+            status == 200,
+            "an in-flight review got HTTP {status}: {body}"
+        );
+        let body: serde_json::Value = serde_json::from_str(&body)?;
+        ensure!(
+            body["response"]["allowed"] == true,
+            "an in-flight review was not answered in full: {body}"
+        );
+        completed += 1;
+    }
+
+    // The process exits by itself, with 0, well within the grace period.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = server.exit_status()? {
+            break status;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the server did not exit within 10 s of SIGTERM\n{}",
+            server.logs()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let exited = started.elapsed();
+    ensure!(
+        status.code() == Some(0),
+        "the server exited with {status}\n{}",
+        server.logs()
+    );
+    // Nothing listens any more.
+    let client = server.client(Proto::H1).clone();
+    let healthz = server.url("/healthz");
+    let after = block_on(async move { client.get(healthz).send().await });
+    ensure!(after.is_err(), "the server still answered after exiting");
+    let logs = server.logs();
+    ensure!(logs.contains("SIGTERM received; draining"), "{logs}");
+    println!(
+        "drain: {completed}/{IN_FLIGHT} in-flight reviews answered 200 after SIGTERM at {} ms; \
+         exit code 0 at {} ms",
+        signalled.as_millis(),
+        exited.as_millis()
+    );
+    Ok(())
+}
