@@ -114,6 +114,7 @@ pub async fn serve(options: ServeOptions) -> Result<(), AppError> {
             "--allow-empty: serving no policies until the config loads"
         );
     }
+    let hangup = reload::hangup_signal();
     let (file_events_tx, file_events) = mpsc::unbounded_channel();
     let mut watcher = FileWatcher::new(file_events_tx)?;
     watcher.watch(reloader.watched());
@@ -177,6 +178,7 @@ pub async fn serve(options: ServeOptions) -> Result<(), AppError> {
         reloader,
         watcher,
         file_events,
+        hangup,
         options.debounce,
         async move {
             let mut stop_rx = stop_rx;

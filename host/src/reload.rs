@@ -16,7 +16,7 @@ use crate::engine::PolicyEngine;
 use crate::metrics::Metrics;
 use crate::policy_set::{ModuleCache, PolicySet, SetError};
 use crate::policy_store::{LoadFailure, PolicyStore};
-use crate::watch::FileWatcher;
+use crate::watch::{FileWatcher, Fingerprint};
 
 /// Compiled modules kept beyond those in service, for rollbacks.
 const SPARE_MODULES: usize = 16;
@@ -51,6 +51,9 @@ pub struct Reloader {
     /// module the newest parsable config names (even if it failed to load,
     /// so that fixing a missing file is noticed).
     watched: Vec<PathBuf>,
+    /// The watched files as they were just before the newest reload read
+    /// them.
+    read_fingerprint: Fingerprint,
 }
 
 impl Reloader {
@@ -68,12 +71,20 @@ impl Reloader {
             metrics,
             cache: ModuleCache::new(SPARE_MODULES),
             watched,
+            read_fingerprint: Fingerprint::default(),
         }
     }
 
     /// The files to watch.
     pub fn watched(&self) -> &[PathBuf] {
         &self.watched
+    }
+
+    /// Whether a watched file changed since the newest reload read it: a
+    /// change made while the reload ran (before its new directories were
+    /// watched) would otherwise be lost.
+    pub fn changed_since_read(&self) -> bool {
+        Fingerprint::of(&self.watched) != self.read_fingerprint
     }
 
     /// Reads the config and every module, builds a complete new set and,
@@ -131,10 +142,21 @@ impl Reloader {
     }
 
     async fn try_reload(&mut self) -> Result<ReloadOutcome, ReloadError> {
-        let config = Config::load(&self.config_path)?;
+        // Stat before reading: whatever changes after this is caught by the
+        // fingerprint check, even if no event reports it.
+        let config_fingerprint = Fingerprint::of(std::slice::from_ref(&self.config_path));
+        let config = match Config::load(&self.config_path) {
+            Ok(config) => config,
+            Err(error) => {
+                self.read_fingerprint = Fingerprint::of(&self.watched);
+                return Err(error.into());
+            }
+        };
         self.watched = std::iter::once(self.config_path.clone())
             .chain(config.policies.iter().map(|p| p.module.clone()))
             .collect();
+        let modules_fingerprint = Fingerprint::of(&self.watched[1..]);
+        self.read_fingerprint = config_fingerprint.then(modules_fingerprint);
         let current = self.store.current();
         let generation = current.generation + 1;
         let (set, stats) =
@@ -182,6 +204,8 @@ pub enum Trigger {
     FilesChanged,
     /// SIGHUP.
     Signal,
+    /// A watched file changed while the previous reload ran.
+    MissedChange,
 }
 
 /// How long file events must be quiet before a reload starts, and the
@@ -198,29 +222,43 @@ pub async fn run(
     mut reloader: Reloader,
     mut watcher: FileWatcher,
     mut file_events: mpsc::UnboundedReceiver<()>,
+    mut hangup: Option<tokio::signal::unix::Signal>,
     debounce: Debounce,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
-    let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+    tokio::pin!(shutdown);
+    let mut missed = false;
+    loop {
+        let trigger = if missed {
+            Trigger::MissedChange
+        } else {
+            tokio::select! {
+                () = &mut shutdown => return,
+                Some(()) = file_events.recv() => {
+                    settle(&mut file_events, debounce).await;
+                    Trigger::FilesChanged
+                }
+                Some(()) = recv_signal(&mut hangup) => Trigger::Signal,
+            }
+        };
+        tracing::info!(?trigger, "reloading policies");
+        let _ = reloader.reload().await;
+        watcher.watch(reloader.watched());
+        // A change made while the reload ran, in a directory not yet
+        // watched, raised no event: catch it by comparing the files.
+        missed = reloader.changed_since_read();
+    }
+}
+
+/// Listens for SIGHUP. Installed before serving starts, so an early
+/// SIGHUP reloads instead of killing the process.
+pub fn hangup_signal() -> Option<tokio::signal::unix::Signal> {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
         Ok(stream) => Some(stream),
         Err(error) => {
             tracing::warn!(%error, "cannot listen for SIGHUP; reloads on file changes only");
             None
         }
-    };
-    tokio::pin!(shutdown);
-    loop {
-        let trigger = tokio::select! {
-            () = &mut shutdown => return,
-            Some(()) = file_events.recv() => {
-                settle(&mut file_events, debounce).await;
-                Trigger::FilesChanged
-            }
-            Some(()) = recv_signal(&mut hangup) => Trigger::Signal,
-        };
-        tracing::info!(?trigger, "reloading policies");
-        let _ = reloader.reload().await;
-        watcher.watch(reloader.watched());
     }
 }
 

@@ -7,7 +7,7 @@
 //! The watcher only reports "something relevant changed"; the reload loop
 //! debounces and decides.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -25,7 +25,8 @@ pub struct WatchError(notify::Error);
 /// Watches the directories of a set of files.
 pub struct FileWatcher {
     watcher: RecommendedWatcher,
-    directories: HashSet<PathBuf>,
+    /// Watched directories and their inode when the watch was added.
+    directories: HashMap<PathBuf, Option<u64>>,
     /// File names that matter in those directories.
     names: Arc<Mutex<HashSet<OsString>>>,
 }
@@ -54,14 +55,18 @@ impl FileWatcher {
         .map_err(WatchError)?;
         Ok(Self {
             watcher,
-            directories: HashSet::new(),
+            directories: HashMap::new(),
             names,
         })
     }
 
     /// Watches the directories of `files` (and stops watching others).
-    /// A directory that does not exist yet is logged and skipped; SIGHUP
-    /// still reloads.
+    /// A directory that does not exist yet is logged and skipped; the
+    /// reload loop's fingerprint check still notices its files later.
+    ///
+    /// Only the difference is applied: re-registering a directory that is
+    /// already watched would open a gap in which events are lost. A
+    /// directory whose inode changed (it was replaced) is registered anew.
     pub fn watch(&mut self, files: &[PathBuf]) {
         // A file reached through symlinks (a Kubernetes volume) is also
         // watched where it really lives, so an in-place write there is seen.
@@ -80,24 +85,75 @@ impl FileWatcher {
                     .filter_map(|f| f.file_name().map(OsString::from)),
             );
         }
-        for gone in self.directories.difference(&wanted) {
-            let _ = self.watcher.unwatch(gone);
-        }
-        // Re-adding every directory each time also recovers a directory
-        // that was replaced (new inode) since it was first watched.
-        let mut watching = HashSet::new();
+        self.directories.retain(|dir, _| {
+            let keep = wanted.contains(dir);
+            // A directory that is gone has lost its watch already.
+            if !keep && dir.exists() {
+                let _ = self.watcher.unwatch(dir);
+            }
+            keep
+        });
         for dir in wanted {
-            let _ = self.watcher.unwatch(&dir);
+            let inode = inode_of(&dir);
+            match self.directories.get(&dir) {
+                Some(watched) if *watched == inode => continue,
+                Some(_) => {
+                    let _ = self.watcher.unwatch(&dir);
+                }
+                None => {}
+            }
             match self.watcher.watch(&dir, RecursiveMode::NonRecursive) {
                 Ok(()) => {
-                    watching.insert(dir);
+                    self.directories.insert(dir, inode);
                 }
                 Err(error) => {
+                    self.directories.remove(&dir);
                     tracing::warn!(directory = %dir.display(), %error, "cannot watch directory");
                 }
             }
         }
-        self.directories = watching;
+    }
+}
+
+fn inode_of(dir: &Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata(dir).ok().map(|meta| meta.ino())
+}
+
+/// What the watched files look like now: where each leads and its inode,
+/// size and modification time. Taken before a reload reads the files and
+/// again after the watches are updated: a difference means a change may
+/// have slipped past the watcher, and another reload is due.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Fingerprint(Vec<Option<(PathBuf, u64, u64, i64, i64, i64)>>);
+
+impl Fingerprint {
+    /// This fingerprint followed by `other`'s.
+    pub fn then(mut self, other: Fingerprint) -> Self {
+        self.0.extend(other.0);
+        self
+    }
+
+    /// Stats every file (following symlinks).
+    pub fn of(files: &[PathBuf]) -> Self {
+        use std::os::unix::fs::MetadataExt as _;
+        Self(
+            files
+                .iter()
+                .map(|file| {
+                    let target = std::fs::canonicalize(file).ok()?;
+                    let meta = std::fs::metadata(&target).ok()?;
+                    Some((
+                        target,
+                        meta.ino(),
+                        meta.size(),
+                        meta.mtime(),
+                        meta.mtime_nsec(),
+                        meta.ctime_nsec(),
+                    ))
+                })
+                .collect(),
+        )
     }
 }
 
@@ -133,6 +189,26 @@ mod tests {
         assert!(relevant_path(Path::new("/etc/p/..data_tmp"), &names));
         assert!(!relevant_path(Path::new("/etc/p/other.txt"), &names));
         assert!(!relevant_path(Path::new("/etc/p/a.wasm.d"), &names));
+    }
+
+    #[test]
+    fn fingerprints_change_with_content_and_symlink_swaps() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("config.yaml");
+        std::fs::write(&file, "a").expect("write");
+        let files = vec![file.clone(), dir.path().join("missing.wasm")];
+        let before = Fingerprint::of(&files);
+        assert_eq!(before, Fingerprint::of(&files));
+        std::fs::write(&file, "bb").expect("rewrite");
+        assert_ne!(before, Fingerprint::of(&files));
+        let link = dir.path().join("link.yaml");
+        let other = dir.path().join("other.yaml");
+        std::fs::write(&other, "bb").expect("write other");
+        std::os::unix::fs::symlink(&file, &link).expect("symlink");
+        let linked = Fingerprint::of(std::slice::from_ref(&link));
+        std::fs::remove_file(&link).expect("unlink");
+        std::os::unix::fs::symlink(&other, &link).expect("relink");
+        assert_ne!(linked, Fingerprint::of(std::slice::from_ref(&link)));
     }
 
     #[tokio::test]

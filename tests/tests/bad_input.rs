@@ -208,10 +208,10 @@ fn rows() -> Result<Vec<Row>> {
             .says(400, format!("{NOT_JSON}EOF while parsing an object")),
         post("invalid UTF-8 in the request's uid", "/validate")
             .json(spliced(&good_bytes, r#""uid":"e2e00001-"#, b"\"uid\":\"\xff\xfe-"))
-            .says(400, format!("{NOT_JSON}invalid unicode code point")),
+            .says(400, NOT_JSON),
         post("invalid UTF-8 in kind", "/validate")
             .json(spliced(&good_bytes, r#""kind":"AdmissionReview""#, b"\"kind\":\"Admission\xc3\x28Review\""))
-            .says(400, format!("{NOT_JSON}invalid unicode code point")),
+            .says(400, NOT_JSON),
         // serde_json skips members the envelope does not name without
         // checking their UTF-8, so this body is answered 200 today; a body
         // that is not UTF-8 is not JSON (RFC 8259 section 8.1).
@@ -268,7 +268,7 @@ fn rows() -> Result<Vec<Row>> {
         // --- 422: JSON, but not an AdmissionReview ------------------------
         post("an empty array", "/validate")
             .json("[]")
-            .says(422, format!("{NOT_A_REVIEW}invalid length 0")),
+            .says(422, NOT_A_REVIEW),
         post("a number", "/validate")
             .json("42")
             .says(422, format!("{NOT_A_REVIEW}invalid type: integer `42`")),
@@ -349,7 +349,7 @@ fn rows() -> Result<Vec<Row>> {
             .says(422, format!("{MALFORMED}invalid type: string \"request\"")),
         post("request is an empty array", "/validate")
             .json(to_vec(&envelope(json!([]))))
-            .says(422, format!("{MALFORMED}invalid length 0")),
+            .says(422, MALFORMED),
         post("request is a number", "/mutate")
             .json(to_vec(&envelope(json!(7))))
             .says(422, format!("{MALFORMED}invalid type: integer `7`")),
