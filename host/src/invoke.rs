@@ -186,6 +186,9 @@ impl Call {
         }
         match err.downcast_ref::<Trap>() {
             Some(Trap::Interrupt) => PolicyError::Deadline(self.limits.timeout),
+            Some(Trap::StackOverflow) => {
+                PolicyError::Trap("stack overflow (wasm call stack exhausted)".to_string())
+            }
             Some(trap) => {
                 let panic = self.guest_stderr();
                 if panic.is_empty() {
@@ -198,13 +201,28 @@ impl Call {
         }
     }
 
-    /// What the policy wrote to stderr (a panic message), on one line.
+    /// What the policy wrote to stderr (a panic message), on one line,
+    /// without the Rust runtime's boilerplate.
     fn guest_stderr(&self) -> String {
         let bytes = self.stderr.contents();
-        let text = String::from_utf8_lossy(&bytes);
-        let joined = text.split_whitespace().collect::<Vec<_>>().join(" ");
-        cap_text(joined)
+        cap_text(clean_guest_stderr(&String::from_utf8_lossy(&bytes)))
     }
+}
+
+/// Joins stderr into one line, dropping the Rust runtime's backtrace hint
+/// and the anonymous thread name a wasm panic carries.
+fn clean_guest_stderr(text: &str) -> String {
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with("note: run with `RUST_BACKTRACE"))
+        .map(|line| {
+            line.strip_prefix("thread '<unnamed>' ")
+                .and_then(|rest| rest.split_once(") ").map(|(_, tail)| tail))
+                .unwrap_or(line)
+        })
+        .collect();
+    lines.join(" ")
 }
 
 /// Runs `work` under the call's backstop deadline.
@@ -345,6 +363,17 @@ mod tests {
             audit_annotations: vec![],
         });
         assert_eq!(verdict.warnings.len(), MAX_ITEMS);
+    }
+
+    #[test]
+    fn guest_panics_read_cleanly() {
+        let stderr = "thread '<unnamed>' (1) panicked at src/lib.rs:148:33:\n\
+                      misbehave: deliberate panic\n\
+                      note: run with `RUST_BACKTRACE=1` environment variable to display a backtrace\n";
+        assert_eq!(
+            clean_guest_stderr(stderr),
+            "panicked at src/lib.rs:148:33: misbehave: deliberate panic"
+        );
     }
 
     #[test]

@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use portcullis_e2e::{
-    Answer, Json, Paths, Proto, Server, StatusCode, block_on, error_chain, fixture, https_client,
-    json, spawn, with_uid, yaml_str,
+    Answer, CLI_TIMEOUT, Json, Paths, Proto, Server, StatusCode, block_on, error_chain, fixture,
+    https_client, json, paths, serve_expecting_exit, spawn, with_uid, yaml_str,
 };
 
 /// Every policy's deadline, except `slow`'s.
@@ -368,15 +368,34 @@ fn a_looping_policy_is_stopped_at_its_deadline() {
 #[test]
 fn a_memory_bomb_is_stopped_at_its_memory_limit() {
     run(|s| {
+        let expected = format!(
+            "memory-bomb: policy failed: exceeded its memory limit of {MEMORY_LIMIT} bytes"
+        );
         for path in ["/validate/memory-bomb", "/mutate/memory-bomb"] {
-            let a = review(s, path)?;
-            let error = format!("exceeded its memory limit of {MEMORY_LIMIT} bytes");
-            ensure_policy_error(&a, "memory-bomb", &error)?;
+            // Filling 32 MiB takes ~25 ms; on a loaded machine it can take
+            // the whole 100 ms deadline, so allow a few attempts.
+            let mut seen = Vec::new();
+            for _ in 0..3 {
+                let started = Instant::now();
+                let a = review(s, path)?;
+                let took = started.elapsed();
+                ensure_policy_error(&a, "memory-bomb", "")?;
+                ensure_still_serving(s, path)?;
+                if a.message() == expected {
+                    break;
+                }
+                ensure!(
+                    a.message() == "memory-bomb: policy failed: exceeded its deadline of 100 ms"
+                        && took >= Duration::from_millis(DEADLINE_MS),
+                    "{path}: unexpected message after {}:\n{a}",
+                    ms(took)
+                );
+                seen.push(format!("deadline after {}", ms(took)));
+            }
             ensure!(
-                a.message() == format!("memory-bomb: policy failed: {error}"),
-                "{path}: unexpected message:\n{a}"
+                seen.len() < 3,
+                "{path}: the memory limit was never reported: {seen:?}"
             );
-            ensure_still_serving(s, path)?;
         }
         Ok(())
     });
@@ -668,20 +687,41 @@ fn every_decision_comes_within_its_deadline() {
         );
         let bound = Duration::from_millis(DEADLINE_MS) + LATENESS;
         let mut late = Vec::new();
+        let deadline = Duration::from_millis(DEADLINE_MS);
         for (path, expected) in MISBEHAVIOURS {
             let calls = time_calls(s, &client, path, CALLS, pod_review)?;
+            let mut as_expected = 0;
             for call in &calls {
                 let (allowed, message) = call.decision().with_context(|| path.to_string())?;
+                if !allowed && message.contains(expected) {
+                    as_expected += 1;
+                    continue;
+                }
+                // On a loaded machine a quick misbehaviour (a memory bomb
+                // filling 32 MiB) may run out of time first: acceptable
+                // only if the call did take its deadline.
+                let late_deadline = !allowed
+                    && message.contains("exceeded its deadline of 100 ms")
+                    && call.elapsed >= deadline;
                 ensure!(
-                    !allowed && message.contains(expected),
-                    "{path}: expected a denial containing {expected:?}, got allowed={allowed} {message:?}"
+                    late_deadline,
+                    "{path}: expected a denial containing {expected:?}, got allowed={allowed} {message:?} after {}",
+                    ms(call.elapsed)
                 );
             }
-            let times: Vec<Duration> = calls.iter().map(|c| c.elapsed).collect();
-            println!(
-                "  {path:<28} median {:>9}  max {:>9}",
-                ms(median(&times)),
-                ms(max(&times))
+            let times = elapsed(&calls);
+            let note = if as_expected < CALLS {
+                format!(
+                    "  ({} of {CALLS} hit the deadline first)",
+                    CALLS - as_expected
+                )
+            } else {
+                String::new()
+            };
+            println!("  {path:<28} {}{note}", figures(s, &calls));
+            ensure!(
+                as_expected * 2 > CALLS,
+                "{path}: only {as_expected} of {CALLS} answers contained {expected:?}"
             );
             if median(&times) > bound {
                 late.push(format!("{path}: median {}", ms(median(&times))));
@@ -751,9 +791,8 @@ fn a_slow_policy_finishes_within_its_deadline_and_an_overlong_one_does_not() {
             }
         }
         println!(
-            "  /validate/slow (~half its deadline)   median {:>9}  max {:>9}  allowed {allowed}/5",
-            ms(median(&times)),
-            ms(max(&times))
+            "  /validate/slow (~half its deadline)  {}  allowed {allowed}/5",
+            figures(s, &calls)
         );
         ensure!(
             allowed >= 3,
@@ -780,9 +819,8 @@ fn a_slow_policy_finishes_within_its_deadline_and_an_overlong_one_does_not() {
             );
         }
         println!(
-            "  /validate/slow (~twice its deadline)  median {:>9}  max {:>9}",
-            ms(median(&times)),
-            ms(max(&times))
+            "  /validate/slow (~twice its deadline) {}",
+            figures(s, &calls)
         );
         ensure!(
             median(&times) <= bound,
@@ -796,6 +834,26 @@ fn a_slow_policy_finishes_within_its_deadline_and_an_overlong_one_does_not() {
 
 fn elapsed(calls: &[Timed]) -> Vec<Duration> {
     calls.iter().map(|c| c.elapsed).collect()
+}
+
+/// `median X  max Y` on the client, and the same inside the server's
+/// handler (from its log) when it can be read.
+fn figures(s: &Server, calls: &[Timed]) -> String {
+    let times = elapsed(calls);
+    let mut text = format!(
+        "median {:>9}  max {:>9}",
+        ms(median(&times)),
+        ms(max(&times))
+    );
+    let inside = server_side(s, calls);
+    if inside.len() == calls.len() {
+        text.push_str(&format!(
+            "  (in the handler: median {:>9}  max {:>9})",
+            ms(median(&inside)),
+            ms(max(&inside))
+        ));
+    }
+    text
 }
 
 /// The server's own time for each of `calls` (from reading the body to the
@@ -1111,4 +1169,34 @@ fn the_misbehave_module_is_loaded_as_every_policy() {
         }
         Ok(())
     });
+}
+
+#[test]
+fn an_unknown_behaviour_is_rejected_when_the_module_loads() {
+    // Its own short-lived server, still one test at a time.
+    let _serial = serial();
+    let result = (|| -> Result<()> {
+        let paths = paths()?;
+        let module = misbehave_module(&paths)?;
+        let dir = tempfile::tempdir()?;
+        let config = dir.path().join("bad.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "policies:\n  - name: explode\n    module: {}\n    settings: {{ behaviour: explode }}\n",
+                yaml_str(module.to_str().context("module path is not UTF-8")?)
+            ),
+        )?;
+        let out = serve_expecting_exit(&paths, dir.path(), &config, &[], CLI_TIMEOUT)?;
+        ensure!(out.code() == Some(2), "expected exit code 2\n{out}");
+        let all = out.all_output();
+        ensure!(
+            all.contains("explode") && all.contains("unknown variant `explode`"),
+            "the error does not name the policy and the bad behaviour\n{out}"
+        );
+        Ok(())
+    })();
+    if let Err(e) = result {
+        panic!("{e:?}");
+    }
 }

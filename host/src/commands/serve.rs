@@ -116,7 +116,7 @@ impl ServeCommand {
                 max: Duration::from_millis(self.reload_debounce_ms.saturating_mul(10).max(1000)),
             },
         };
-        let runtime = tokio::runtime::Runtime::new().map_err(CliError::failure)?;
+        let runtime = serving_runtime().map_err(CliError::failure)?;
         runtime.block_on(app::serve(options)).map_err(|err| {
             let code = err.exit_code();
             CliError {
@@ -125,4 +125,20 @@ impl ServeCommand {
             }
         })
     }
+}
+
+/// The runtime that serves. Policy code runs on its workers and yields on
+/// every 1 ms epoch tick; with one worker per core and tokio's default
+/// event interval (61 polls), a core busy with policies would look at the
+/// network only every ~61 ms, delaying every other review. More workers
+/// than cores let the OS give a waiting connection a turn, and a short
+/// event interval makes a busy worker poll the network every few ticks.
+fn serving_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads((4 * cores).clamp(4, 64))
+        .event_interval(4)
+        .thread_name("portcullis-worker")
+        .enable_all()
+        .build()
 }
