@@ -226,3 +226,136 @@ fn sigterm_drains_in_flight_reviews_and_exits_zero() -> Result<()> {
     );
     Ok(())
 }
+
+// ---------------------------------------------------------------------------
+// Slow clients: header and body read timeouts, and the connection cap
+// ---------------------------------------------------------------------------
+
+/// A raw TLS connection to the server (HTTP/1.1), for writing requests
+/// byte by byte the way a slow client would.
+fn raw_tls(
+    server: &Server,
+) -> Result<rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>> {
+    let config = std::sync::Arc::new(portcullis_e2e::tls_config(&server.certs.ca_pem, Proto::H1)?);
+    let name = rustls::pki_types::ServerName::try_from("localhost")?;
+    let connection = rustls::ClientConnection::new(config, name)?;
+    let socket = std::net::TcpStream::connect(server.addr())?;
+    socket.set_read_timeout(Some(Duration::from_secs(10)))?;
+    Ok(rustls::StreamOwned::new(connection, socket))
+}
+
+/// Reads until the server closes the connection (or 10 s pass); returns
+/// what it sent and when it closed.
+fn read_until_closed(stream: &mut impl std::io::Read, started: Instant) -> (String, Duration) {
+    let mut received = Vec::new();
+    let mut buffer = [0u8; 4096];
+    loop {
+        match stream.read(&mut buffer) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => received.extend_from_slice(&buffer[..n]),
+        }
+    }
+    (
+        String::from_utf8_lossy(&received).into_owned(),
+        started.elapsed(),
+    )
+}
+
+#[test]
+fn slow_clients_are_cut_off() -> Result<()> {
+    use std::io::Write as _;
+    let server = Server::start_with(
+        &["--header-read-timeout", "1", "--body-read-timeout", "1"],
+        spin_config(100, "allow"),
+    )?;
+
+    // Headers that never finish: the connection is closed after ~1 s.
+    let mut stream = raw_tls(&server)?;
+    let started = Instant::now();
+    stream.write_all(
+        b"POST /validate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n",
+    )?;
+    stream.flush()?;
+    let (_, closed_after) = read_until_closed(&mut stream, started);
+    ensure!(
+        closed_after >= Duration::from_millis(900) && closed_after < Duration::from_secs(5),
+        "a client that never finished its headers was cut off after {closed_after:?}"
+    );
+
+    // A body that never arrives: 408 with a message after ~1 s.
+    let mut stream = raw_tls(&server)?;
+    let started = Instant::now();
+    stream.write_all(
+        b"POST /validate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"kind\":",
+    )?;
+    stream.flush()?;
+    let (answer, answered_after) = read_until_closed(&mut stream, started);
+    ensure!(
+        answer.starts_with("HTTP/1.1 408"),
+        "expected 408, got {answer:?}"
+    );
+    ensure!(
+        answer.contains("request body was not received within 1 seconds"),
+        "{answer:?}"
+    );
+    ensure!(
+        answered_after < Duration::from_secs(5),
+        "the 408 came after {answered_after:?}"
+    );
+
+    // The server still serves well-behaved clients.
+    let answer = server.review("/validate", &fixture("pod-allowed.json")?)?;
+    ensure!(answer.allowed(), "{answer}");
+    println!(
+        "slow clients: unfinished headers closed after {} ms, unfinished body answered 408 after {} ms",
+        closed_after.as_millis(),
+        answered_after.as_millis()
+    );
+    Ok(())
+}
+
+#[test]
+fn connections_beyond_the_cap_are_closed() -> Result<()> {
+    use std::io::Write as _;
+    let server = Server::start_with(&["--max-connections", "2"], spin_config(100, "allow"))?;
+    // Two idle connections take both places (the place is taken when the
+    // TCP connection is accepted, before its TLS handshake).
+    let held: Vec<std::net::TcpStream> = (0..2)
+        .map(|_| std::net::TcpStream::connect(server.addr()))
+        .collect::<std::io::Result<_>>()?;
+    std::thread::sleep(Duration::from_millis(300));
+    let mut third = raw_tls(&server)?;
+    let started = Instant::now();
+    let refused = third
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .and_then(|()| third.flush())
+        .is_err();
+    let (answer, closed_after) = read_until_closed(&mut third, started);
+    ensure!(
+        refused || answer.is_empty(),
+        "a connection beyond the cap was served: {answer:?}"
+    );
+    ensure!(
+        closed_after < Duration::from_secs(2),
+        "the refused connection stayed open for {closed_after:?}"
+    );
+    // Once the idle connections go, new ones are served again.
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut stream = raw_tls(&server)?;
+        let sent = stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .and_then(|()| stream.flush());
+        let (answer, _) = read_until_closed(&mut stream, Instant::now());
+        if sent.is_ok() && answer.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "no connection was served after the idle ones closed: {answer:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
