@@ -20,15 +20,32 @@ fn raw_members(text: &str) -> BTreeMap<String, &RawValue> {
 }
 
 /// What to do with an input that shows a host bug already found and
-/// reported (see `README.md`, "Findings").
+/// reported (see `README.md`, "Findings"): panic, as for any other bug
+/// (`cargo test` replays the regression inputs this way, so they fail until
+/// the host is fixed), or skip the input, so that a fuzzing run looks for
+/// new bugs instead of finding the known ones again and again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Known {
-    /// Panic, as for any other bug: `cargo test` replays the regression
-    /// inputs this way, so they fail until the host is fixed.
-    Panic,
-    /// Skip the input, so that a fuzzing run looks for new bugs instead of
-    /// finding the known ones again and again.
-    Skip,
+pub struct Known {
+    /// Bit `n` set: skip inputs that show finding `n`.
+    skip: u32,
+}
+
+impl Known {
+    /// Every known bug is a crash.
+    pub const PANIC: Known = Known { skip: 0 };
+    /// Every known bug is skipped.
+    pub const SKIP: Known = Known { skip: !0 };
+
+    /// Skips every known bug but `finding`.
+    pub const fn panic_only_on(finding: u32) -> Known {
+        Known {
+            skip: !(1 << finding),
+        }
+    }
+
+    fn skips(self, finding: u32) -> bool {
+        self.skip & (1 << finding) != 0
+    }
 }
 
 /// The first byte that is not JSON whitespace.
@@ -38,13 +55,21 @@ fn first_byte(text: &[u8]) -> Option<u8> {
         .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
 }
 
+/// Whether `value`, written as JSON text and parsed again, is `value`.
+fn survives_text(value: &Value) -> bool {
+    serde_json::to_string(value)
+        .ok()
+        .and_then(|text| serde_json::from_str::<Value>(&text).ok())
+        .is_some_and(|back| back == *value)
+}
+
 /// `review_parse`: whatever the API server (or anyone) POSTs, parsing never
 /// panics; a body that parses is UTF-8 and a JSON object whose request is a
 /// JSON object, gives facts the matcher can use, a request whose object can
 /// be replaced (as the mutation chain does between policies), and responses
 /// that are valid JSON echoing the uid and the review's apiVersion.
 pub fn review_parse(data: &[u8]) {
-    review_parse_with(data, Known::Panic);
+    review_parse_with(data, Known::PANIC);
 }
 
 /// [`review_parse`], with a choice about known bugs.
@@ -55,7 +80,7 @@ pub fn review_parse_with(data: &[u8], known: Known) {
     // Finding 1: serde_json skips the members it does not deserialize
     // without checking their UTF-8.
     let utf8 = std::str::from_utf8(data).is_ok();
-    if !utf8 && known == Known::Skip {
+    if !utf8 && known.skips(1) {
         return;
     }
     assert!(
@@ -65,7 +90,7 @@ pub fn review_parse_with(data: &[u8], known: Known) {
     // Finding 2: serde's derived Deserialize also accepts a struct written
     // as an array of its fields, for the envelope and for the request.
     let objects = first_byte(data) == Some(b'{') && review.request.get().starts_with('{');
-    if !objects && known == Known::Skip {
+    if !objects && known.skips(2) {
         return;
     }
     assert!(
@@ -134,10 +159,15 @@ pub fn review_parse_with(data: &[u8], known: Known) {
         let members = raw_members(&text);
         let replaced: Value =
             serde_json::from_str(members["object"].get()).expect("the replaced object parses back");
-        assert_eq!(
-            &replaced, object,
-            "request_with_object did not keep the object"
-        );
+        // Finding 3: without serde_json's `float_roundtrip` feature, some
+        // numbers do not survive being written and parsed again.
+        let survives = survives_text(object);
+        if survives || !known.skips(3) {
+            assert_eq!(
+                &replaced, object,
+                "finding 3: request_with_object did not keep the object"
+            );
+        }
         // Every other member is kept byte for byte.
         let before = raw_members(review.request.get());
         assert_eq!(
@@ -222,6 +252,11 @@ pub fn split_pair(data: &[u8]) -> Option<(Value, Value)> {
 /// after)`, serialized as JSON; applying that patch to `before` must give
 /// `after`, in memory and after the patch has crossed the wire as text.
 pub fn patch_build(data: &[u8]) {
+    patch_build_with(data, Known::PANIC);
+}
+
+/// [`patch_build`], with a choice about known bugs.
+pub fn patch_build_with(data: &[u8], known: Known) {
     let Some((before, after)) = split_pair(data) else {
         return;
     };
@@ -243,6 +278,23 @@ pub fn patch_build(data: &[u8]) {
         "diff then patch does not give the mutated object\npatch: {patch:?}"
     );
 
+    // Finding 3: numbers that do not survive being written and parsed
+    // again (serde_json without `float_roundtrip`).
+    if known.skips(3) && !(survives_text(&before) && survives_text(&after)) {
+        return;
+    }
+
+    // A policy that returns the object unchanged writes it back as text
+    // (serde_json in the guest), which the host parses: no patch.
+    let echoed: Value = serde_json::from_str(&serde_json::to_string(&before).expect("serializes"))
+        .expect("an echoed object parses");
+    let spurious = json_patch::diff(&before, &echoed);
+    assert!(
+        spurious.0.is_empty(),
+        "finding 3: an object returned unchanged gives a patch: {}",
+        serde_json::to_string(&spurious).unwrap_or_default()
+    );
+
     // On the wire: the host sends `serde_json::to_string(&patch)`; the API
     // server parses it and applies it to the object it holds.
     let text = serde_json::to_string(&patch).expect("a patch serializes");
@@ -257,12 +309,16 @@ pub fn patch_build(data: &[u8]) {
     );
 }
 
-/// [`Known::Panic`] when `FUZZ_KNOWN_BUGS=panic`, else [`Known::Skip`]
-/// (read once).
+/// From `FUZZ_KNOWN_BUGS` (read once): unset, every known bug is skipped;
+/// `panic`, every known bug is a crash; a number `n`, only finding `n` is.
 pub fn known_from_env() -> Known {
     static KNOWN: std::sync::OnceLock<Known> = std::sync::OnceLock::new();
-    *KNOWN.get_or_init(|| match std::env::var("FUZZ_KNOWN_BUGS").as_deref() {
-        Ok("panic") => Known::Panic,
-        _ => Known::Skip,
+    *KNOWN.get_or_init(|| match std::env::var("FUZZ_KNOWN_BUGS") {
+        Err(_) => Known::SKIP,
+        Ok(value) if value == "panic" => Known::PANIC,
+        Ok(value) => match value.parse() {
+            Ok(finding) => Known::panic_only_on(finding),
+            Err(_) => panic!("FUZZ_KNOWN_BUGS={value:?}: expected `panic` or a finding number"),
+        },
     })
 }

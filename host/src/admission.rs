@@ -44,6 +44,9 @@ pub enum ReviewError {
     /// The body is not JSON.
     #[error("request body is not valid JSON: {0}")]
     NotJson(String),
+    /// The body is not UTF-8 (so not JSON either).
+    #[error("request body is not valid JSON: it is not UTF-8 ({0})")]
+    NotUtf8(String),
     /// JSON, but not an AdmissionReview.
     #[error("request body is not an AdmissionReview: {0}")]
     NotAReview(String),
@@ -64,7 +67,7 @@ impl ReviewError {
     /// 400 for bodies that are not JSON, 422 for JSON that is not a review.
     pub fn status(&self) -> u16 {
         match self {
-            Self::NotJson(_) => 400,
+            Self::NotJson(_) | Self::NotUtf8(_) => 400,
             _ => 422,
         }
     }
@@ -126,7 +129,20 @@ impl<'a> Review<'a> {
     /// # Errors
     /// A [`ReviewError`] saying what was wrong.
     pub fn parse(body: &'a [u8]) -> Result<Self, ReviewError> {
-        let envelope: Envelope<'a> = serde_json::from_slice(body).map_err(|err| {
+        // serde_json skips ignored members without checking their UTF-8,
+        // and policies receive the request as text: check it all first.
+        let body =
+            std::str::from_utf8(body).map_err(|err| ReviewError::NotUtf8(err.to_string()))?;
+        // serde also reads a struct written as an array of its fields;
+        // an AdmissionReview is an object.
+        if is_array(body) {
+            return Err(match serde_json::from_str::<serde::de::IgnoredAny>(body) {
+                Ok(_) => ReviewError::NotAReview(NOT_AN_OBJECT.to_string()),
+                Err(err) if err.is_data() => ReviewError::NotAReview(err.to_string()),
+                Err(err) => ReviewError::NotJson(err.to_string()),
+            });
+        }
+        let envelope: Envelope<'a> = serde_json::from_str(body).map_err(|err| {
             if err.is_data() {
                 ReviewError::NotAReview(err.to_string())
             } else {
@@ -151,6 +167,9 @@ impl<'a> Review<'a> {
             .request
             .filter(|raw| raw.get() != "null")
             .ok_or(ReviewError::MissingRequest)?;
+        if is_array(request.get()) {
+            return Err(ReviewError::BadRequest(NOT_AN_OBJECT.to_string()));
+        }
         let fields: RequestFields<'a> = serde_json::from_str(request.get())
             .map_err(|err| ReviewError::BadRequest(err.to_string()))?;
         if fields.uid.is_empty() {
@@ -198,6 +217,15 @@ impl<'a> Review<'a> {
     pub fn resource(&self) -> &str {
         &self.resource.resource
     }
+}
+
+/// What serde would say of an array where an object belongs.
+const NOT_AN_OBJECT: &str = "invalid type: sequence, expected a JSON object";
+
+/// Whether JSON text is an array (its first non-blank byte is `[`).
+fn is_array(json: &str) -> bool {
+    json.trim_start_matches([' ', '\t', '\n', '\r'])
+        .starts_with('[')
 }
 
 fn parse_operation(text: &str) -> Option<Operation> {
@@ -368,6 +396,30 @@ mod tests {
             "{no_uid}"
         );
         assert_eq!(no_uid.status(), 422);
+    }
+
+    #[test]
+    fn only_objects_and_valid_utf8_are_reviews() {
+        let err = |body: &[u8]| Review::parse(body).expect_err("invalid");
+        let as_array = br#"["admission.k8s.io/v1","AdmissionReview",{"uid":"u"}]"#;
+        assert_eq!(
+            err(as_array),
+            ReviewError::NotAReview(NOT_AN_OBJECT.to_string())
+        );
+        let request_array =
+            br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":["u","CREATE"]}"#;
+        assert_eq!(
+            err(request_array),
+            ReviewError::BadRequest(NOT_AN_OBJECT.to_string())
+        );
+        let mut bad_utf8 =
+            br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","x":""#.to_vec();
+        bad_utf8.extend_from_slice(&[0xff, 0xfe]);
+        bad_utf8.extend_from_slice(br#"","request":{"uid":"u"}}"#);
+        let utf8 = err(&bad_utf8);
+        assert_eq!(utf8.status(), 400);
+        assert!(utf8.to_string().contains("it is not UTF-8"), "{utf8}");
+        assert_eq!(err(b"  [1").status(), 400);
     }
 
     #[test]

@@ -112,6 +112,16 @@ impl FromRequest<ServerState> for ReviewBody {
                 ));
             }
         }
+        // The API server sends bodies uncompressed; a compressed one would
+        // otherwise be reported as malformed JSON.
+        if let Some(encoding) = request.headers().get(header::CONTENT_ENCODING)
+            && !encoding.as_bytes().eq_ignore_ascii_case(b"identity")
+        {
+            return Err(plain(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!("unsupported content encoding {encoding:?}: send the body uncompressed"),
+            ));
+        }
         let timeout = state.body_timeout;
         match tokio::time::timeout(timeout, read_limited(request.into_body(), state.body_limit))
             .await
