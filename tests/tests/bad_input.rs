@@ -6,8 +6,8 @@
 //!
 //! `BAD_INPUT_SHOW=1` prints every answer.
 //!
-//! Rows named `HOST BUG: ...` assert what a production webhook should do
-//! where the host currently does something else (see the row's comment).
+//! Rows whose comment says "was answered ..." keep host bugs this table
+//! found fixed.
 
 use anyhow::{Context, Result, ensure};
 use portcullis_e2e::{
@@ -212,10 +212,10 @@ fn rows() -> Result<Vec<Row>> {
         post("invalid UTF-8 in kind", "/validate")
             .json(spliced(&good_bytes, r#""kind":"AdmissionReview""#, b"\"kind\":\"Admission\xc3\x28Review\""))
             .says(400, NOT_JSON),
-        // serde_json skips members the envelope does not name without
-        // checking their UTF-8, so this body is answered 200 today; a body
-        // that is not UTF-8 is not JSON (RFC 8259 section 8.1).
-        post("HOST BUG: invalid UTF-8 in an unknown top-level member", "/validate")
+        // Was answered 200 (serde_json skips members the envelope does not
+        // name without checking their UTF-8); a body that is not UTF-8 is
+        // not JSON (RFC 8259 section 8.1).
+        post("invalid UTF-8 in an unknown top-level member", "/validate")
             .json(spliced(&good_bytes, r#""kind":"AdmissionReview""#, b"\"junk\":\"\xff\",\"kind\":\"AdmissionReview\""))
             .says(400, NOT_JSON),
         post("trailing garbage after a good review", "/validate")
@@ -316,10 +316,9 @@ fn rows() -> Result<Vec<Row>> {
         post("duplicate request", "/validate")
             .json(spliced(&good_bytes, r#""request":{"#, br#""request":{"uid":"smuggled"},"request":{"#))
             .says(422, format!("{NOT_A_REVIEW}duplicate field `request`")),
-        // serde's derived Deserialize accepts a struct written as an array
-        // of its fields in order: this positional "review" is answered 200
-        // today, and its policies see whatever the third element is.
-        post("HOST BUG: the review written as an array of its fields", "/validate")
+        // Was answered 200: serde's derived Deserialize accepts a struct
+        // written as an array of its fields in order.
+        post("the review written as an array of its fields", "/validate")
             .json(to_vec(&json!(["admission.k8s.io/v1", "AdmissionReview", request])))
             .says(422, NOT_A_REVIEW),
         // --- 422: an AdmissionReview version this host does not speak -----
@@ -355,12 +354,12 @@ fn rows() -> Result<Vec<Row>> {
         post("request is a number", "/mutate")
             .json(to_vec(&envelope(json!(7))))
             .says(422, format!("{MALFORMED}invalid type: integer `7`")),
-        // Same cause as the positional review above: `["uid"]` parses as
-        // a request with only a uid, and the policies get an array.
-        post("HOST BUG: request is an array holding a uid", "/validate")
+        // Same cause as the positional review above: `["uid"]` parsed as a
+        // request with only a uid, and the policies got an array.
+        post("request is an array holding a uid", "/validate")
             .json(to_vec(&envelope(json!(["e2e-array-uid", "CREATE"]))))
             .says(422, MALFORMED),
-        post("HOST BUG: request is an array holding a uid, on /mutate", "/mutate")
+        post("request is an array holding a uid, on /mutate", "/mutate")
             .json(to_vec(&envelope(json!(["e2e-array-uid", "CREATE"]))))
             .says(422, MALFORMED),
         post("request without uid", "/validate")

@@ -808,23 +808,24 @@ fn a_slow_policy_finishes_within_its_deadline_and_an_overlong_one_does_not() {
             ms(bound)
         );
 
-        // Four times as much work is stopped at the deadline.
-        let calls = time(iterations * 4, 5)?;
+        // Far more work is stopped at the deadline. (20x, not 2x: the
+        // calibration above may run on a loaded machine that then frees up.)
+        let calls = time(iterations * 20, 5)?;
         let times = elapsed(&calls);
         for call in &calls {
             let (ok, message) = call.decision()?;
             ensure!(
                 !ok && message == "slow: policy failed: exceeded its deadline of 200 ms",
-                "slow with 4x the work: expected the deadline, got allowed={ok} {message:?}"
+                "slow with 20x the work: expected the deadline, got allowed={ok} {message:?}"
             );
         }
         println!(
-            "  /validate/slow (~twice its deadline) {}",
+            "  /validate/slow (~10x its deadline) {}",
             figures(s, &calls)
         );
         ensure!(
             median(&times) <= bound,
-            "slow with 4x the work: median {} > {}",
+            "slow with 20x the work: median {} > {}",
             ms(median(&times)),
             ms(bound)
         );
