@@ -3,7 +3,9 @@
 #   make test   build everything once and run every test (unit and end-to-end)
 
 CARGO    ?= cargo
-POLICIES := allowed-images required-labels default-labels misbehave
+POLICIES := allowed-images required-labels default-labels container-defaults pod-security \
+            namespace-reservation sidecar-injector image-digests blocked-images field-rules \
+            misbehave
 ADDR     ?= 127.0.0.1:8443
 CONFIG   ?= policies/standard.yaml
 

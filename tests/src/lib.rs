@@ -82,6 +82,8 @@ pub fn read_json(path: &Path) -> Result<Json> {
 pub struct Paths {
     pub root: PathBuf,
     pub bin: PathBuf,
+    /// `target/wasm32-wasip1/policy`: every policy module `make build` makes.
+    pub modules: PathBuf,
     pub allowed_images: PathBuf,
     pub required_labels: PathBuf,
     pub default_labels: PathBuf,
@@ -111,6 +113,7 @@ fn locate() -> Result<Paths> {
     let paths = Paths {
         root,
         bin,
+        modules: modules.clone(),
         allowed_images: modules.join("allowed_images.wasm"),
         required_labels: modules.join("required_labels.wasm"),
         default_labels: modules.join("default_labels.wasm"),
@@ -369,6 +372,43 @@ policies:
 "#,
         allowed = yaml_str(path_str(&paths.allowed_images)?),
     );
+    let path = dir.join("config.yaml");
+    fs::write(&path, yaml).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
+/// Where the policy library's end-to-end config fragments live: one file
+/// per policy, `tests/library/<policy>.yaml`, each a YAML list of policy
+/// entries (see [`write_library_config`]).
+pub fn library_dir() -> PathBuf {
+    repo_root().join("tests/library")
+}
+
+/// Writes the policy library's test config into `dir/config.yaml`: every
+/// fragment in [`library_dir`] (in file-name order) under one `policies:`
+/// key, with `{{modules}}` replaced by the directory `make build` puts the
+/// modules in. Each library policy's tests reach it on its own path
+/// (`/validate/<name>`, `/mutate/<name>`), so fragments do not interfere.
+pub fn write_library_config(paths: &Paths, dir: &Path) -> Result<PathBuf> {
+    let modules = path_str(&paths.modules)?;
+    let mut fragments: Vec<PathBuf> = fs::read_dir(library_dir())
+        .with_context(|| format!("reading {}", library_dir().display()))?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|path| path.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    fragments.sort();
+    let mut yaml = String::from(
+        "# portcullis-e2e: the policy library (tests/library/*.yaml)\n\
+         defaults: { timeoutMs: 1000, memoryLimit: 32Mi, onError: deny, mode: enforce }\n\
+         policies:\n",
+    );
+    for fragment in &fragments {
+        let text = fs::read_to_string(fragment)
+            .with_context(|| format!("reading {}", fragment.display()))?;
+        yaml.push_str(&format!("# {}\n", fragment.display()));
+        yaml.push_str(&text.replace("{{modules}}", modules));
+        yaml.push('\n');
+    }
     let path = dir.join("config.yaml");
     fs::write(&path, yaml).with_context(|| format!("writing {}", path.display()))?;
     Ok(path)
@@ -998,6 +1038,22 @@ pub fn shared() -> &'static Server {
     }
 }
 
+/// One server per test binary with the policy library's config
+/// ([`write_library_config`]), started on first use, never dropped.
+pub fn library() -> &'static Server {
+    static SERVER: OnceLock<Result<Server, String>> = OnceLock::new();
+    match SERVER.get_or_init(|| Server::start(write_library_config).map_err(|e| format!("{e:?}")))
+    {
+        Ok(server) => server,
+        Err(e) => panic!("could not start the policy library server:\n{e}"),
+    }
+}
+
+/// Runs a test body against the policy library server.
+pub fn with_library(body: impl FnOnce(&Server) -> Result<()>) {
+    library().test(body)
+}
+
 /// Runs a test body against the shared server (see [`Server::test`]).
 pub fn with_shared(body: impl FnOnce(&Server) -> Result<()>) {
     shared().test(body)
@@ -1285,4 +1341,69 @@ pub fn tail(s: &str, max: usize) -> String {
         start += 1;
     }
     format!("[... {start} bytes cut ...]{}", &s[start..])
+}
+
+// ---------------------------------------------------------------------------
+// Reviews built from bare objects
+// ---------------------------------------------------------------------------
+
+/// The resource (plural, lower case) the API server names a kind by, for
+/// the kinds the tests use; other kinds get the usual `<kind>s`.
+pub fn resource_of(kind: &str) -> String {
+    match kind {
+        "Ingress" => "ingresses".to_string(),
+        "NetworkPolicy" => "networkpolicies".to_string(),
+        "PodSecurityPolicy" => "podsecuritypolicies".to_string(),
+        other => format!("{}s", other.to_ascii_lowercase()),
+    }
+}
+
+/// An AdmissionReview v1 for `operation` (`CREATE`, `UPDATE`, `DELETE`,
+/// `CONNECT`) of `object`, as the API server would send it: kind and
+/// resource from the object's `apiVersion` and `kind`, name and namespace
+/// from its metadata, a fresh uid, user `alice` in `system:authenticated`.
+/// CREATE and UPDATE carry the object (UPDATE also as `oldObject`); DELETE
+/// carries it as `oldObject` only. Change fields afterwards as needed, e.g.
+/// `review["request"]["userInfo"] = json!({...})`.
+pub fn review_of(object: &Json, operation: &str) -> Json {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let api_version = object["apiVersion"].as_str().unwrap_or("v1");
+    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+    let kind = object["kind"].as_str().unwrap_or_default();
+    let gvk = json!({ "group": group, "version": version, "kind": kind });
+    let gvr = json!({ "group": group, "version": version, "resource": resource_of(kind) });
+    let mut request = json!({
+        "uid": format!("00000000-0000-4000-8000-{n:012}"),
+        "kind": gvk,
+        "resource": gvr,
+        "requestKind": gvk,
+        "requestResource": gvr,
+        "operation": operation,
+        "userInfo": { "username": "alice", "groups": ["system:authenticated"] },
+        "dryRun": false,
+        "options": null,
+    });
+    if let Some(name) = object["metadata"]["name"].as_str() {
+        request["name"] = json!(name);
+    }
+    if let Some(namespace) = object["metadata"]["namespace"].as_str() {
+        request["namespace"] = json!(namespace);
+    } else if kind == "Namespace" {
+        // The API server sets a Namespace's own name as its namespace.
+        request["namespace"] = object["metadata"]["name"].clone();
+    }
+    match operation {
+        "DELETE" => request["oldObject"] = object.clone(),
+        "UPDATE" => {
+            request["object"] = object.clone();
+            request["oldObject"] = object.clone();
+        }
+        _ => request["object"] = object.clone(),
+    }
+    json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": request,
+    })
 }

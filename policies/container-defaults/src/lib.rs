@@ -1,0 +1,20 @@
+//! `container-defaults`: placeholder until the policy is written (issue 5).
+
+use portcullis_sdk::{Metadata, Policy};
+
+/// The policy.
+pub struct ContainerDefaults;
+
+impl Policy for ContainerDefaults {
+    type Settings = serde_json::Value;
+
+    const METADATA: Metadata = Metadata {
+        name: "container-defaults",
+        version: env!("CARGO_PKG_VERSION"),
+        resources: &["*"],
+        validates: true,
+        mutates: true,
+    };
+}
+
+portcullis_sdk::export_policy!(ContainerDefaults);

@@ -1,0 +1,20 @@
+//! `sidecar-injector`: placeholder until the policy is written (issue 5).
+
+use portcullis_sdk::{Metadata, Policy};
+
+/// The policy.
+pub struct SidecarInjector;
+
+impl Policy for SidecarInjector {
+    type Settings = serde_json::Value;
+
+    const METADATA: Metadata = Metadata {
+        name: "sidecar-injector",
+        version: env!("CARGO_PKG_VERSION"),
+        resources: &["*"],
+        validates: true,
+        mutates: true,
+    };
+}
+
+portcullis_sdk::export_policy!(SidecarInjector);

@@ -1,0 +1,1 @@
+//! `blocked-images` end to end.

@@ -1,0 +1,1 @@
+//! `container-defaults` end to end.

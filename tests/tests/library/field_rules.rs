@@ -1,0 +1,1 @@
+//! `field-rules` end to end.

@@ -1,0 +1,1 @@
+//! `image-digests` end to end.

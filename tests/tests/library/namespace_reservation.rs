@@ -1,0 +1,1 @@
+//! `namespace-reservation` end to end.

@@ -1,0 +1,1 @@
+//! `pod-security` end to end.

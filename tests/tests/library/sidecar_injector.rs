@@ -1,0 +1,1 @@
+//! `sidecar-injector` end to end.
