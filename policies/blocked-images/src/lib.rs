@@ -1,20 +1,80 @@
-//! `blocked-images`: placeholder until the policy is written (issue 5).
+//! `blocked-images`: denies container images by digest, by tag (and
+//! untagged images, which mean `latest`) and by registry, in Pods and in
+//! the pod templates of every workload controller.
+//!
+//! Images are compared in Docker's normalized form (`nginx` is
+//! `docker.io/library/nginx:latest`), so a blocked image cannot get through
+//! by being spelled differently. See README.md for the settings.
+//!
+//! Layout: `settings.rs` reads and checks the settings (the registry
+//! entries are parsed there); `check.rs` says what is wrong with one
+//! container's image.
 
-use portcullis_sdk::{Metadata, Policy};
+mod check;
+mod settings;
+
+use portcullis_sdk::pods;
+use portcullis_sdk::{Metadata, Operation, Policy, Request, Verdict};
+
+pub use settings::{RegistryEntry, Settings};
 
 /// The policy.
 pub struct BlockedImages;
 
 impl Policy for BlockedImages {
-    type Settings = serde_json::Value;
+    type Settings = Settings;
 
     const METADATA: Metadata = Metadata {
         name: "blocked-images",
         version: env!("CARGO_PKG_VERSION"),
-        resources: &["*"],
+        resources: &[
+            "pods",
+            // `kubectl debug` adds ephemeral containers through this
+            // subresource, not through an update of the pod itself.
+            "pods/ephemeralcontainers",
+            "deployments.apps",
+            "statefulsets.apps",
+            "daemonsets.apps",
+            "replicasets.apps",
+            "replicationcontrollers",
+            "jobs.batch",
+            "cronjobs.batch",
+        ],
         validates: true,
-        mutates: true,
+        mutates: false,
     };
+
+    fn validate_settings(settings: &Settings) -> Result<(), String> {
+        settings.check()
+    }
+
+    /// Checks CREATE and UPDATE of the object itself and of
+    /// `pods/ephemeralcontainers`; other subresources (`status`, `scale`,
+    /// ...) do not choose images, and blocking them would only get in the
+    /// way of controllers.
+    fn validate(request: &Request, settings: &Settings) -> Result<Verdict, String> {
+        if !matches!(request.operation, Operation::Create | Operation::Update)
+            || !matches!(request.sub_resource.as_str(), "" | "ephemeralcontainers")
+        {
+            return Ok(Verdict::allow());
+        }
+        let Some(object) = &request.object else {
+            return Ok(Verdict::allow());
+        };
+        let rules = settings.rules()?;
+        let problems: Vec<String> = pods::containers(object)
+            .iter()
+            .filter_map(|container| check::problem(container, &rules))
+            .collect();
+        if problems.is_empty() {
+            Ok(Verdict::allow())
+        } else {
+            Ok(Verdict::deny(problems.join("; ")))
+        }
+    }
 }
 
 portcullis_sdk::export_policy!(BlockedImages);
+
+#[cfg(test)]
+mod tests;
