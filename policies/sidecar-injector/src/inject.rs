@@ -83,8 +83,8 @@ fn add_env(spec: &mut Map<String, Value>, settings: &Settings) -> Result<Vec<Str
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_string();
-        let targeted = settings.env_containers.is_empty()
-            || settings.env_containers.contains(&name);
+        let targeted =
+            settings.env_containers.is_empty() || settings.env_containers.contains(&name);
         if !targeted || injected.contains(&name.as_str()) {
             continue;
         }
