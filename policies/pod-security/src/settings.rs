@@ -128,7 +128,10 @@ impl Settings {
         let lists = [
             ("exemptions.usernames", &self.exemptions.usernames),
             ("exemptions.namespaces", &self.exemptions.namespaces),
-            ("exemptions.runtimeClasses", &self.exemptions.runtime_classes),
+            (
+                "exemptions.runtimeClasses",
+                &self.exemptions.runtime_classes,
+            ),
         ];
         for (name, list) in lists {
             if list.iter().any(String::is_empty) {

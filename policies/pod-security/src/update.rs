@@ -45,7 +45,11 @@ pub fn significant_pod_update(new: &Value, old: &Value) -> bool {
         if now.len() != before.len() {
             return true;
         }
-        if now.iter().zip(&before).any(|(c, o)| container_changed(c, o)) {
+        if now
+            .iter()
+            .zip(&before)
+            .any(|(c, o)| container_changed(c, o))
+        {
             return true;
         }
     }
@@ -69,7 +73,12 @@ pub fn significant_pod_update(new: &Value, old: &Value) -> bool {
 /// a scale or a status-like change of a workload whose template stays as
 /// it was is not re-evaluated, so an existing workload can still be scaled
 /// after the policy is introduced.
-pub fn template_changed(new_spec: &Value, old_spec: Option<&Value>, new_meta: &Value, old_meta: &Value) -> bool {
+pub fn template_changed(
+    new_spec: &Value,
+    old_spec: Option<&Value>,
+    new_meta: &Value,
+    old_meta: &Value,
+) -> bool {
     old_spec != Some(new_spec) || new_meta != old_meta
 }
 

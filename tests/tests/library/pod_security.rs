@@ -36,7 +36,11 @@ fn ensure_allowed(a: &Answer, what: &str) -> Result<()> {
 fn ensure_denied(a: &Answer, path: &str, message: &str) -> Result<()> {
     let want = format!("{}: {message}", path.trim_start_matches("/validate/"));
     ensure!(!a.allowed(), "{path}: expected denied\n{a}");
-    ensure!(a.message() == want, "{path}: message\n got: {}\nwant: {want}", a.message());
+    ensure!(
+        a.message() == want,
+        "{path}: message\n got: {}\nwant: {want}",
+        a.message()
+    );
     Ok(())
 }
 
@@ -53,7 +57,8 @@ fn compliant_pod_is_allowed_by_both_levels() {
 fn privileged_pod_is_denied_by_baseline() {
     with_library(|s| {
         let mut pod = compliant_pod();
-        pod["spec"]["initContainers"] = json!([{"name": "setup", "image": "busybox", "securityContext": {"privileged": true}}]);
+        pod["spec"]["initContainers"] =
+            json!([{"name": "setup", "image": "busybox", "securityContext": {"privileged": true}}]);
         pod["spec"]["hostPID"] = json!(true);
         let a = s.review(BASELINE, &review_of(&pod, "CREATE"))?;
         ensure_denied(
@@ -123,7 +128,10 @@ fn corpus_pods_get_their_expected_verdicts() {
         )?;
 
         let unprivileged = read_json(&data.join("pod_without_privileged_containers.json"))?;
-        ensure_allowed(&s.review(BASELINE, &unprivileged)?, "kubewarden unprivileged pod at baseline")?;
+        ensure_allowed(
+            &s.review(BASELINE, &unprivileged)?,
+            "kubewarden unprivileged pod at baseline",
+        )?;
         let a = s.review(RESTRICTED, &unprivileged)?;
         ensure_denied(
             &a,
@@ -143,7 +151,8 @@ fn corpus_pods_get_their_expected_verdicts() {
 fn pinned_version_uses_that_versions_sysctls() {
     with_library(|s| {
         let mut pod = compliant_pod();
-        pod["spec"]["securityContext"]["sysctls"] = json!([{"name": "net.ipv4.tcp_notsent_lowat", "value": "16384"}]);
+        pod["spec"]["securityContext"]["sysctls"] =
+            json!([{"name": "net.ipv4.tcp_notsent_lowat", "value": "16384"}]);
         let review = review_of(&pod, "CREATE");
         ensure_allowed(&s.review(BASELINE, &review)?, "latest")?;
         ensure_denied(
@@ -159,8 +168,13 @@ fn exemptions_and_unchanged_updates_are_allowed() {
     with_library(|s| {
         let mut pod = compliant_pod();
         pod["spec"]["hostNetwork"] = json!(true);
-        let denied = r#"violates PodSecurity "restricted:latest": host namespaces (hostNetwork=true)"#;
-        ensure_denied(&s.review(EXEMPT, &review_of(&pod, "CREATE"))?, EXEMPT, denied)?;
+        let denied =
+            r#"violates PodSecurity "restricted:latest": host namespaces (hostNetwork=true)"#;
+        ensure_denied(
+            &s.review(EXEMPT, &review_of(&pod, "CREATE"))?,
+            EXEMPT,
+            denied,
+        )?;
 
         let mut system = pod.clone();
         system["metadata"]["namespace"] = json!("kube-system");
@@ -173,7 +187,10 @@ fn exemptions_and_unchanged_updates_are_allowed() {
 
         let mut sandboxed = pod.clone();
         sandboxed["spec"]["runtimeClassName"] = json!("gvisor");
-        ensure_allowed(&s.review(EXEMPT, &review_of(&sandboxed, "CREATE"))?, "exempt runtime class")?;
+        ensure_allowed(
+            &s.review(EXEMPT, &review_of(&sandboxed, "CREATE"))?,
+            "exempt runtime class",
+        )?;
 
         // A label change of an existing non-compliant pod is not evaluated.
         let mut review = review_of(&pod, "UPDATE");

@@ -205,7 +205,12 @@ fn host_ports(pod: &PodView<'_>, _: u32) -> Option<Violation> {
     let mut ports = BTreeSet::new();
     for c in pod.containers() {
         let mut valid = true;
-        for port in c.get("ports").and_then(Value::as_array).into_iter().flatten() {
+        for port in c
+            .get("ports")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             match port.get("hostPort").and_then(Value::as_i64) {
                 Some(0) | None => {}
                 Some(p) => {
@@ -303,7 +308,9 @@ fn privileged(pod: &PodView<'_>, _: u32) -> Option<Violation> {
     let bad: Vec<&str> = pod
         .containers()
         .into_iter()
-        .filter(|c| security_context(c).and_then(|sc| sc.get("privileged")?.as_bool()) == Some(true))
+        .filter(|c| {
+            security_context(c).and_then(|sc| sc.get("privileged")?.as_bool()) == Some(true)
+        })
         .map(name)
         .collect();
     (!bad.is_empty()).then(|| {
@@ -452,9 +459,8 @@ fn seccomp_profile(pod: &PodView<'_>, minor: u32) -> Option<Violation> {
 }
 
 fn seccomp_annotations(pod: &PodView<'_>) -> Option<Violation> {
-    let valid = |v: &str| {
-        v == "runtime/default" || v == "docker/default" || v.starts_with("localhost/")
-    };
+    let valid =
+        |v: &str| v == "runtime/default" || v == "docker/default" || v.starts_with("localhost/");
     let annotation = |key: &str| -> Option<String> {
         let value = pod.annotations()?.get(key)?;
         let value = value.as_str().unwrap_or("");
