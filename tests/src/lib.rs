@@ -1042,8 +1042,7 @@ pub fn shared() -> &'static Server {
 /// ([`write_library_config`]), started on first use, never dropped.
 pub fn library() -> &'static Server {
     static SERVER: OnceLock<Result<Server, String>> = OnceLock::new();
-    match SERVER.get_or_init(|| Server::start(write_library_config).map_err(|e| format!("{e:?}")))
-    {
+    match SERVER.get_or_init(|| Server::start(write_library_config).map_err(|e| format!("{e:?}"))) {
         Ok(server) => server,
         Err(e) => panic!("could not start the policy library server:\n{e}"),
     }

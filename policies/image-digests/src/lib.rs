@@ -36,6 +36,9 @@ impl Policy for ImageDigests {
         version: env!("CARGO_PKG_VERSION"),
         resources: &[
             "pods",
+            // `kubectl debug` adds ephemeral containers through this
+            // subresource, not through an update of the pod itself.
+            "pods/ephemeralcontainers",
             "deployments.apps",
             "statefulsets.apps",
             "daemonsets.apps",

@@ -12,3 +12,4 @@ mod image_digests;
 mod namespace_reservation;
 mod pod_security;
 mod sidecar_injector;
+mod standard;
