@@ -5,6 +5,4 @@
 
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| {
-    portcullis_fuzz::patch_build_with(data, portcullis_fuzz::known_from_env())
-});
+fuzz_target!(|data: &[u8]| portcullis_fuzz::patch_build(data));

@@ -19,49 +19,11 @@ fn raw_members(text: &str) -> BTreeMap<String, &RawValue> {
         .unwrap_or_else(|err| panic!("not a JSON object of members: {err}\n{text}"))
 }
 
-/// What to do with an input that shows a host bug already found and not
-/// yet fixed (see `README.md`, "Findings"): panic, as for any other bug
-/// (`cargo test` replays the regression inputs this way, so they fail until
-/// the host is fixed), or skip the check, so that a fuzzing run looks for
-/// new bugs instead of finding the known one again and again. Fixed bugs
-/// are always checked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Known {
-    /// Bit `n` set: skip the checks that show finding `n`.
-    skip: u32,
-}
-
-impl Known {
-    /// Every known bug is a crash.
-    pub const PANIC: Known = Known { skip: 0 };
-    /// Every known bug is skipped.
-    pub const SKIP: Known = Known { skip: !0 };
-
-    /// Skips every known bug but `finding`.
-    pub const fn panic_only_on(finding: u32) -> Known {
-        Known {
-            skip: !(1 << finding),
-        }
-    }
-
-    fn skips(self, finding: u32) -> bool {
-        self.skip & (1 << finding) != 0
-    }
-}
-
 /// The first byte that is not JSON whitespace.
 fn first_byte(text: &[u8]) -> Option<u8> {
     text.iter()
         .copied()
         .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
-}
-
-/// Whether `value`, written as JSON text and parsed again, is `value`.
-fn survives_text(value: &Value) -> bool {
-    serde_json::to_string(value)
-        .ok()
-        .and_then(|text| serde_json::from_str::<Value>(&text).ok())
-        .is_some_and(|back| back == *value)
 }
 
 /// `review_parse`: whatever the API server (or anyone) POSTs, parsing never
@@ -70,11 +32,6 @@ fn survives_text(value: &Value) -> bool {
 /// be replaced (as the mutation chain does between policies), and responses
 /// that are valid JSON echoing the uid and the review's apiVersion.
 pub fn review_parse(data: &[u8]) {
-    review_parse_with(data, Known::PANIC);
-}
-
-/// [`review_parse`], with a choice about known bugs.
-pub fn review_parse_with(data: &[u8], known: Known) {
     let Ok(review) = Review::parse(data) else {
         return;
     };
@@ -153,15 +110,12 @@ pub fn review_parse_with(data: &[u8], known: Known) {
         let members = raw_members(&text);
         let replaced: Value =
             serde_json::from_str(members["object"].get()).expect("the replaced object parses back");
-        // Finding 3: without serde_json's `float_roundtrip` feature, some
-        // numbers do not survive being written and parsed again.
-        let survives = survives_text(object);
-        if survives || !known.skips(3) {
-            assert_eq!(
-                &replaced, object,
-                "finding 3: request_with_object did not keep the object"
-            );
-        }
+        // Finding 3 (fixed: serde_json's `float_roundtrip`): some numbers did
+        // not survive being written and parsed again.
+        assert_eq!(
+            &replaced, object,
+            "finding 3: request_with_object did not keep the object"
+        );
         // Every other member is kept byte for byte.
         let before = raw_members(review.request.get());
         assert_eq!(
@@ -246,11 +200,6 @@ pub fn split_pair(data: &[u8]) -> Option<(Value, Value)> {
 /// after)`, serialized as JSON; applying that patch to `before` must give
 /// `after`, in memory and after the patch has crossed the wire as text.
 pub fn patch_build(data: &[u8]) {
-    patch_build_with(data, Known::PANIC);
-}
-
-/// [`patch_build`], with a choice about known bugs.
-pub fn patch_build_with(data: &[u8], known: Known) {
     let Some((before, after)) = split_pair(data) else {
         return;
     };
@@ -272,14 +221,9 @@ pub fn patch_build_with(data: &[u8], known: Known) {
         "diff then patch does not give the mutated object\npatch: {patch:?}"
     );
 
-    // Finding 3: numbers that do not survive being written and parsed
-    // again (serde_json without `float_roundtrip`).
-    if known.skips(3) && !(survives_text(&before) && survives_text(&after)) {
-        return;
-    }
-
     // A policy that returns the object unchanged writes it back as text
-    // (serde_json in the guest), which the host parses: no patch.
+    // (serde_json in the guest), which the host parses: no patch. Finding 3
+    // (fixed: serde_json's `float_roundtrip`).
     let echoed: Value = serde_json::from_str(&serde_json::to_string(&before).expect("serializes"))
         .expect("an echoed object parses");
     let spurious = json_patch::diff(&before, &echoed);
@@ -301,18 +245,4 @@ pub fn patch_build_with(data: &[u8], known: Known) {
         doc, after,
         "the patch as sent does not give the mutated object\npatch: {text}"
     );
-}
-
-/// From `FUZZ_KNOWN_BUGS` (read once): unset, every known bug is skipped;
-/// `panic`, every known bug is a crash; a number `n`, only finding `n` is.
-pub fn known_from_env() -> Known {
-    static KNOWN: std::sync::OnceLock<Known> = std::sync::OnceLock::new();
-    *KNOWN.get_or_init(|| match std::env::var("FUZZ_KNOWN_BUGS") {
-        Err(_) => Known::SKIP,
-        Ok(value) if value == "panic" => Known::PANIC,
-        Ok(value) => match value.parse() {
-            Ok(finding) => Known::panic_only_on(finding),
-            Err(_) => panic!("FUZZ_KNOWN_BUGS={value:?}: expected `panic` or a finding number"),
-        },
-    })
 }
