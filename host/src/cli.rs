@@ -3,7 +3,9 @@
 
 use clap::{Parser, Subcommand};
 
-use crate::commands::{certs::CertsCommand, eval::EvalCommand, serve::ServeCommand};
+use crate::commands::{
+    certs::CertsCommand, eval::EvalCommand, serve::ServeCommand, test::TestCommand,
+};
 use crate::telemetry::LogFormat;
 
 /// Portcullis: Kubernetes admission policies as sandboxed WebAssembly.
@@ -41,6 +43,8 @@ pub enum Command {
     Certs(CertsCommand),
     /// Run the mutate and validate chains on one review, offline.
     Eval(EvalCommand),
+    /// Run policy test suites (YAML) with the server's engine.
+    Test(TestCommand),
 }
 
 /// How a command failed, and the exit code that says so.

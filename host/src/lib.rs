@@ -23,6 +23,7 @@
 //! - `tls`, `certs`, `cert_reload`: the serving certificate and its rotation;
 //!   generating CA and certificates.
 //! - `offline`: the server's answer computed without a server (eval, test).
+//! - `suite`: policy test suites (YAML cases and expectations).
 //! - `app`: wires engine -> reloader -> TLS -> server; owns the control loop.
 //! - `cli`, `commands`: flags and subcommands; `main` maps errors to exit codes.
 
@@ -51,6 +52,7 @@ pub mod reload;
 pub mod sandbox;
 pub mod server;
 pub mod shutdown;
+pub mod suite;
 pub mod telemetry;
 pub mod tls;
 pub mod watch;

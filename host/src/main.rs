@@ -16,6 +16,7 @@ fn main() -> ExitCode {
         Command::Serve(command) => command.execute(),
         Command::Certs(command) => command.execute(),
         Command::Eval(command) => command.execute(),
+        Command::Test(command) => command.execute(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
