@@ -491,13 +491,20 @@ fn der_of(pem_file: &Path) -> Vec<u8> {
     pem.contents
 }
 
+/// When a handshake happened and the DER of the certificate it was served.
+type Handshakes = Arc<std::sync::Mutex<Vec<(Instant, Vec<u8>)>>>;
+
+/// What a load run saw: requests answered, requests failed, every
+/// handshake, and the errors.
+type LoadReport = (usize, usize, Vec<(Instant, Vec<u8>)>, Vec<String>);
+
 /// Load on the HTTPS listener, one new connection (so one handshake) per
 /// request, recording which certificate each handshake was served.
 struct Load {
     stop: Arc<AtomicBool>,
     ok: Arc<AtomicUsize>,
     failed: Arc<AtomicUsize>,
-    seen: Arc<std::sync::Mutex<Vec<(Instant, Vec<u8>)>>>,
+    seen: Handshakes,
     errors: Arc<std::sync::Mutex<Vec<String>>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -587,7 +594,7 @@ impl Load {
         }
     }
 
-    fn stop(self) -> (usize, usize, Vec<(Instant, Vec<u8>)>, Vec<String>) {
+    fn stop(self) -> LoadReport {
         self.stop.store(true, Ordering::Relaxed);
         for task in self.tasks {
             let _ = block_on(task);
