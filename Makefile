@@ -9,7 +9,7 @@ POLICIES := allowed-images required-labels default-labels container-defaults pod
 ADDR     ?= 127.0.0.1:8443
 CONFIG   ?= policies/standard.yaml
 
-.PHONY: all setup build policies host run test lint fmt clean
+.PHONY: all setup build policies host run test suites lint fmt clean
 
 all: build
 
@@ -35,9 +35,15 @@ run: build
 	./target/release/portcullis serve --config $(CONFIG) --addr $(ADDR)
 
 # One native profile (release) for the host, the SDK, the policies' unit
-# tests and the end-to-end tests, so everything is compiled once.
+# tests and the end-to-end tests, so everything is compiled once; then
+# every policy's test suite through `portcullis test`.
 test: build
 	$(CARGO) test --locked --release --workspace
+	$(MAKE) --no-print-directory suites
+
+# The policy test suites shipped with each policy (policies/*/suite.yaml).
+suites: build
+	./target/release/portcullis test policies/*/suite.yaml
 
 lint: setup
 	$(CARGO) fmt --all -- --check

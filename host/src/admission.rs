@@ -89,10 +89,19 @@ struct Resource {
     resource: String,
 }
 
+/// `request.kind`: only the kind is read (for logs).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct Kind {
+    kind: String,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct RequestFields<'a> {
     uid: String,
+    #[serde(default)]
+    kind: Kind,
     #[serde(default)]
     operation: String,
     #[serde(default)]
@@ -115,6 +124,7 @@ pub struct Review<'a> {
     pub request: &'a RawValue,
     pub uid: String,
     operation: Option<Operation>,
+    kind: String,
     resource: Resource,
     sub_resource: Option<String>,
     name: String,
@@ -180,6 +190,7 @@ impl<'a> Review<'a> {
             request,
             uid: fields.uid,
             operation: parse_operation(&fields.operation),
+            kind: fields.kind.kind,
             resource: fields.resource,
             sub_resource: fields.sub_resource.filter(|s| !s.is_empty()),
             name: fields.name,
@@ -208,6 +219,11 @@ impl<'a> Review<'a> {
 
     pub fn namespace(&self) -> &str {
         &self.namespace
+    }
+
+    /// `request.kind.kind`, e.g. `Pod`; empty when absent.
+    pub fn kind(&self) -> &str {
+        &self.kind
     }
 
     pub fn name(&self) -> &str {

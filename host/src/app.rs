@@ -1,6 +1,7 @@
 //! Wiring: config -> engine -> policy set -> TLS -> server, and the drain
 //! on shutdown. The only place that knows every layer.
 
+use std::future::IntoFuture as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -8,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
+use crate::cert_reload::{self, CertReloader};
 use crate::engine::{EngineError, PolicyEngine};
 use crate::limits::{ConnectionLimit, EvalLimiter};
 use crate::metrics::Metrics;
@@ -16,7 +18,7 @@ use crate::policy_store::PolicyStore;
 use crate::reload::{self, Debounce, ReloadError, Reloader};
 use crate::server::{self, ServerState};
 use crate::shutdown;
-use crate::tls::{self, TlsError};
+use crate::tls::{self, TlsError, TlsFiles};
 use crate::watch::{FileWatcher, WatchError};
 
 /// Where the serving certificate comes from.
@@ -28,12 +30,46 @@ pub enum TlsSource {
     Development { dir: PathBuf },
 }
 
+impl TlsSource {
+    /// The files to serve from, making the development certificate first
+    /// when that is the source.
+    fn files(&self, client_ca: Option<PathBuf>) -> Result<TlsFiles, TlsError> {
+        Ok(match self {
+            Self::Files { cert, key } => TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca,
+            },
+            Self::Development { dir } => {
+                let dev = tls::ensure_dev_certificate(dir)?;
+                tracing::info!(
+                    ca = %dev.ca.display(),
+                    generated = dev.generated,
+                    "serving a development certificate for localhost, 127.0.0.1 and ::1; \
+                     clients trust it with the CA file (e.g. curl --cacert {})",
+                    dev.ca.display()
+                );
+                TlsFiles {
+                    cert: dev.cert,
+                    key: dev.key,
+                    client_ca,
+                }
+            }
+        })
+    }
+}
+
 /// Everything `serve` needs.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
     pub config: PathBuf,
     pub addr: SocketAddr,
     pub tls: TlsSource,
+    /// Require client certificates signed by this CA on the HTTPS listener.
+    pub client_ca: Option<PathBuf>,
+    /// A plain-HTTP listener for `/metrics`, `/healthz` and `/readyz`, so
+    /// the kubelet and Prometheus need no client certificate.
+    pub metrics_addr: Option<SocketAddr>,
     pub body_limit: usize,
     pub shutdown_grace: Duration,
     /// Start serving with no policies when the config is broken at
@@ -88,6 +124,16 @@ impl AppError {
     }
 }
 
+/// A non-blocking listening socket on `addr`.
+fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, AppError> {
+    let listener =
+        std::net::TcpListener::bind(addr).map_err(|cause| AppError::Bind { addr, cause })?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|cause| AppError::Bind { addr, cause })?;
+    Ok(listener)
+}
+
 /// Loads everything, serves until SIGTERM/SIGINT, then drains.
 ///
 /// # Errors
@@ -119,38 +165,28 @@ pub async fn serve(options: ServeOptions) -> Result<(), AppError> {
     let mut watcher = FileWatcher::new(file_events_tx)?;
     watcher.watch(reloader.watched());
 
-    let tls_config = match &options.tls {
-        TlsSource::Files { cert, key } => tls::server_config(cert, key)?,
-        TlsSource::Development { dir } => {
-            let dev = tls::ensure_dev_certificate(dir)?;
-            tracing::info!(
-                ca = %dev.ca.display(),
-                generated = dev.generated,
-                "serving a development certificate for localhost, 127.0.0.1 and ::1; \
-                 clients trust it with the CA file (e.g. curl --cacert {})",
-                dev.ca.display()
-            );
-            tls::server_config(&dev.cert, &dev.key)?
-        }
-    };
+    let tls_files = options.tls.files(options.client_ca.clone())?;
+    let identity = tls::load(&tls_files)?;
+    let rustls = axum_server::tls_rustls::RustlsConfig::from_config(identity.config.clone());
+    let cert_reloader = CertReloader::new(tls_files, &identity, rustls.clone(), metrics.clone());
+    let (cert_events_tx, cert_events) = mpsc::unbounded_channel();
+    let cert_watcher = FileWatcher::new(cert_events_tx)?;
 
-    let listener = std::net::TcpListener::bind(options.addr).map_err(|cause| AppError::Bind {
-        addr: options.addr,
-        cause,
-    })?;
-    listener
-        .set_nonblocking(true)
-        .map_err(|cause| AppError::Bind {
-            addr: options.addr,
-            cause,
-        })?;
+    let listener = bind(options.addr)?;
     let local = listener.local_addr().map_err(|cause| AppError::Bind {
         addr: options.addr,
         cause,
     })?;
+    let metrics_listener = match options.metrics_addr {
+        Some(addr) => Some(
+            tokio::net::TcpListener::from_std(bind(addr)?)
+                .map_err(|cause| AppError::Bind { addr, cause })?,
+        ),
+        None => None,
+    };
 
     let edge = options.limits;
-    let router = server::router(ServerState {
+    let state = ServerState {
         policies: store,
         limiter: Arc::new(EvalLimiter::new(
             edge.max_concurrent_reviews,
@@ -160,7 +196,8 @@ pub async fn serve(options: ServeOptions) -> Result<(), AppError> {
         metrics,
         body_limit: options.body_limit,
         body_timeout: edge.body_read_timeout,
-    });
+    };
+    let router = server::router(state.clone());
     let handle = axum_server::Handle::new();
     // The control loop: SIGTERM/SIGINT drain the server and stop the
     // reloader; file changes and SIGHUP reload.
@@ -174,18 +211,45 @@ pub async fn serve(options: ServeOptions) -> Result<(), AppError> {
             handle.graceful_shutdown(Some(grace));
         })
     };
+    let stopped = move || {
+        let mut stop_rx = stop_rx.clone();
+        async move {
+            let _ = stop_rx.wait_for(|stop| *stop).await;
+        }
+    };
     let reloading = tokio::spawn(reload::run(
         reloader,
         watcher,
         file_events,
         hangup,
         options.debounce,
-        async move {
-            let mut stop_rx = stop_rx;
-            let _ = stop_rx.wait_for(|stop| *stop).await;
-        },
+        stopped(),
     ));
-    let rustls = axum_server::tls_rustls::RustlsConfig::from_config(tls_config);
+    let rotating = tokio::spawn(cert_reload::run(
+        cert_reloader,
+        cert_watcher,
+        cert_events,
+        options.debounce,
+        stopped(),
+    ));
+    let operations = match metrics_listener {
+        Some(listener) => {
+            let address = listener.local_addr().ok();
+            tracing::info!(
+                ?address,
+                "serving /metrics, /healthz and /readyz over plain HTTP"
+            );
+            let router = server::operations_router(state);
+            // Stops with the HTTPS server, after the drain starts: the
+            // kubelet sees the pod unready while it drains.
+            Some(tokio::spawn(
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(stopped())
+                    .into_future(),
+            ))
+        }
+        None => None,
+    };
     let mut server = axum_server::from_tcp_rustls(listener, rustls)
         .map_err(|cause| AppError::Bind {
             addr: options.addr,
@@ -209,6 +273,10 @@ pub async fn serve(options: ServeOptions) -> Result<(), AppError> {
         .await;
     drain.abort();
     reloading.abort();
+    rotating.abort();
+    if let Some(operations) = operations {
+        operations.abort();
+    }
     tracing::info!("stopped");
     result.map_err(AppError::Serve)
 }

@@ -4,7 +4,7 @@
 //! denies). Applies each policy's mode and onError.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -36,14 +36,25 @@ pub enum Selection<'a> {
     One(&'a Arc<Policy>),
 }
 
-/// Accumulates what the policies said.
-struct Outcome {
-    decision: Decision,
-    denials: Vec<String>,
+/// One policy call of a chain run, for metrics and the decision log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Evaluation {
+    pub policy: Arc<str>,
+    /// `allow`, `deny`, `mutate` (allowed with a changed object), or the
+    /// error's kind (`timeout`, `memory`, `trap`, `invalid_output`, ...).
+    pub outcome: &'static str,
+    pub duration: Duration,
 }
 
-impl Outcome {
-    fn new(set: &PolicySet) -> Self {
+/// Accumulates what the policies said.
+struct Outcome<'t> {
+    decision: Decision,
+    denials: Vec<String>,
+    evaluations: &'t mut Vec<Evaluation>,
+}
+
+impl<'t> Outcome<'t> {
+    fn new(set: &PolicySet, evaluations: &'t mut Vec<Evaluation>) -> Self {
         let mut decision = Decision {
             allowed: true,
             ..Decision::default()
@@ -54,7 +65,16 @@ impl Outcome {
         Self {
             decision,
             denials: Vec::new(),
+            evaluations,
         }
+    }
+
+    fn evaluated(&mut self, policy: &Policy, outcome: &'static str, started: Instant) {
+        self.evaluations.push(Evaluation {
+            policy: policy.name.clone(),
+            outcome,
+            duration: started.elapsed(),
+        });
     }
 
     /// Records that `policy` decided, so the answer traces to exact code.
@@ -163,6 +183,8 @@ fn selected<'a>(
 
 /// Runs the mutation chain, every call finishing by `deadline`. DELETE (no
 /// object) never gets a patch, though its policies still run and may deny.
+/// Each policy call is appended to `evaluations`, also when the chain
+/// fails.
 ///
 /// # Errors
 /// [`ChainFailure`] when a policy with `onError: fail` fails.
@@ -171,8 +193,9 @@ pub async fn mutate(
     review: &Review<'_>,
     selection: Selection<'_>,
     deadline: Option<Instant>,
+    evaluations: &mut Vec<Evaluation>,
 ) -> Result<Decision, ChainFailure> {
-    let mut outcome = Outcome::new(set);
+    let mut outcome = Outcome::new(set, evaluations);
     let policies = selected(set.mutators(), selection, review);
     if policies.is_empty() {
         return Ok(outcome.finish());
@@ -192,9 +215,11 @@ pub async fn mutate(
                 }
             },
         };
+        let started = Instant::now();
         let output = match policy.mutate(&request, deadline).await {
             Ok(output) => output,
             Err(error) => {
+                outcome.evaluated(policy, error.kind(), started);
                 outcome.error(policy, error)?;
                 if outcome.is_denied() {
                     break;
@@ -202,17 +227,26 @@ pub async fn mutate(
                 continue;
             }
         };
+        let allowed = output.verdict.allowed;
         let stands = outcome.verdict(policy, output.verdict);
+        let (Some(text), true, Some(before)) = (output.object, stands, original.as_ref()) else {
+            outcome.evaluated(policy, if allowed { "allow" } else { "deny" }, started);
+            if outcome.is_denied() {
+                break;
+            }
+            continue;
+        };
         if outcome.is_denied() {
             break;
         }
-        let (Some(text), true, Some(before)) = (output.object, stands, original.as_ref()) else {
-            continue;
-        };
         let previous = current.as_ref().unwrap_or(before);
         match parse_mutated(previous, &text) {
-            Ok(object) => current = Some(object),
+            Ok(object) => {
+                outcome.evaluated(policy, "mutate", started);
+                current = Some(object);
+            }
             Err(error) => {
+                outcome.evaluated(policy, error.kind(), started);
                 outcome.error(policy, error)?;
                 if outcome.is_denied() {
                     break;
@@ -229,7 +263,8 @@ pub async fn mutate(
     Ok(outcome.finish())
 }
 
-/// Runs every matching validating policy on the object as received.
+/// Runs every matching validating policy on the object as received. Each
+/// policy call is appended to `evaluations`, also when the run fails.
 ///
 /// # Errors
 /// [`ChainFailure`] when a policy with `onError: fail` fails.
@@ -238,15 +273,22 @@ pub async fn validate(
     review: &Review<'_>,
     selection: Selection<'_>,
     deadline: Option<Instant>,
+    evaluations: &mut Vec<Evaluation>,
 ) -> Result<Decision, ChainFailure> {
-    let mut outcome = Outcome::new(set);
+    let mut outcome = Outcome::new(set, evaluations);
     let request = review.request.get();
     for policy in selected(set.validators(), selection, review) {
+        let started = Instant::now();
         match policy.validate(request, deadline).await {
             Ok(verdict) => {
+                let label = if verdict.allowed { "allow" } else { "deny" };
+                outcome.evaluated(policy, label, started);
                 outcome.verdict(policy, verdict);
             }
-            Err(error) => outcome.error(policy, error)?,
+            Err(error) => {
+                outcome.evaluated(policy, error.kind(), started);
+                outcome.error(policy, error)?;
+            }
         }
     }
     Ok(outcome.finish())

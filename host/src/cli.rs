@@ -3,7 +3,9 @@
 
 use clap::{Parser, Subcommand};
 
-use crate::commands::{certs::CertsCommand, eval::EvalCommand, serve::ServeCommand};
+use crate::commands::{
+    certs::CertsCommand, eval::EvalCommand, serve::ServeCommand, test::TestCommand,
+};
 use crate::telemetry::LogFormat;
 
 /// Portcullis: Kubernetes admission policies as sandboxed WebAssembly.
@@ -20,14 +22,10 @@ pub struct Cli {
     )]
     pub log_format: LogFormat,
 
-    /// Log filter, e.g. `info` or `portcullis=debug,info`.
-    #[arg(
-        long,
-        global = true,
-        env = "PORTCULLIS_LOG_LEVEL",
-        default_value = "info"
-    )]
-    pub log_level: String,
+    /// Log filter, e.g. `info` or `portcullis=debug,info` (default: `info`;
+    /// `error` for `test`, whose report is its output).
+    #[arg(long, global = true, env = "PORTCULLIS_LOG_LEVEL")]
+    pub log_level: Option<String>,
 
     #[command(subcommand)]
     pub command: Command,
@@ -41,6 +39,21 @@ pub enum Command {
     Certs(CertsCommand),
     /// Run the mutate and validate chains on one review, offline.
     Eval(EvalCommand),
+    /// Run policy test suites (YAML) with the server's engine.
+    Test(TestCommand),
+}
+
+impl Cli {
+    /// The log filter: the one given, else the command's default.
+    pub fn log_filter(&self) -> &str {
+        match (&self.log_level, &self.command) {
+            (Some(level), _) => level,
+            // Policy errors a suite expects would interleave warnings with
+            // the report.
+            (None, Command::Test(_)) => "error",
+            (None, _) => "info",
+        }
+    }
 }
 
 /// How a command failed, and the exit code that says so.

@@ -181,7 +181,7 @@ impl std::fmt::Display for PolicyName {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct RawDefaults {
+pub(crate) struct RawDefaults {
     timeout_ms: Option<u64>,
     memory_limit: Option<Quantity>,
     on_error: Option<OnError>,
@@ -208,7 +208,7 @@ struct RawMatch {
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct RawPolicy {
+pub(crate) struct RawPolicy {
     name: PolicyName,
     module: PathBuf,
     mode: Option<Mode>,
@@ -276,6 +276,20 @@ impl Config {
             path: path.to_path_buf(),
             message: err.to_string(),
         })?;
+        Self::from_parts(path, raw.defaults, raw.policies)
+    }
+
+    /// Validates `defaults` and `policies` read from `path` (a config file,
+    /// or a test suite that carries its own policies).
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the file and what was wrong.
+    pub(crate) fn from_parts(
+        path: &Path,
+        defaults: RawDefaults,
+        policies: Vec<RawPolicy>,
+    ) -> Result<Self, ConfigError> {
+        let raw = RawConfig { defaults, policies };
         let invalid = |message: String| ConfigError::Invalid {
             path: path.to_path_buf(),
             message,

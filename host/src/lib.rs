@@ -20,7 +20,10 @@
 //! - `server`: routes and handlers; never names a wasmtime type.
 //! - `reload`, `watch`: directory watch, debounce, build then swap.
 //! - `metrics`: Prometheus metrics.
-//! - `tls`, `certs`: the serving certificate; generating CA and certificates.
+//! - `tls`, `certs`, `cert_reload`: the serving certificate and its rotation;
+//!   generating CA and certificates.
+//! - `offline`: the server's answer computed without a server (eval, test).
+//! - `suite`: policy test suites (YAML cases and expectations).
 //! - `app`: wires engine -> reloader -> TLS -> server; owns the control loop.
 //! - `cli`, `commands`: flags and subcommands; `main` maps errors to exit codes.
 
@@ -28,6 +31,7 @@ mod bindings;
 
 pub mod admission;
 pub mod app;
+pub mod cert_reload;
 pub mod certs;
 pub mod chain;
 pub mod cli;
@@ -40,6 +44,7 @@ pub mod limits;
 pub mod matcher;
 pub mod metrics;
 pub mod module;
+pub mod offline;
 pub mod policy;
 pub mod policy_set;
 pub mod policy_store;
@@ -47,6 +52,7 @@ pub mod reload;
 pub mod sandbox;
 pub mod server;
 pub mod shutdown;
+pub mod suite;
 pub mod telemetry;
 pub mod tls;
 pub mod watch;

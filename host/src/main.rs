@@ -8,7 +8,7 @@ use portcullis::cli::{Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Err(message) = portcullis::telemetry::init(cli.log_format, &cli.log_level) {
+    if let Err(message) = portcullis::telemetry::init(cli.log_format, cli.log_filter()) {
         eprintln!("error: {message}");
         return ExitCode::from(2);
     }
@@ -16,6 +16,7 @@ fn main() -> ExitCode {
         Command::Serve(command) => command.execute(),
         Command::Certs(command) => command.execute(),
         Command::Eval(command) => command.execute(),
+        Command::Test(command) => command.execute(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

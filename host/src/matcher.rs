@@ -18,6 +18,19 @@ pub enum Operation {
     Any,
 }
 
+impl Operation {
+    /// As the API server writes it, e.g. `CREATE`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Create => "CREATE",
+            Self::Update => "UPDATE",
+            Self::Delete => "DELETE",
+            Self::Connect => "CONNECT",
+            Self::Any => "*",
+        }
+    }
+}
+
 /// A resource pattern: `resource[/subresource][.group]`, e.g. `pods`,
 /// `deployments.apps`, `pods/ephemeralcontainers`, `*` (every resource,
 /// no subresources) or `*/*` (everything).

@@ -7,7 +7,56 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+
+use crate::chain::Evaluation;
+
+/// Duration buckets: 100 us to ~3.3 s, doubling. Policy calls take tens of
+/// microseconds; deadlines are hundreds of milliseconds.
+fn duration_buckets() -> impl Iterator<Item = f64> {
+    exponential_buckets(0.000_1, 2.0, 16)
+}
+
+fn duration_histogram() -> Histogram {
+    Histogram::new(duration_buckets())
+}
+
+/// Labels of `portcullis_requests_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// The route: `/mutate`, `/validate`, `/mutate/{policy}`,
+    /// `/validate/{policy}`.
+    pub endpoint: &'static str,
+    /// `CREATE`, `UPDATE`, `DELETE`, `CONNECT`, or empty when the review
+    /// did not parse.
+    pub operation: &'static str,
+    /// `allowed`, `denied`, `error` (500, onError: fail), `rejected` (a
+    /// 4xx for a bad body), `busy` (503).
+    pub result: &'static str,
+}
+
+/// Label of `portcullis_request_duration_seconds`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabels {
+    pub endpoint: &'static str,
+}
+
+/// Labels of `portcullis_policy_evaluations_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EvaluationLabels {
+    /// The policy's name in the config (bounded by the config).
+    pub policy: String,
+    /// `allow`, `deny`, `mutate`, or an error kind: `timeout`, `memory`,
+    /// `trap`, `invalid_output`, `reported`, `instantiate`.
+    pub outcome: &'static str,
+}
+
+/// Label of `portcullis_policy_evaluation_duration_seconds`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyLabels {
+    pub policy: String,
+}
 
 /// Label of `portcullis_reloads_total`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -35,6 +84,20 @@ pub struct Metrics {
     pub evaluations_in_flight: Gauge,
     /// Reviews waiting for an evaluation slot.
     pub evaluations_queued: Gauge,
+    /// Admission requests by endpoint, operation and result.
+    pub requests: Family<RequestLabels, Counter>,
+    /// Time from the body read to the answer, by endpoint.
+    pub request_duration: Family<EndpointLabels, Histogram>,
+    /// Policy calls by policy and outcome.
+    pub policy_evaluations: Family<EvaluationLabels, Counter>,
+    /// Time of each policy call, by policy.
+    pub policy_evaluation_duration: Family<PolicyLabels, Histogram>,
+    /// Certificate rotation attempts by result.
+    pub tls_reloads: Family<ReloadLabels, Counter>,
+    /// 1 while the newest certificate files were refused.
+    pub tls_last_reload_failed: Gauge,
+    /// notAfter of the serving certificate, unix seconds.
+    pub tls_certificate_expiry: Gauge,
 }
 
 impl Metrics {
@@ -89,8 +152,61 @@ impl Metrics {
             "Reviews waiting for an evaluation slot",
             evaluations_queued.clone(),
         );
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "portcullis_requests",
+            "Admission requests by endpoint, operation and result",
+            requests.clone(),
+        );
+        let request_duration = Family::<EndpointLabels, Histogram>::new_with_constructor(
+            duration_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "portcullis_request_duration_seconds",
+            "Time to answer an admission request, from its body read to the answer",
+            request_duration.clone(),
+        );
+        let policy_evaluations = Family::<EvaluationLabels, Counter>::default();
+        registry.register(
+            "portcullis_policy_evaluations",
+            "Policy calls by policy and outcome",
+            policy_evaluations.clone(),
+        );
+        let policy_evaluation_duration = Family::<PolicyLabels, Histogram>::new_with_constructor(
+            duration_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "portcullis_policy_evaluation_duration_seconds",
+            "Time of one policy call (instantiate and run)",
+            policy_evaluation_duration.clone(),
+        );
+        let tls_reloads = Family::<ReloadLabels, Counter>::default();
+        registry.register(
+            "portcullis_tls_reloads",
+            "Serving certificate rotation attempts by result",
+            tls_reloads.clone(),
+        );
+        let tls_last_reload_failed = Gauge::default();
+        registry.register(
+            "portcullis_tls_last_reload_failed",
+            "1 while the newest certificate files were refused and the previous ones keep serving",
+            tls_last_reload_failed.clone(),
+        );
+        let tls_certificate_expiry = Gauge::default();
+        registry.register(
+            "portcullis_tls_certificate_expiry_timestamp_seconds",
+            "notAfter of the serving certificate, in unix seconds",
+            tls_certificate_expiry.clone(),
+        );
         Arc::new(Self {
             registry,
+            requests,
+            request_duration,
+            policy_evaluations,
+            policy_evaluation_duration,
+            tls_reloads,
+            tls_last_reload_failed,
+            tls_certificate_expiry,
             evaluations_in_flight,
             evaluations_queued,
             reloads,
@@ -109,6 +225,43 @@ impl Metrics {
                 result: result.to_string(),
             })
             .inc();
+    }
+
+    /// Counts one certificate rotation attempt.
+    pub fn tls_reload(&self, result: &str) {
+        self.tls_reloads
+            .get_or_create(&ReloadLabels {
+                result: result.to_string(),
+            })
+            .inc();
+    }
+
+    /// Records one answered admission request and its policy calls.
+    pub fn request(
+        &self,
+        labels: RequestLabels,
+        duration: std::time::Duration,
+        evaluations: &[Evaluation],
+    ) {
+        let endpoint = labels.endpoint;
+        self.requests.get_or_create(&labels).inc();
+        self.request_duration
+            .get_or_create(&EndpointLabels { endpoint })
+            .observe(duration.as_secs_f64());
+        for evaluation in evaluations {
+            let policy = evaluation.policy.to_string();
+            self.policy_evaluation_duration
+                .get_or_create(&PolicyLabels {
+                    policy: policy.clone(),
+                })
+                .observe(evaluation.duration.as_secs_f64());
+            self.policy_evaluations
+                .get_or_create(&EvaluationLabels {
+                    policy,
+                    outcome: evaluation.outcome,
+                })
+                .inc();
+        }
     }
 
     /// The Prometheus text exposition.
@@ -151,5 +304,37 @@ mod tests {
             "{text}"
         );
         assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[test]
+    fn exposes_request_and_policy_metrics() {
+        let metrics = Metrics::new();
+        let evaluation = |outcome| Evaluation {
+            policy: "allowed-images".into(),
+            outcome,
+            duration: std::time::Duration::from_micros(300),
+        };
+        metrics.request(
+            RequestLabels {
+                endpoint: "/validate",
+                operation: "CREATE",
+                result: "denied",
+            },
+            std::time::Duration::from_millis(2),
+            &[evaluation("deny"), evaluation("timeout")],
+        );
+        metrics.tls_certificate_expiry.set(1_900_000_000);
+        let text = metrics.encode();
+        for expected in [
+            "portcullis_requests_total{endpoint=\"/validate\",operation=\"CREATE\",result=\"denied\"} 1",
+            "portcullis_request_duration_seconds_count{endpoint=\"/validate\"} 1",
+            "portcullis_policy_evaluations_total{policy=\"allowed-images\",outcome=\"deny\"} 1",
+            "portcullis_policy_evaluations_total{policy=\"allowed-images\",outcome=\"timeout\"} 1",
+            "portcullis_policy_evaluation_duration_seconds_count{policy=\"allowed-images\"} 2",
+            "portcullis_policy_evaluation_duration_seconds_bucket{le=\"0.0004\",policy=\"allowed-images\"} 2",
+            "portcullis_tls_certificate_expiry_timestamp_seconds 1900000000",
+        ] {
+            assert!(text.contains(expected), "missing {expected}\n{text}");
+        }
     }
 }

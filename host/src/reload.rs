@@ -271,7 +271,7 @@ async fn recv_signal(signal: &mut Option<tokio::signal::unix::Signal>) -> Option
 
 /// Waits until events have been quiet for `debounce.quiet` (at most
 /// `debounce.max` in all), swallowing the burst.
-async fn settle(events: &mut mpsc::UnboundedReceiver<()>, debounce: Debounce) {
+pub(crate) async fn settle(events: &mut mpsc::UnboundedReceiver<()>, debounce: Debounce) {
     let hard_deadline = tokio::time::Instant::now() + debounce.max;
     loop {
         let quiet_deadline = (tokio::time::Instant::now() + debounce.quiet).min(hard_deadline);

@@ -18,9 +18,10 @@ use http_body_util::BodyExt as _;
 use serde::Serialize;
 
 use crate::admission::{self, Review};
-use crate::chain::{self, Selection};
+use crate::chain::{self, Evaluation, Selection};
 use crate::limits::{self, EvalLimiter};
-use crate::metrics::Metrics;
+use crate::matcher::Operation;
+use crate::metrics::{Metrics, RequestLabels};
 use crate::policy::Policy;
 use crate::policy_set::PolicySet;
 use crate::policy_store::PolicyStore;
@@ -55,6 +56,17 @@ pub fn router(state: ServerState) -> Router {
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             panic_response,
         ))
+        .with_state(state)
+}
+
+/// The operations router for the plain-HTTP listener: probes and metrics
+/// only, never the webhook endpoints.
+pub fn operations_router(state: ServerState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
         .with_state(state)
 }
 
@@ -265,6 +277,54 @@ async fn handle(
     body: &[u8],
 ) -> Response {
     let started = Instant::now();
+    let mut evaluations = Vec::new();
+    let (response, operation, result) = answer(
+        state,
+        endpoint,
+        policy,
+        query,
+        body,
+        started,
+        &mut evaluations,
+    )
+    .await;
+    let route = match (endpoint, policy) {
+        (Endpoint::Mutate, None) => "/mutate",
+        (Endpoint::Validate, None) => "/validate",
+        (Endpoint::Mutate, Some(_)) => "/mutate/{policy}",
+        (Endpoint::Validate, Some(_)) => "/validate/{policy}",
+    };
+    state.metrics.request(
+        RequestLabels {
+            endpoint: route,
+            operation,
+            result,
+        },
+        started.elapsed(),
+        &evaluations,
+    );
+    response
+}
+
+/// `name=outcome` of every policy call, for the decision log.
+fn outcomes(evaluations: &[Evaluation]) -> String {
+    evaluations
+        .iter()
+        .map(|e| format!("{}={}", e.policy, e.outcome))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The answer to one review, with the operation and result metric labels.
+async fn answer(
+    state: &ServerState,
+    endpoint: Endpoint,
+    policy: Option<&str>,
+    query: Option<&str>,
+    body: &[u8],
+    started: Instant,
+    evaluations: &mut Vec<Evaluation>,
+) -> (Response, &'static str, &'static str) {
     // Answer before the API server gives up (`?timeout=`); work past that
     // point could not be used.
     let deadline = limits::review_deadline(started, query);
@@ -274,23 +334,25 @@ async fn handle(
         None => Selection::All,
         Some(name) => match set.get(name) {
             None => {
-                return plain(
+                let response = plain(
                     StatusCode::NOT_FOUND,
                     format!("no policy named {name:?} is loaded"),
                 );
+                return (response, "", "rejected");
             }
             Some(found) if !endpoint.serves(found) => {
                 let other = match endpoint {
                     Endpoint::Mutate => "validating",
                     Endpoint::Validate => "mutating",
                 };
-                return plain(
+                let response = plain(
                     StatusCode::NOT_FOUND,
                     format!(
                         "policy {name:?} does not {} (it is a {other} policy)",
                         endpoint.as_str()
                     ),
                 );
+                return (response, "", "rejected");
             }
             Some(found) => Selection::One(found),
         },
@@ -299,9 +361,11 @@ async fn handle(
         Ok(review) => review,
         Err(err) => {
             let status = StatusCode::from_u16(err.status()).unwrap_or(StatusCode::BAD_REQUEST);
-            return plain(status, err.to_string());
+            tracing::debug!(status = status.as_u16(), error = %err, "rejecting a body that is not a review");
+            return (plain(status, err.to_string()), "", "rejected");
         }
     };
+    let operation = review.operation().map_or("", Operation::as_str);
     let _slot = match state.limiter.acquire(deadline).await {
         Ok(slot) => slot,
         Err(busy) => {
@@ -310,12 +374,14 @@ async fn handle(
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            return response;
+            return (response, operation, "busy");
         }
     };
     let result = match endpoint {
-        Endpoint::Mutate => chain::mutate(&set, &review, selection, deadline).await,
-        Endpoint::Validate => chain::validate(&set, &review, selection, deadline).await,
+        Endpoint::Mutate => chain::mutate(&set, &review, selection, deadline, evaluations).await,
+        Endpoint::Validate => {
+            chain::validate(&set, &review, selection, deadline, evaluations).await
+        }
     };
     let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
     match result {
@@ -323,18 +389,25 @@ async fn handle(
             tracing::info!(
                 uid = %review.uid,
                 endpoint = endpoint.as_str(),
-                operation = ?review.operation(),
+                operation,
+                kind = review.kind(),
                 resource = review.resource(),
                 namespace = review.namespace(),
                 name = review.name(),
                 allowed = decision.allowed,
                 patched = decision.patch.is_some(),
+                policies = %outcomes(evaluations),
                 generation = set.generation,
                 elapsed_ms,
                 "admission decision"
             );
+            let result = if decision.allowed {
+                "allowed"
+            } else {
+                "denied"
+            };
             let body = admission::response(review.api_version, &review.uid, &decision);
-            (
+            let response = (
                 StatusCode::OK,
                 [(
                     header::CONTENT_TYPE,
@@ -342,11 +415,24 @@ async fn handle(
                 )],
                 Body::from(body),
             )
-                .into_response()
+                .into_response();
+            (response, operation, result)
         }
         Err(failure) => {
-            tracing::warn!(uid = %review.uid, endpoint = endpoint.as_str(), %failure, elapsed_ms, "answering 500 (onError: fail)");
-            plain(StatusCode::INTERNAL_SERVER_ERROR, failure.to_string())
+            tracing::warn!(
+                uid = %review.uid,
+                endpoint = endpoint.as_str(),
+                operation,
+                kind = review.kind(),
+                namespace = review.namespace(),
+                name = review.name(),
+                policies = %outcomes(evaluations),
+                %failure,
+                elapsed_ms,
+                "answering 500 (onError: fail)"
+            );
+            let response = plain(StatusCode::INTERNAL_SERVER_ERROR, failure.to_string());
+            (response, operation, "error")
         }
     }
 }

@@ -1,11 +1,18 @@
 //! The rustls server configuration: a certificate and key from PEM files,
-//! HTTP/2 and HTTP/1.1 by ALPN, the ring crypto provider.
+//! optionally a CA that client certificates must chain to (the API server
+//! authenticating itself), HTTP/2 and HTTP/1.1 by ALPN, the ring crypto
+//! provider.
+//!
+//! Everything a new pair could get wrong is checked here, before it can
+//! replace the one in service (see `cert_reload`): unreadable files, a key
+//! that is not the certificate's, a certificate outside its validity.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rustls::ServerConfig;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig};
 
 use crate::certs::{self, CertRequest};
 
@@ -21,34 +28,156 @@ pub enum TlsError {
     NoCertificate { path: PathBuf },
     #[error("{path} holds no PEM private key (PKCS#8, PKCS#1 or SEC1)")]
     NoKey { path: PathBuf },
+    #[error("{path}: the certificate cannot be parsed: {reason}")]
+    BadCertificate { path: PathBuf, reason: String },
+    #[error("{path}: the certificate expired at {not_after} (unix time); the clock says {now}")]
+    Expired {
+        path: PathBuf,
+        not_after: i64,
+        now: i64,
+    },
+    #[error(
+        "{path}: the certificate is not valid before {not_before} (unix time); the clock says {now}"
+    )]
+    NotYetValid {
+        path: PathBuf,
+        not_before: i64,
+        now: i64,
+    },
     #[error("certificate {cert} and key {key} do not make a valid TLS identity: {cause}")]
     Config {
         cert: PathBuf,
         key: PathBuf,
         cause: rustls::Error,
     },
+    #[error("client CA {path} cannot verify client certificates: {reason}")]
+    ClientCa { path: PathBuf, reason: String },
     #[error(transparent)]
     Generate(#[from] certs::CertError),
 }
 
-/// Builds the server configuration from PEM files.
+/// The files a TLS identity is read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// When set, clients must present a certificate chaining to one of the
+    /// CAs in this file (mTLS); the handshake fails otherwise.
+    pub client_ca: Option<PathBuf>,
+}
+
+impl TlsFiles {
+    /// Every file, for watching and fingerprinting.
+    pub fn all(&self) -> Vec<PathBuf> {
+        [Some(&self.cert), Some(&self.key), self.client_ca.as_ref()]
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect()
+    }
+}
+
+/// A loaded, checked server configuration.
+#[derive(Debug, Clone)]
+pub struct TlsIdentity {
+    pub config: Arc<ServerConfig>,
+    /// The serving certificate's notAfter, unix seconds.
+    pub not_after: i64,
+}
+
+/// Loads and checks the identity in `files`.
+///
+/// # Errors
+/// A [`TlsError`] naming the file and what was wrong with it.
+pub fn load(files: &TlsFiles) -> Result<TlsIdentity, TlsError> {
+    let certs = read_certs(&files.cert)?;
+    let not_after = check_validity(&files.cert, &certs[0])?;
+    let key = read_key(&files.key)?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|cause| TlsError::Config {
+            cert: files.cert.clone(),
+            key: files.key.clone(),
+            cause,
+        })?;
+    let builder = match &files.client_ca {
+        None => builder.with_no_client_auth(),
+        Some(path) => {
+            let mut roots = RootCertStore::empty();
+            for ca in read_certs(path)? {
+                roots.add(ca).map_err(|err| TlsError::ClientCa {
+                    path: path.clone(),
+                    reason: err.to_string(),
+                })?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(|err| TlsError::ClientCa {
+                    path: path.clone(),
+                    reason: err.to_string(),
+                })?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    // `with_single_cert` also checks that the key is the certificate's.
+    let mut config = builder
+        .with_single_cert(certs, key)
+        .map_err(|cause| TlsError::Config {
+            cert: files.cert.clone(),
+            key: files.key.clone(),
+            cause,
+        })?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(TlsIdentity {
+        config: Arc::new(config),
+        not_after,
+    })
+}
+
+/// Builds the server configuration from PEM files, without client
+/// authentication.
 ///
 /// # Errors
 /// A [`TlsError`] naming the file and what was wrong with it.
 pub fn server_config(cert_path: &Path, key_path: &Path) -> Result<Arc<ServerConfig>, TlsError> {
-    let certs = read_certs(cert_path)?;
-    let key = read_key(key_path)?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .and_then(|builder| builder.with_no_client_auth().with_single_cert(certs, key))
-        .map_err(|cause| TlsError::Config {
-            cert: cert_path.to_path_buf(),
-            key: key_path.to_path_buf(),
-            cause,
-        })?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    load(&TlsFiles {
+        cert: cert_path.to_path_buf(),
+        key: key_path.to_path_buf(),
+        client_ca: None,
+    })
+    .map(|identity| identity.config)
+}
+
+/// The leaf certificate's notAfter, after checking that now is inside its
+/// validity: a server must not start, or switch, to a certificate every
+/// client would refuse.
+fn check_validity(path: &Path, leaf: &CertificateDer<'_>) -> Result<i64, TlsError> {
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).map_err(|err| {
+        TlsError::BadCertificate {
+            path: path.to_path_buf(),
+            reason: err.to_string(),
+        }
+    })?;
+    let validity = cert.validity();
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let not_before = validity.not_before.timestamp();
+    let not_after = validity.not_after.timestamp();
+    if now > not_after {
+        return Err(TlsError::Expired {
+            path: path.to_path_buf(),
+            not_after,
+            now,
+        });
+    }
+    if now < not_before {
+        return Err(TlsError::NotYetValid {
+            path: path.to_path_buf(),
+            not_before,
+            now,
+        });
+    }
+    Ok(not_after)
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
@@ -106,14 +235,13 @@ pub fn ensure_dev_certificate(dir: &Path) -> Result<DevCertificate, TlsError> {
     if dev.cert.exists() && dev.key.exists() && dev.ca.exists() {
         return Ok(dev);
     }
-    let bundle = certs::generate(&CertRequest {
-        dns_names: vec!["localhost".to_string()],
-        ip_addresses: vec![
+    let bundle = certs::generate(&CertRequest::new(
+        vec!["localhost".to_string()],
+        vec![
             std::net::Ipv4Addr::LOCALHOST.into(),
             std::net::Ipv6Addr::LOCALHOST.into(),
         ],
-        days: 365,
-    })?;
+    ))?;
     certs::write(&bundle, dir)?;
     Ok(DevCertificate {
         generated: true,
@@ -149,6 +277,54 @@ mod tests {
         std::fs::write(&junk, "not pem").expect("write");
         let err = server_config(&junk, &junk).expect_err("junk");
         assert!(matches!(err, TlsError::NoCertificate { .. }), "{err}");
+    }
+
+    #[test]
+    fn an_expired_certificate_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params =
+            rcgen::CertificateParams::new(vec!["localhost".to_string()]).expect("params");
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::days(10);
+        params.not_after = now - time::Duration::days(1);
+        let cert = params.self_signed(&key).expect("cert");
+        std::fs::write(dir.path().join("tls.crt"), cert.pem()).expect("write");
+        std::fs::write(dir.path().join("tls.key"), key.serialize_pem()).expect("write");
+        let err = server_config(&dir.path().join("tls.crt"), &dir.path().join("tls.key"))
+            .expect_err("expired");
+        assert!(matches!(err, TlsError::Expired { .. }), "{err}");
+        assert!(
+            err.to_string().contains("tls.crt: the certificate expired"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_client_ca_requires_client_certificates() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let dev = ensure_dev_certificate(dir.path()).expect("dev");
+        let identity = load(&TlsFiles {
+            cert: dev.cert.clone(),
+            key: dev.key.clone(),
+            client_ca: Some(dev.ca.clone()),
+        })
+        .expect("loads");
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        assert!(
+            identity.not_after > now + 300 * 86_400,
+            "{}",
+            identity.not_after
+        );
+        let junk = dir.path().join("junk.pem");
+        std::fs::write(&junk, "no certificates here").expect("write");
+        let err = load(&TlsFiles {
+            cert: dev.cert,
+            key: dev.key,
+            client_ca: Some(junk),
+        })
+        .expect_err("no CA certificates");
+        assert!(err.to_string().contains("junk.pem"), "{err}");
     }
 
     #[test]

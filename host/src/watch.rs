@@ -125,7 +125,10 @@ fn inode_of(dir: &Path) -> Option<u64> {
 /// again after the watches are updated: a difference means a change may
 /// have slipped past the watcher, and another reload is due.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Fingerprint(Vec<Option<(PathBuf, u64, u64, i64, i64, i64)>>);
+pub struct Fingerprint(Vec<Option<FileStat>>);
+
+/// Where a file leads, and its inode, size, mtime (s, ns) and ctime (ns).
+type FileStat = (PathBuf, u64, u64, i64, i64, i64);
 
 impl Fingerprint {
     /// This fingerprint followed by `other`'s.

@@ -10,8 +10,9 @@ use std::fmt;
 pub const DEFAULT_REGISTRY: &str = "docker.io";
 /// The tag of references that give neither tag nor digest.
 pub const DEFAULT_TAG: &str = "latest";
-/// Docker Hub's legacy name, normalized to [`DEFAULT_REGISTRY`].
-const LEGACY_DEFAULT_REGISTRY: &str = "index.docker.io";
+/// Other names of Docker Hub, normalized to [`DEFAULT_REGISTRY`]: the
+/// legacy index and the API endpoint, which serve the same images.
+const DOCKER_HUB_ALIASES: [&str; 2] = ["index.docker.io", "registry-1.docker.io"];
 /// Where Docker Hub keeps single-component ("official") repositories.
 const OFFICIAL_NAMESPACE: &str = "library/";
 /// Longest tag Docker accepts.
@@ -70,19 +71,31 @@ pub fn is_registry(component: &str) -> bool {
     component.contains(['.', ':']) || component == "localhost"
 }
 
-/// Splits a name into its registry (normalized, [`DEFAULT_REGISTRY`] when
-/// none is named) and the rest of the path, without further checks.
+/// Splits a name into its registry ([`DEFAULT_REGISTRY`] when none is
+/// named) and the rest of the path, without further checks. The registry
+/// is as written; [`normalize_registry`] gives the form to compare.
 pub fn split_registry(name: &str) -> (&str, &str) {
     match name.split_once('/') {
-        Some((first, rest)) if is_registry(first) => {
-            if first == LEGACY_DEFAULT_REGISTRY {
-                (DEFAULT_REGISTRY, rest)
-            } else {
-                (first, rest)
-            }
-        }
+        Some((first, rest)) if is_registry(first) => (first, rest),
         _ => (DEFAULT_REGISTRY, name),
     }
+}
+
+/// A registry host as policies must compare it: lower case (host names
+/// are case-insensitive, so `EVIL.IO` is `evil.io` to the runtime that
+/// pulls), and Docker Hub's other names as [`DEFAULT_REGISTRY`].
+pub fn normalize_registry(registry: &str) -> String {
+    let lower = registry.to_ascii_lowercase();
+    if DOCKER_HUB_ALIASES.contains(&lower.as_str()) {
+        DEFAULT_REGISTRY.to_string()
+    } else {
+        lower
+    }
+}
+
+/// A registry's host without its port: `localhost:5000` is `localhost`.
+pub fn registry_host(registry: &str) -> &str {
+    split_port(registry).map_or(registry, |(host, _)| host)
 }
 
 impl ImageRef {
@@ -115,7 +128,9 @@ impl ImageRef {
             Some((rest, digest)) => (rest, Some(digest)),
             None => (reference, None),
         };
-        let (registry, path) = split_registry(rest);
+        let (written, path) = split_registry(rest);
+        let registry = normalize_registry(written);
+        let registry = registry.as_str();
         let (path, tag) = match path.rsplit_once(':') {
             Some((path, tag)) => (path, Some(tag)),
             None => (path, None),

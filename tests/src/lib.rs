@@ -240,7 +240,7 @@ fn wait_timeout(child: &mut Child, timeout: Duration) -> Result<Option<ExitStatu
 
 /// Child processes get no `PORTCULLIS_*` variables from our environment
 /// (every flag has one), so only the flags we pass count.
-fn clean_env(cmd: &mut Command) {
+pub fn clean_env(cmd: &mut Command) {
     for (key, _) in std::env::vars_os() {
         if key.to_string_lossy().starts_with("PORTCULLIS_") {
             cmd.env_remove(key);
@@ -321,7 +321,7 @@ pub fn generate_certs(bin: &Path, dir: &Path) -> Result<Certs> {
     Ok(Certs { ca_pem, ..certs })
 }
 
-fn path_str(p: &Path) -> Result<&str> {
+pub fn path_str(p: &Path) -> Result<&str> {
     p.to_str()
         .with_context(|| format!("path is not UTF-8: {}", p.display()))
 }

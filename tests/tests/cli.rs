@@ -259,3 +259,156 @@ fn broken_config_makes_serve_and_eval_exit_2() -> Result<()> {
     ensure_config_error(&out, line_no, "eval")?;
     Ok(())
 }
+
+#[test]
+fn eval_prints_the_patched_object_as_yaml_and_runs_one_policy() -> Result<()> {
+    let paths = paths()?;
+    let dir = tempfile::tempdir()?;
+    let config = write_default_config(&paths, dir.path())?;
+    let file = fixtures_dir().join("pod-allowed.json");
+    let review = fixture("pod-allowed.json")?;
+    let out = run_cli(
+        &paths.bin,
+        &[
+            "eval",
+            "--config",
+            s(&config)?,
+            "--review",
+            s(&file)?,
+            "--print",
+            "patched",
+            "-o",
+            "yaml",
+        ],
+        None,
+        CLI_TIMEOUT,
+    )?;
+    ensure!(out.code() == Some(0), "eval --print patched -o yaml\n{out}");
+    ensure!(
+        out.stdout.starts_with("apiVersion: v1\n"),
+        "not YAML of the object\n{out}"
+    );
+    let object: Json = serde_yaml_ng::from_str(&out.stdout)
+        .with_context(|| format!("eval -o yaml printed no YAML\n{out}"))?;
+    let mut expected = review["request"]["object"].clone();
+    expected["metadata"]["labels"]["portcullis.dev/managed"] = "true".into();
+    expected["metadata"]["annotations"]["portcullis.dev/owner"] = "platform".into();
+    ensure!(object == expected, "patched object differs\n{out}");
+
+    // One policy only: the denial comes from it alone, and a mutating
+    // policy that was not asked for does not run.
+    let denied = fixtures_dir().join("pod-denied.json");
+    let out = run_cli(
+        &paths.bin,
+        &[
+            "eval",
+            "--config",
+            s(&config)?,
+            "--review",
+            s(&denied)?,
+            "--policy",
+            "required-labels",
+        ],
+        None,
+        CLI_TIMEOUT,
+    )?;
+    ensure!(out.code() == Some(0), "eval --policy\n{out}");
+    let answer: Json = serde_json::from_str(&out.stdout)?;
+    ensure!(
+        answer["response"]["allowed"] == true,
+        "required-labels alone allows it\n{out}"
+    );
+    ensure!(
+        answer["response"].get("patch").is_none(),
+        "default-labels ran\n{out}"
+    );
+    let out = run_cli(
+        &paths.bin,
+        &[
+            "eval",
+            "--config",
+            s(&config)?,
+            "--review",
+            s(&denied)?,
+            "--policy",
+            "nope",
+        ],
+        None,
+        CLI_TIMEOUT,
+    )?;
+    ensure!(out.code() == Some(2), "unknown policy: exit 2\n{out}");
+    ensure!(
+        out.stderr.contains("no policy named \"nope\""),
+        "unknown policy message\n{out}"
+    );
+    Ok(())
+}
+
+/// A suite against the standard test config, with `cases` appended.
+fn write_suite(dir: &Path, config: &Path, cases: &str) -> Result<PathBuf> {
+    let path = dir.join("suite.yaml");
+    fs::write(
+        &path,
+        format!(
+            "config: {}\ncases:\n{cases}",
+            serde_json::to_string(s(config)?)?
+        ),
+    )?;
+    Ok(path)
+}
+
+const POD: &str = "{apiVersion: v1, kind: Pod, metadata: {name: web, namespace: shop, labels: {app: web, team: platform}}, spec: {containers: [{name: app, image: nginx:1.27}]}}";
+
+#[test]
+fn test_command_passes_good_suites_and_fails_a_wrong_expectation() -> Result<()> {
+    let paths = paths()?;
+    let dir = tempfile::tempdir()?;
+    let config = write_default_config(&paths, dir.path())?;
+    let good = write_suite(
+        dir.path(),
+        &config,
+        &format!(
+            "  - name: nginx is allowed and labelled\n    object: {POD}\n    expect:\n      allowed: true\n      patched: {{apiVersion: v1, kind: Pod, metadata: {{name: web, namespace: shop, labels: {{app: web, team: platform, portcullis.dev/managed: \"true\"}}, annotations: {{portcullis.dev/owner: platform}}}}, spec: {{containers: [{{name: app, image: nginx:1.27}}]}}}}\n  - name: an unknown registry is denied\n    policy: allowed-images\n    object: {{apiVersion: v1, kind: Pod, metadata: {{name: web, namespace: shop}}, spec: {{containers: [{{name: app, image: evil.io/x:1}}]}}}}\n    expect: {{ allowed: false, message: evil.io/x }}\n"
+        ),
+    )?;
+    let out = run_cli(&paths.bin, &["test", s(&good)?], None, CLI_TIMEOUT)?;
+    ensure!(out.code() == Some(0), "a passing suite: exit 0\n{out}");
+    ensure!(
+        out.stdout.contains("  ok    nginx is allowed and labelled")
+            && out.stdout.contains("2 passed, 0 failed"),
+        "runner output\n{out}"
+    );
+
+    let wrong = write_suite(
+        dir.path(),
+        &config,
+        &format!(
+            "  - name: wrongly expects a denial\n    object: {POD}\n    expect: {{ allowed: false, message: never }}\n  - name: wrongly expects no patch\n    object: {POD}\n    expect: {{ allowed: true, noPatch: true }}\n"
+        ),
+    )?;
+    let out = run_cli(&paths.bin, &["test", s(&wrong)?], None, CLI_TIMEOUT)?;
+    ensure!(out.code() == Some(1), "a failing case: exit 1\n{out}");
+    for expected in [
+        "  FAIL  wrongly expects a denial",
+        "expected allowed: false, got allowed: true",
+        "expected the message to contain \"never\"",
+        "  FAIL  wrongly expects no patch",
+        "expected no patch, got [",
+        "0 passed, 2 failed",
+    ] {
+        ensure!(out.stdout.contains(expected), "missing {expected:?}\n{out}");
+    }
+
+    let broken = write_suite(
+        dir.path(),
+        &config,
+        &format!("  - name: typo\n    objet: {POD}\n    expect: {{ allowed: true }}\n"),
+    )?;
+    let out = run_cli(&paths.bin, &["test", s(&broken)?], None, CLI_TIMEOUT)?;
+    ensure!(out.code() == Some(2), "a broken suite: exit 2\n{out}");
+    ensure!(
+        out.stdout.contains("unknown field `objet`") && out.stdout.contains("line 4"),
+        "the error names the field and line\n{out}"
+    );
+    Ok(())
+}

@@ -3,3 +3,4 @@
 pub mod certs;
 pub mod eval;
 pub mod serve;
+pub mod test;

@@ -34,6 +34,17 @@ pub struct ServeCommand {
     #[arg(long, env = "PORTCULLIS_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
 
+    /// Require client certificates signed by this CA (PEM) on the HTTPS
+    /// listener: the API server presents one when its admission kubeconfig
+    /// says so. Reloaded like the certificate.
+    #[arg(long, env = "PORTCULLIS_CLIENT_CA", value_name = "FILE")]
+    pub client_ca: Option<PathBuf>,
+
+    /// Also serve /metrics, /healthz and /readyz over plain HTTP on this
+    /// address (e.g. 0.0.0.0:9090), for the kubelet and Prometheus.
+    #[arg(long, env = "PORTCULLIS_METRICS_ADDR", value_name = "ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+
     /// Where the development CA and certificate are kept when no
     /// certificate is given.
     #[arg(
@@ -98,6 +109,8 @@ impl ServeCommand {
             config: self.config,
             addr: self.addr,
             tls,
+            client_ca: self.client_ca,
+            metrics_addr: self.metrics_addr,
             body_limit: self.body_limit,
             shutdown_grace: Duration::from_secs(self.shutdown_grace),
             allow_empty: self.allow_empty,

@@ -24,8 +24,11 @@ pub struct Settings {
 pub struct RegistryEntry {
     /// The entry as written, for messages.
     pub text: String,
-    /// The normalized registry host (`index.docker.io` is `docker.io`).
+    /// The normalized registry (`index.docker.io` is `docker.io`).
     pub registry: String,
+    /// Whether the entry names a port: `evil.io` blocks `evil.io` on every
+    /// port, `evil.io:5000` only that port.
+    pub has_port: bool,
     /// Repository path prefix without slashes at either end, or `None`
     /// for the whole registry.
     pub path: Option<String>,
@@ -69,11 +72,11 @@ impl RegistryEntry {
         }
         // Normalized as in image references (`index.docker.io` is
         // `docker.io`), by the SDK's own rule.
-        let probe = format!("{host}/x");
-        let (registry, _) = image::split_registry(&probe);
+        let registry = image::normalize_registry(host);
         Ok(RegistryEntry {
             text: text.to_string(),
-            registry: registry.to_string(),
+            has_port: image::registry_host(&registry) != registry,
+            registry,
             path: (!path.is_empty()).then(|| path.to_string()),
         })
     }
@@ -82,7 +85,14 @@ impl RegistryEntry {
     /// a path prefix matches whole path components only, so `quay.io/bad`
     /// does not block `quay.io/badger/x`.
     pub fn blocks(&self, registry: &str, repository: &str) -> bool {
-        registry == self.registry
+        // A portless entry blocks the host on any port: `evil.io:443/x` is
+        // still evil.io.
+        let same_registry = if self.has_port {
+            registry == self.registry
+        } else {
+            image::registry_host(registry) == self.registry
+        };
+        same_registry
             && self.path.as_deref().is_none_or(|path| {
                 repository
                     .strip_prefix(path)

@@ -170,6 +170,37 @@ fn registries_compare_normalized_names() {
 }
 
 #[test]
+fn other_spellings_of_a_blocked_registry_are_blocked() {
+    // Host names are case-insensitive, a portless entry covers every port,
+    // and Docker Hub answers to three names: none of these is a way past
+    // the block.
+    for image in [
+        "EVIL.IO/x:1",
+        "Evil.Io/x:1",
+        "evil.io:443/x:1",
+        "EVIL.IO:5000/x:1",
+    ] {
+        assert_eq!(
+            message(image),
+            Some(format!(
+                "container \"app\" image {image:?}: registry \"evil.io\" is blocked"
+            )),
+            "{image}"
+        );
+    }
+    let hub = json!({"registries": ["docker.io/badorg"]});
+    for image in [
+        "registry-1.docker.io/badorg/tool:1",
+        "INDEX.DOCKER.IO/badorg/tool:1",
+    ] {
+        assert!(
+            !validate_with(&review("CREATE", one(image)), &hub).allowed,
+            "{image}"
+        );
+    }
+}
+
+#[test]
 fn every_reason_is_named() {
     assert_eq!(
         message(&format!("evil.io/x:latest@{BAD}")).as_deref(),

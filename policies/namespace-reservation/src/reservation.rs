@@ -64,14 +64,43 @@ fn covers<'a>(reservation: &'a Reservation, name: &Name) -> Option<Cover<'a>> {
                     .find(|p| name.starts_with(p.as_str()))
                     .map(|p| Cover::Prefix(p))
             }),
-        // A generated name starts with generateName, so it is covered for
-        // sure only when generateName itself starts with the prefix.
+        // A generated name is generateName and five more characters. It
+        // may be reserved when it could start with a prefix (generateName
+        // starts with it, or is the start of it) or be a reserved name;
+        // a reservation must not be escaped by guessing, so "may" counts.
         Name::Generated(start) => reservation
-            .prefixes
+            .names
             .iter()
-            .find(|p| start.starts_with(p.as_str()))
-            .map(|p| Cover::Prefix(p)),
+            .find(|n| {
+                n.strip_prefix(start.as_str())
+                    .is_some_and(|rest| rest.len() == GENERATED_SUFFIX_LEN && generable(rest))
+            })
+            .map(|n| Cover::Name(n))
+            .or_else(|| {
+                reservation
+                    .prefixes
+                    .iter()
+                    .find(|p| {
+                        start.starts_with(p.as_str())
+                            || p.strip_prefix(start.as_str()).is_some_and(|rest| {
+                                rest.len() <= GENERATED_SUFFIX_LEN && generable(rest)
+                            })
+                    })
+                    .map(|p| Cover::Prefix(p))
+            }),
     }
+}
+
+/// Characters the API server appends to `generateName`.
+const GENERATED_SUFFIX_LEN: usize = 5;
+
+/// What those characters are drawn from (the API server's name generator
+/// leaves out vowels and look-alikes).
+const GENERATED_ALPHABET: &str = "bcdfghjklmnpqrstvwxz2456789";
+
+/// Whether the name generator can produce `text`.
+fn generable(text: &str) -> bool {
+    text.chars().all(|c| GENERATED_ALPHABET.contains(c))
 }
 
 /// `namespace "payments-prod" is reserved (prefix "payments-") for users

@@ -223,9 +223,44 @@ fn generate_name_is_checked_against_prefixes() {
              [alice] and groups [team-payments]; user \"bob\" may not create it"
         )
     );
-    // `payments` + random characters is never exactly `payments`.
+    // `payments` + random characters is never exactly `payments`, and the
+    // generator never writes the `-` of `payments-`.
     request["object"]["metadata"] = json!({"generateName": "payments"});
     assert_eq!(validate(&request), Verdict::allow());
+}
+
+#[test]
+fn a_generate_name_that_could_reach_a_prefix_or_name_counts_as_reserved() {
+    let settings = json!({"reservations": [
+        {"prefixes": ["payments"], "names": ["web-bcd24"], "users": ["alice"]}
+    ]});
+    let mut request = review("CREATE", "", "bob", &[]);
+    // `paymen` + `ts...` from the generator is under the prefix `payments`.
+    request["object"]["metadata"] = json!({"generateName": "paymen"});
+    let verdict = validate_with(&request, &settings);
+    assert_eq!(
+        verdict.message.as_deref(),
+        Some(
+            "a namespace generated from \"paymen\" is reserved (prefix \"payments\") for users \
+             [alice]; user \"bob\" may not create it"
+        )
+    );
+    // The generator writes no vowels, so `pay` never becomes `payments`.
+    request["object"]["metadata"] = json!({"generateName": "pay"});
+    assert_eq!(validate_with(&request, &settings), Verdict::allow());
+    // `web-` + five generated characters can be exactly `web-bcd24`.
+    request["object"]["metadata"] = json!({"generateName": "web-"});
+    let verdict = validate_with(&request, &settings);
+    assert!(
+        verdict
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("(name \"web-bcd24\")")),
+        "{verdict:?}"
+    );
+    // `web` + five characters is one too short to be it.
+    request["object"]["metadata"] = json!({"generateName": "web"});
+    assert_eq!(validate_with(&request, &settings), Verdict::allow());
 }
 
 #[test]

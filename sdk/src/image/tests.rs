@@ -49,6 +49,16 @@ fn normalization_table() {
             Some("latest"),
             true,
         ),
+        // Host names are case-insensitive: a policy must not be bypassed
+        // by writing the registry in capitals.
+        ("EVIL.IO/x:1", "evil.io", "x", Some("1"), false),
+        (
+            "registry-1.docker.io/library/nginx:1.27",
+            "docker.io",
+            "library/nginx",
+            Some("1.27"),
+            false,
+        ),
         (
             "bitnami/redis:7.2",
             "docker.io",
@@ -222,8 +232,14 @@ fn registry_detection() {
     assert_eq!(split_registry("acme/app"), ("docker.io", "acme/app"));
     assert_eq!(
         split_registry("index.docker.io/acme/app"),
-        ("docker.io", "acme/app")
+        ("index.docker.io", "acme/app")
     );
+    assert_eq!(normalize_registry("index.docker.io"), "docker.io");
+    assert_eq!(normalize_registry("Registry-1.Docker.IO"), "docker.io");
+    assert_eq!(normalize_registry("EVIL.io:5000"), "evil.io:5000");
+    assert_eq!(registry_host("evil.io:5000"), "evil.io");
+    assert_eq!(registry_host("[::1]:5000"), "[::1]");
+    assert_eq!(registry_host("quay.io"), "quay.io");
     assert_eq!(
         split_registry("registry.k8s.io/pause"),
         ("registry.k8s.io", "pause")

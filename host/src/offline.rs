@@ -1,0 +1,157 @@
+//! The server's answer to one review, computed offline: the mutation chain,
+//! then validation of the mutated object, as the API server would call
+//! `/mutate` and then `/validate`. Used by `portcullis eval` and
+//! `portcullis test`, so both see exactly what the server would answer.
+
+use anyhow::{Context as _, anyhow};
+use serde_json::Value;
+
+use crate::admission::{self, Decision, Review};
+use crate::chain::{self, ChainFailure, Selection};
+use crate::policy_set::PolicySet;
+
+/// Why a review could not be evaluated.
+#[derive(Debug, thiserror::Error)]
+pub enum OfflineError {
+    /// The input is not a usable review.
+    #[error(transparent)]
+    Review(#[from] admission::ReviewError),
+    /// `--policy`/`policy:` names no loaded policy.
+    #[error("no policy named {0:?} in the config")]
+    UnknownPolicy(String),
+    /// A policy with `onError: fail` failed: the server would answer 500.
+    #[error("the server would answer HTTP 500: {0}")]
+    Failed(#[from] ChainFailure),
+    /// The mutation's patch could not be applied (a host bug).
+    #[error("{0:#}")]
+    Patch(anyhow::Error),
+}
+
+/// What the server would answer, mutation and validation combined.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub api_version: admission::ApiVersion,
+    pub uid: String,
+    /// Validation decides; the mutation's patch, warnings and annotations
+    /// ride along. A denial by a mutating policy ends there.
+    pub decision: Decision,
+    /// The request's object after the mutation (the object as sent when
+    /// nothing was patched; `None` without an object, e.g. DELETE).
+    pub object: Option<Value>,
+}
+
+impl Answer {
+    /// The response AdmissionReview as the server would send it.
+    pub fn response(&self) -> Value {
+        let bytes = admission::response(self.api_version, &self.uid, &self.decision);
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+    }
+}
+
+/// Accepts a bare AdmissionRequest too, as people paste them from logs.
+pub fn as_review(body: Vec<u8>) -> Vec<u8> {
+    let Ok(Value::Object(value)) = serde_json::from_slice::<Value>(&body) else {
+        return body;
+    };
+    if value.contains_key("kind") || !value.contains_key("uid") {
+        return body;
+    }
+    serde_json::to_vec(&serde_json::json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": value,
+    }))
+    .unwrap_or(body)
+}
+
+/// Evaluates `body` (an AdmissionReview, or a bare AdmissionRequest) with
+/// every policy of `set`, or only the one named `policy` (as the
+/// per-policy endpoints do).
+///
+/// # Errors
+/// An [`OfflineError`] for a body that is not a review, an unknown
+/// policy, or a policy whose `onError: fail` fired.
+pub async fn evaluate(
+    set: &PolicySet,
+    body: Vec<u8>,
+    policy: Option<&str>,
+) -> Result<Answer, OfflineError> {
+    let body = as_review(body);
+    let review = Review::parse(&body)?;
+    // One policy runs in the chains it takes part in, as on the server's
+    // per-policy endpoints.
+    let (selection, mutates, validates) = match policy {
+        None => (Selection::All, true, true),
+        Some(name) => {
+            let found = set
+                .get(name)
+                .ok_or_else(|| OfflineError::UnknownPolicy(name.to_string()))?;
+            let metadata = &found.metadata;
+            (Selection::One(found), metadata.mutates, metadata.validates)
+        }
+    };
+    let original: Option<Value> = review
+        .object
+        .and_then(|raw| serde_json::from_str(raw.get()).ok());
+    let mutated = if mutates {
+        chain::mutate(set, &review, selection, None, &mut Vec::new()).await?
+    } else {
+        Decision {
+            allowed: true,
+            ..Decision::default()
+        }
+    };
+    let object = match (&mutated.patch, &original) {
+        (Some(patch), Some(object)) => Some(apply(object, patch).map_err(OfflineError::Patch)?),
+        _ => original.clone(),
+    };
+    let decision = if mutated.allowed && validates {
+        let validated = match (&mutated.patch, &object) {
+            (Some(_), Some(object)) => {
+                let request = admission::request_with_object(review.request, object)
+                    .map_err(|err| OfflineError::Patch(err.into()))?;
+                let body = format!(
+                    r#"{{"apiVersion":"{}","kind":"AdmissionReview","request":{request}}}"#,
+                    review.api_version.as_str()
+                );
+                let patched = Review::parse(body.as_bytes())?;
+                chain::validate(set, &patched, selection, None, &mut Vec::new()).await?
+            }
+            _ => chain::validate(set, &review, selection, None, &mut Vec::new()).await?,
+        };
+        combine(mutated, validated)
+    } else {
+        mutated
+    };
+    Ok(Answer {
+        api_version: review.api_version,
+        uid: review.uid.clone(),
+        decision,
+        object,
+    })
+}
+
+/// `object` with the JSON Patch text `patch` applied.
+fn apply(object: &Value, patch: &str) -> anyhow::Result<Value> {
+    let patch: json_patch::Patch = serde_json::from_str(patch).context("parsing the patch")?;
+    let mut object = object.clone();
+    json_patch::patch(&mut object, &patch).map_err(|err| anyhow!("applying the patch: {err}"))?;
+    Ok(object)
+}
+
+/// Validation decides; the mutation's patch, warnings and annotations ride
+/// along.
+fn combine(mutated: Decision, validated: Decision) -> Decision {
+    let mut warnings = mutated.warnings;
+    warnings.extend(validated.warnings);
+    let mut audit_annotations = mutated.audit_annotations;
+    audit_annotations.extend(validated.audit_annotations);
+    Decision {
+        allowed: validated.allowed,
+        code: validated.code,
+        message: validated.message,
+        patch: mutated.patch,
+        warnings,
+        audit_annotations,
+    }
+}
