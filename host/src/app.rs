@@ -65,6 +65,8 @@ pub struct ServeOptions {
     pub config: PathBuf,
     pub addr: SocketAddr,
     pub tls: TlsSource,
+    /// Where compiled modules are cached across starts; `None`: no cache.
+    pub cache_dir: Option<PathBuf>,
     /// Require client certificates signed by this CA on the HTTPS listener.
     pub client_ca: Option<PathBuf>,
     /// A plain-HTTP listener for `/metrics`, `/healthz` and `/readyz`, so
@@ -140,7 +142,7 @@ fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, AppError> {
 /// An [`AppError`] for what went wrong at start-up.
 pub async fn serve(options: ServeOptions) -> Result<(), AppError> {
     let started = Instant::now();
-    let engine = PolicyEngine::new()?;
+    let engine = PolicyEngine::with_cache(options.cache_dir.as_deref())?;
     let metrics = Metrics::new();
     // Generation 0 is "nothing loaded yet": not ready.
     let store = PolicyStore::new(PolicySet::empty(0));

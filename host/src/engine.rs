@@ -5,6 +5,7 @@
 //! This layer knows nothing of HTTP or AdmissionReview envelopes: it turns
 //! bytes into compiled components and hands out sandboxed stores.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -14,6 +15,7 @@ use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Config, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+use crate::artifact_cache::ArtifactCache;
 use crate::bindings::AdmissionPolicy;
 use crate::sandbox::{GuestLog, MemoryCap};
 
@@ -75,6 +77,8 @@ impl WasiView for StoreState {
 /// the `Arc`.
 pub struct PolicyEngine {
     engine: wasmtime::Engine,
+    /// Compiled modules on disk, when a cache directory is in use.
+    artifacts: Option<ArtifactCache>,
     linker: Linker<StoreState>,
     ticker: Option<JoinHandle<()>>,
     stop: Arc<AtomicBool>,
@@ -89,6 +93,16 @@ impl PolicyEngine {
     /// # Errors
     /// When wasmtime rejects the configuration or the ticker cannot start.
     pub fn new() -> Result<Arc<Self>, EngineError> {
+        Self::with_cache(None)
+    }
+
+    /// Builds the engine with compiled modules cached in `cache_dir`. A
+    /// directory that cannot be used is logged and no cache is used: the
+    /// cache only saves time.
+    ///
+    /// # Errors
+    /// When wasmtime rejects the configuration or the ticker cannot start.
+    pub fn with_cache(cache_dir: Option<&Path>) -> Result<Arc<Self>, EngineError> {
         let (engine, pooling) = match wasmtime::Engine::new(&engine_config(true)) {
             Ok(engine) => (engine, true),
             Err(error) => {
@@ -99,10 +113,18 @@ impl PolicyEngine {
             }
         };
         let linker = build_linker(&engine)?;
+        let artifacts = cache_dir.and_then(|dir| match ArtifactCache::open(dir, &engine) {
+            Ok(cache) => Some(cache),
+            Err(error) => {
+                tracing::warn!(%error, "compiling every module at start and on reload");
+                None
+            }
+        });
         let stop = Arc::new(AtomicBool::new(false));
         let ticker = spawn_ticker(engine.clone(), stop.clone())?;
         Ok(Arc::new(Self {
             engine,
+            artifacts,
             linker,
             ticker: Some(ticker),
             stop,
@@ -118,6 +140,11 @@ impl PolicyEngine {
     /// The linker holding the host functions a policy may import.
     pub fn linker(&self) -> &Linker<StoreState> {
         &self.linker
+    }
+
+    /// The on-disk cache of compiled modules, if one is in use.
+    pub fn artifact_cache(&self) -> Option<&ArtifactCache> {
+        self.artifacts.as_ref()
     }
 
     /// Whether instances come from the pooling allocator.

@@ -10,6 +10,7 @@
 //! - `engine`: the wasmtime engine, linker and epoch ticker; no HTTP.
 //! - `sandbox`: what a call may use: memory cap, bounded log, empty WASI.
 //! - `module`: componentize, compile, pre-instantiate one `.wasm`.
+//! - `artifact_cache`: compiled modules on disk, checked before use.
 //! - `invoke`: one call into a policy with a deadline; typed errors.
 //! - `policy`: a module bound to its settings, limits and match rules.
 //! - `policy_set`: the immutable snapshot of all policies, and the
@@ -31,6 +32,7 @@ mod bindings;
 
 pub mod admission;
 pub mod app;
+pub mod artifact_cache;
 pub mod cert_reload;
 pub mod certs;
 pub mod chain;

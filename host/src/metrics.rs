@@ -80,6 +80,8 @@ pub struct Metrics {
     pub module_compilations: Counter,
     /// Modules taken from the compiled-module cache instead.
     pub module_reuses: Counter,
+    /// Modules deserialized from the on-disk cache instead of compiled.
+    pub module_disk_cache_hits: Counter,
     /// Reviews being evaluated now.
     pub evaluations_in_flight: Gauge,
     /// Reviews waiting for an evaluation slot.
@@ -139,6 +141,12 @@ impl Metrics {
             "portcullis_module_reuses",
             "Policy modules reused from the compiled-module cache since start",
             module_reuses.clone(),
+        );
+        let module_disk_cache_hits = Counter::default();
+        registry.register(
+            "portcullis_module_disk_cache_hits",
+            "Policy modules deserialized from the on-disk cache instead of compiled",
+            module_disk_cache_hits.clone(),
         );
         let evaluations_in_flight = Gauge::default();
         registry.register(
@@ -215,6 +223,7 @@ impl Metrics {
             policies_loaded,
             module_compilations,
             module_reuses,
+            module_disk_cache_hits,
         })
     }
 

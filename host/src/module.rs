@@ -59,6 +59,9 @@ pub struct CompiledModule {
     pub format: ModuleFormat,
     /// The contract version the module was built against.
     pub contract: Version,
+    /// Whether it was deserialized from the on-disk cache rather than
+    /// compiled.
+    pub from_disk_cache: bool,
     pub(crate) pre: AdmissionPolicyPre<StoreState>,
     pub(crate) engine: Arc<PolicyEngine>,
 }
@@ -86,10 +89,19 @@ impl CompiledModule {
     /// # Errors
     /// See [`ModuleError`].
     pub fn compile(engine: &Arc<PolicyEngine>, bytes: &[u8]) -> Result<Self, ModuleError> {
-        let (component_bytes, format) = componentize(bytes)?;
-        let component = engine
-            .compile(&component_bytes)
-            .map_err(|err| ModuleError::Compile(format!("{err:#}")))?;
+        let digest = digest(bytes);
+        let cache = engine.artifact_cache();
+        let (component, format, from_disk_cache) =
+            match cache.and_then(|cache| cache.load(engine.engine(), &digest)) {
+                Some(cached) => (cached.component, cached.format, true),
+                None => {
+                    let (component_bytes, format) = componentize(bytes)?;
+                    let component = engine
+                        .compile(&component_bytes)
+                        .map_err(|err| ModuleError::Compile(format!("{err:#}")))?;
+                    (component, format, false)
+                }
+            };
         let contract = contract::check(&component, engine.engine())?;
         let pre = engine
             .linker()
@@ -97,11 +109,16 @@ impl CompiledModule {
             .map_err(|err| ModuleError::Link(format!("{err:#}")))?;
         let pre =
             AdmissionPolicyPre::new(pre).map_err(|err| ModuleError::Link(format!("{err:#}")))?;
+        // Only a module that passed every check is cached.
+        if let (Some(cache), false) = (cache, from_disk_cache) {
+            cache.store(&digest, &component, format);
+        }
         Ok(Self {
-            digest: digest(bytes),
+            digest,
             size: bytes.len(),
             format,
             contract,
+            from_disk_cache,
             pre,
             engine: engine.clone(),
         })

@@ -87,7 +87,11 @@ impl PolicySet {
             let (index, result) =
                 joined.map_err(|err| fail(0, LoadError::Task(err.to_string())))?;
             let module = result.map_err(|err| fail(index, LoadError::Module(err)))?;
-            stats.compiled += 1;
+            if module.from_disk_cache {
+                stats.from_disk += 1;
+            } else {
+                stats.compiled += 1;
+            }
             cache.insert(digests[index].clone(), Arc::new(module), generation);
         }
 
@@ -164,7 +168,9 @@ impl PolicySet {
 pub struct BuildStats {
     /// Modules componentized and compiled.
     pub compiled: u64,
-    /// Modules taken from the cache.
+    /// Modules deserialized from the on-disk cache.
+    pub from_disk: u64,
+    /// Modules taken from the in-memory cache.
     pub reused: u64,
 }
 

@@ -29,6 +29,8 @@ pub struct ReloadStatus {
     pub unchanged: u64,
     pub modules_compiled: u64,
     pub modules_reused: u64,
+    /// Modules deserialized from the on-disk cache.
+    pub modules_from_disk_cache: u64,
 }
 
 /// The current snapshot (swapped whole) and the reload status.

@@ -163,9 +163,11 @@ impl Reloader {
             PolicySet::build(&self.engine, &config, generation, &mut self.cache).await?;
         self.metrics.module_compilations.inc_by(stats.compiled);
         self.metrics.module_reuses.inc_by(stats.reused);
+        self.metrics.module_disk_cache_hits.inc_by(stats.from_disk);
         self.store.update_status(|status| {
             status.modules_compiled += stats.compiled;
             status.modules_reused += stats.reused;
+            status.modules_from_disk_cache += stats.from_disk;
         });
         // A first load always swaps, even an empty set: it makes the
         // server ready.
@@ -183,6 +185,7 @@ impl Reloader {
                 digest = %policy.module.digest,
                 validates = policy.metadata.validates,
                 mutates = policy.metadata.mutates,
+                from_disk_cache = policy.module.from_disk_cache,
                 "policy loaded"
             );
         }

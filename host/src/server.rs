@@ -510,6 +510,7 @@ struct ReloadView {
     unchanged: u64,
     modules_compiled: u64,
     modules_reused: u64,
+    modules_from_disk_cache: u64,
 }
 
 #[derive(Serialize)]
@@ -567,6 +568,7 @@ async fn list_policies(State(state): State<ServerState>) -> Json<serde_json::Val
             unchanged: status.unchanged,
             modules_compiled: status.modules_compiled,
             modules_reused: status.modules_reused,
+            modules_from_disk_cache: status.modules_from_disk_cache,
         },
     };
     Json(serde_json::to_value(view).unwrap_or_default())

@@ -699,7 +699,15 @@ impl Server {
         let stdout_log = dir.path().join("server.stdout.log");
         let stderr_log = dir.path().join("server.stderr.log");
         let mut cmd = Command::new(&paths.bin);
-        cmd.args(serve_args(&config, port, &certs))
+        let mut own = serve_args(&config, port, &certs);
+        if args
+            .iter()
+            .any(|a| a == "--cache-dir" || a == "--no-module-cache")
+        {
+            // The test chose the cache: drop the harness's own.
+            own.truncate(own.len() - 2);
+        }
+        cmd.args(own)
             .args(args)
             .current_dir(dir.path())
             .stdin(Stdio::null())
@@ -942,6 +950,12 @@ enum Readiness {
 
 /// `serve --config CONFIG --addr 127.0.0.1:PORT --tls-cert .. --tls-key ..`.
 fn serve_args(config: &Path, port: u16, certs: &Certs) -> Vec<std::ffi::OsString> {
+    // Each server gets its own compiled-module cache, so what it compiles
+    // does not depend on what other tests (or earlier runs) compiled.
+    let cache = config
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join("module-cache");
     vec![
         "serve".into(),
         "--config".into(),
@@ -952,6 +966,8 @@ fn serve_args(config: &Path, port: u16, certs: &Certs) -> Vec<std::ffi::OsString
         certs.tls_crt.as_os_str().into(),
         "--tls-key".into(),
         certs.tls_key.as_os_str().into(),
+        "--cache-dir".into(),
+        cache.into(),
     ]
 }
 

@@ -54,6 +54,17 @@ pub struct ServeCommand {
     )]
     pub dev_cert_dir: PathBuf,
 
+    /// Where compiled policy modules are kept across starts and reloads
+    /// (default: `$XDG_CACHE_HOME/portcullis/modules` or
+    /// `~/.cache/portcullis/modules`). Created owner-only; a directory
+    /// others can write to is not used.
+    #[arg(long, env = "PORTCULLIS_CACHE_DIR", value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+
+    /// Compile every module at start and on reload; use no cache directory.
+    #[arg(long, env = "PORTCULLIS_NO_MODULE_CACHE", conflicts_with = "cache_dir")]
+    pub no_module_cache: bool,
+
     /// Largest review body accepted, in bytes.
     #[arg(long, env = "PORTCULLIS_BODY_LIMIT", default_value_t = DEFAULT_BODY_LIMIT)]
     pub body_limit: usize,
@@ -109,6 +120,11 @@ impl ServeCommand {
             config: self.config,
             addr: self.addr,
             tls,
+            cache_dir: if self.no_module_cache {
+                None
+            } else {
+                self.cache_dir.or_else(crate::artifact_cache::default_dir)
+            },
             client_ca: self.client_ca,
             metrics_addr: self.metrics_addr,
             body_limit: self.body_limit,
