@@ -402,6 +402,6 @@ mod tests {
             "policies: []\ncases:\n  - name: z\n    objekt: {}\n    expect: { allowed: true }\n",
         );
         assert!(err.contains("unknown field `objekt`"), "{err}");
-        assert!(err.contains("line 3"), "{err}");
+        assert!(err.contains("line 4"), "{err}");
     }
 }
