@@ -9,7 +9,7 @@ POLICIES := allowed-images required-labels default-labels container-defaults pod
 ADDR     ?= 127.0.0.1:8443
 CONFIG   ?= policies/standard.yaml
 
-.PHONY: all setup build policies host run test suites lint fmt clean
+.PHONY: all setup build policies host run test suites bench bench-engine lint fmt clean
 
 all: build
 
@@ -44,6 +44,15 @@ test: build
 # The policy test suites shipped with each policy (policies/*/suite.yaml).
 suites: build
 	./target/release/portcullis test policies/*/suite.yaml
+
+# The server under load: the standard policy set against no policies, in
+# one run (see README, "Performance"). BENCH_ARGS e.g. --seconds 10 --rounds 5.
+bench: build
+	./target/release/portcullis-bench $(BENCH_ARGS)
+
+# Engine micro-benchmarks (criterion): evaluation per policy, compile, cache.
+bench-engine: build
+	$(CARGO) bench --locked -p portcullis --bench engine
 
 lint: setup
 	$(CARGO) fmt --all -- --check

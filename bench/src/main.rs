@@ -1,0 +1,389 @@
+//! `make bench`: the same `portcullis` binary under the same load, with the
+//! standard policy set (A) and with no policies at all (B, the cost of
+//! HTTPS and the AdmissionReview alone: our ceiling), alternated round by
+//! round so both see the same machine. Prints throughput, client and
+//! server latency, server CPU per review and the ratio A/B per number of
+//! connections; then cold start with and without the compiled-module
+//! cache, resident memory, and each policy module's size.
+//!
+//! Figures on a shared machine are noisy: compare the ratios, which come
+//! from one run, not absolute numbers across runs.
+
+mod configs;
+mod load;
+mod server;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail, ensure};
+use clap::Parser;
+
+use crate::load::Reviews;
+use crate::server::{Launch, Served};
+
+#[derive(Debug, Parser)]
+#[command(about = "Benchmark portcullis: the standard policy set against no policies")]
+struct Args {
+    /// Measured seconds per configuration and connection count.
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// Rounds; each runs both configurations (at least 3 for the targets).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Connection counts.
+    #[arg(long, value_delimiter = ',', default_values_t = [1, 8, 32])]
+    connections: Vec<usize>,
+}
+
+/// One configuration at one connection count in one round.
+#[derive(Debug, Clone)]
+struct Sample {
+    rate: f64,
+    p50: f64,
+    p90: f64,
+    p99: f64,
+    max: f64,
+    server_p99: Option<f64>,
+    cpu_per_review: f64,
+    errors: u64,
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.retain(|v| v.is_finite());
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+struct Run {
+    root: PathBuf,
+    modules: PathBuf,
+    launch: Launch,
+    ca_pem: Vec<u8>,
+    reviews: Reviews,
+}
+
+impl Run {
+    fn prepare(dir: &Path) -> Result<Self> {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .context("repository root")?
+            .to_path_buf();
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .map(|t| if t.is_absolute() { t } else { root.join(t) })
+            .unwrap_or_else(|| root.join("target"));
+        let bin = target.join("release/portcullis");
+        let modules = target.join("wasm32-wasip1/policy");
+        ensure!(
+            bin.is_file() && modules.is_dir(),
+            "{} or {} is missing: run `make build` first",
+            bin.display(),
+            modules.display()
+        );
+        let certs = dir.join("certs");
+        let out = Command::new(&bin)
+            .args(["certs", "--dns", "localhost", "--ip", "127.0.0.1", "--out"])
+            .arg(&certs)
+            .output()
+            .context("running portcullis certs")?;
+        ensure!(out.status.success(), "portcullis certs failed: {out:?}");
+        let corpus = root.join("../shared/corpus/kube-apiserver-v1.36");
+        let read = |name: &str| {
+            std::fs::read(corpus.join(name)).with_context(|| {
+                format!(
+                    "reading {} (the shared corpus)",
+                    corpus.join(name).display()
+                )
+            })
+        };
+        Ok(Self {
+            launch: Launch {
+                bin,
+                cert: certs.join("tls.crt"),
+                key: certs.join("tls.key"),
+            },
+            ca_pem: std::fs::read(certs.join("ca.crt"))?,
+            reviews: Reviews {
+                mutate: Arc::new(read("003-mutate-CREATE-Pod-allowed-pod.json")?),
+                validate: Arc::new(read("004-validate-CREATE-Pod-allowed-pod.json")?),
+            },
+            root,
+            modules,
+        })
+    }
+
+    /// Loads `served` with `connections` for `seconds`, measuring the
+    /// server from outside and from its own metrics. Also returns the
+    /// largest resident memory seen meanwhile.
+    async fn measure(
+        &self,
+        served: &Served,
+        connections: usize,
+        seconds: u64,
+    ) -> Result<(Sample, u64)> {
+        let warmup = Duration::from_secs(1);
+        let duration = Duration::from_secs(seconds);
+        let pid = served.pid();
+        let peak = Arc::new(AtomicU64::new(0));
+        let sampling = Arc::new(AtomicBool::new(true));
+        let sampler = {
+            let (peak, sampling) = (peak.clone(), sampling.clone());
+            tokio::spawn(async move {
+                while sampling.load(Ordering::Relaxed) {
+                    if let Ok(rss) = server::rss(pid) {
+                        peak.fetch_max(rss, Ordering::Relaxed);
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            })
+        };
+        let loading = {
+            let (ca_pem, reviews, port) = (self.ca_pem.clone(), self.reviews.clone(), served.port);
+            tokio::spawn(async move {
+                load::run(&ca_pem, port, &reviews, connections, warmup, duration).await
+            })
+        };
+        // CPU and metrics are read at the edges of the measured window.
+        tokio::time::sleep(warmup).await;
+        let cpu_before = server::cpu_time(pid).ok();
+        let metrics_before = served.metrics().await.ok();
+        let outcome = loading.await??;
+        let cpu_after = server::cpu_time(pid)?;
+        let metrics_after = served.metrics().await?;
+        sampling.store(false, Ordering::Relaxed);
+        let _ = sampler.await;
+        let cpu = cpu_before.map_or(f64::NAN, |b| (cpu_after - b).as_secs_f64());
+        let server_p99 =
+            metrics_before.and_then(|b| server::quantile_between(&b, &metrics_after, 0.99));
+        Ok((
+            Sample {
+                rate: outcome.rate(),
+                p50: outcome.quantile_ms(0.50),
+                p90: outcome.quantile_ms(0.90),
+                p99: outcome.quantile_ms(0.99),
+                max: outcome.quantile_ms(1.0),
+                server_p99: server_p99.map(|s| s * 1000.0),
+                cpu_per_review: cpu * 1000.0 / outcome.requests.max(1) as f64,
+                errors: outcome.errors,
+            },
+            peak.load(Ordering::Relaxed),
+        ))
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    ensure!(args.rounds >= 1, "--rounds must be at least 1");
+    let dir = tempfile::Builder::new()
+        .prefix("portcullis-bench-")
+        .tempdir()?;
+    let run = Run::prepare(dir.path())?;
+    let standard = configs::standard(&run.root, &run.modules, dir.path())?;
+    let empty = configs::empty(dir.path())?;
+    let ten = configs::ten(&run.root, &run.modules, dir.path())?;
+    let cache = dir.path().join("cache");
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!(
+        "portcullis bench: {} rounds x {{standard set, no policies}} x connections {:?}, {} s each \
+         after 1 s warm-up; HTTPS keep-alive (HTTP/1.1), alternating /mutate and /validate with \
+         the API server's two reviews of one pod creation; load and server share {cores} cores",
+        args.rounds, args.connections, args.seconds
+    );
+
+    let configurations = [("standard", &standard), ("none", &empty)];
+    let mut samples: Vec<(usize, usize, Sample)> = Vec::new();
+    let mut peak_rss_standard = 0;
+    for round in 1..=args.rounds {
+        for (index, (label, config)) in configurations.iter().enumerate() {
+            let served = Served::start(&run.launch, config, Some(&cache)).await?;
+            for &connections in &args.connections {
+                let (sample, peak) = run.measure(&served, connections, args.seconds).await?;
+                eprintln!(
+                    "round {round} {label:>8} c={connections:<3} {:>8.0} req/s  p99 {:.2} ms  cpu {:.3} ms/review  errors {}",
+                    sample.rate, sample.p99, sample.cpu_per_review, sample.errors
+                );
+                if index == 0 {
+                    peak_rss_standard = peak_rss_standard.max(peak);
+                }
+                samples.push((index, connections, sample));
+            }
+        }
+    }
+
+    println!();
+    println!(
+        "| config | conns | req/s | p50 ms | p90 ms | p99 ms | max ms | server p99 ms (bucket) | server CPU ms/review | errors | A/B req/s |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    let mut ratios = Vec::new();
+    let mut standard_cpu = Vec::new();
+    let mut standard_server_p99 = Vec::new();
+    for &connections in &args.connections {
+        let mut rates = [0.0; 2];
+        for (index, (label, _)) in configurations.iter().enumerate() {
+            let of: Vec<&Sample> = samples
+                .iter()
+                .filter(|(i, c, _)| *i == index && *c == connections)
+                .map(|(_, _, s)| s)
+                .collect();
+            let pick = |f: fn(&Sample) -> f64| median(of.iter().map(|s| f(s)).collect());
+            let rate = pick(|s| s.rate);
+            rates[index] = rate;
+            let server_p99 = pick(|s| s.server_p99.unwrap_or(f64::NAN));
+            let cpu = pick(|s| s.cpu_per_review);
+            let errors: u64 = of.iter().map(|s| s.errors).sum();
+            let ratio = if index == 0 {
+                String::new()
+            } else {
+                format!("{:.1}%", 100.0 * rates[0] / rate)
+            };
+            println!(
+                "| {label} | {connections} | {rate:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {cpu:.3} | {errors} | {ratio} |",
+                pick(|s| s.p50),
+                pick(|s| s.p90),
+                pick(|s| s.p99),
+                pick(|s| s.max),
+                if server_p99.is_finite() {
+                    format!("<= {server_p99:.2}")
+                } else {
+                    "-".into()
+                },
+            );
+            if index == 0 {
+                standard_cpu.push(cpu);
+                standard_server_p99.push((connections, server_p99));
+            }
+        }
+        ratios.push((connections, rates[0] / rates[1]));
+    }
+
+    // Cold start with ten policies: no cache, then a warm cache.
+    println!();
+    let mut cold = Vec::new();
+    let mut warm = Vec::new();
+    let mut idle_rss = Vec::new();
+    for _ in 0..3 {
+        let served = Served::start(&run.launch, &ten, None).await?;
+        cold.push(served.ready_after.as_secs_f64() * 1000.0);
+    }
+    let ten_cache = dir.path().join("ten-cache");
+    drop(Served::start(&run.launch, &ten, Some(&ten_cache)).await?);
+    for _ in 0..3 {
+        let served = Served::start(&run.launch, &ten, Some(&ten_cache)).await?;
+        warm.push(served.ready_after.as_secs_f64() * 1000.0);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        idle_rss.push(server::rss(served.pid())? as f64);
+    }
+    let served = Served::start(&run.launch, &ten, Some(&ten_cache)).await?;
+    let busiest = args.connections.iter().copied().max().unwrap_or(32);
+    let (_, ten_peak) = run.measure(&served, busiest, args.seconds).await?;
+    drop(served);
+    let cold_ms = median(cold.clone());
+    let warm_ms = median(warm.clone());
+    let idle = median(idle_rss);
+    println!("| ten policies | median of 3 | runs |");
+    println!("|---|---|---|");
+    println!(
+        "| cold start to ready, no cache | {cold_ms:.0} ms | {} |",
+        cold.iter()
+            .map(|v| format!("{v:.0}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!(
+        "| cold start to ready, warm cache | {warm_ms:.0} ms | {} |",
+        warm.iter()
+            .map(|v| format!("{v:.0}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!("| resident memory, idle | {:.1} MiB | |", mib(idle as u64));
+    println!(
+        "| resident memory, peak under load ({busiest} connections) | {:.1} MiB | standard set: {:.1} MiB |",
+        mib(ten_peak),
+        mib(peak_rss_standard)
+    );
+
+    println!();
+    println!("| module | bytes |");
+    println!("|---|---|");
+    let mut modules: Vec<(String, u64)> = std::fs::read_dir(&run.modules)?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().extension().is_some_and(|x| x == "wasm"))
+        .filter_map(|e| {
+            Some((
+                e.file_name().to_string_lossy().into_owned(),
+                e.metadata().ok()?.len(),
+            ))
+        })
+        .collect();
+    modules.sort();
+    let mut allowed_images = 0;
+    for (name, size) in &modules {
+        println!("| {name} | {size} |");
+        if name == "allowed_images.wasm" {
+            allowed_images = *size;
+        }
+    }
+
+    println!();
+    println!("Targets:");
+    let check = |ok: bool| if ok { "met" } else { "MISSED" };
+    for (connections, ratio) in &ratios {
+        if *connections >= 8 {
+            println!(
+                "- throughput at {connections} connections: {:.1}% of the no-policy ceiling (target >= 70%): {}",
+                100.0 * ratio,
+                check(*ratio >= 0.70)
+            );
+        }
+    }
+    let cpu = median(standard_cpu);
+    println!(
+        "- server CPU per review with the standard set: {cpu:.3} ms (target < 0.1 ms): {}",
+        check(cpu < 0.1)
+    );
+    if let Some((_, p99)) = standard_server_p99.iter().find(|(c, _)| *c == busiest) {
+        println!(
+            "- server p99 at {busiest} connections: <= {p99:.2} ms (target < 1 ms): {}",
+            check(*p99 < 1.0)
+        );
+    }
+    println!(
+        "- cold start with 10 policies: {warm_ms:.0} ms warm cache (target < 300 ms): {}; {cold_ms:.0} ms without (target < 3 s): {}",
+        check(warm_ms < 300.0),
+        check(cold_ms < 3000.0)
+    );
+    println!(
+        "- resident memory with 10 policies: {:.1} MiB idle (target < 60): {}; {:.1} MiB under load (target < 150): {}",
+        mib(idle as u64),
+        check(mib(idle as u64) < 60.0),
+        mib(ten_peak),
+        check(mib(ten_peak) < 150.0)
+    );
+    if allowed_images == 0 {
+        bail!(
+            "allowed_images.wasm was not found in {}",
+            run.modules.display()
+        );
+    }
+    println!(
+        "- allowed_images.wasm: {} KB (target < 400 KB): {}",
+        allowed_images / 1000,
+        check(allowed_images < 400_000)
+    );
+    Ok(())
+}

@@ -1,0 +1,212 @@
+//! One `portcullis serve` under test: started, probed over its plain
+//! listener, measured from `/proc` and its own `/metrics`, stopped.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+
+/// What every server of a run shares.
+#[derive(Debug, Clone)]
+pub struct Launch {
+    pub bin: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+pub struct Served {
+    child: Child,
+    pub port: u16,
+    metrics_port: u16,
+    plain: reqwest::Client,
+    /// From spawn to `/readyz` answering 200.
+    pub ready_after: Duration,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+impl Served {
+    /// Starts a server for `config` with compiled modules cached in
+    /// `cache` (`None`: no cache), and waits until it is ready.
+    pub async fn start(launch: &Launch, config: &Path, cache: Option<&Path>) -> Result<Self> {
+        let port = free_port()?;
+        let metrics_port = free_port()?;
+        let mut cmd = Command::new(&launch.bin);
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(config)
+            .args(["--addr", &format!("127.0.0.1:{port}")])
+            .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
+            .arg("--tls-cert")
+            .arg(&launch.cert)
+            .arg("--tls-key")
+            .arg(&launch.key)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        match cache {
+            Some(dir) => cmd.arg("--cache-dir").arg(dir),
+            None => cmd.arg("--no-module-cache"),
+        };
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("PORTCULLIS_") {
+                cmd.env_remove(key);
+            }
+        }
+        let started = Instant::now();
+        let child = cmd.spawn().context("starting portcullis serve")?;
+        let plain = reqwest::Client::builder().no_proxy().build()?;
+        let mut served = Self {
+            child,
+            port,
+            metrics_port,
+            plain,
+            ready_after: Duration::ZERO,
+        };
+        let url = served.plain_url("/readyz");
+        loop {
+            if let Some(status) = served.child.try_wait()? {
+                bail!("portcullis serve exited with {status} before it was ready");
+            }
+            if let Ok(response) = served.plain.get(&url).send().await
+                && response.status() == 200
+            {
+                served.ready_after = started.elapsed();
+                return Ok(served);
+            }
+            if started.elapsed() > Duration::from_secs(60) {
+                bail!("portcullis serve was not ready within 60 s");
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    fn plain_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.metrics_port)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The Prometheus text of `/metrics`.
+    pub async fn metrics(&self) -> Result<String> {
+        Ok(self
+            .plain
+            .get(self.plain_url("/metrics"))
+            .send()
+            .await?
+            .text()
+            .await?)
+    }
+}
+
+/// CPU time (user + system) the process has used.
+pub fn cpu_time(pid: u32) -> Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name, which is in parentheses and may
+    // contain spaces: state is field 3, utime 14, stime 15.
+    let after = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .context("malformed /proc/pid/stat")?;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: u64 = fields
+        .get(11)
+        .zip(fields.get(12))
+        .and_then(|(u, s)| Some(u.parse::<u64>().ok()? + s.parse::<u64>().ok()?))
+        .context("no utime/stime in /proc/pid/stat")?;
+    Ok(Duration::from_secs_f64(ticks as f64 / clock_ticks() as f64))
+}
+
+/// `CLK_TCK`: the unit of `/proc/pid/stat` times.
+fn clock_ticks() -> u64 {
+    static TICKS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(100)
+    })
+}
+
+/// Resident memory now, in bytes.
+pub fn rss(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .context("no VmRSS in /proc/pid/status")?;
+    Ok(kib * 1024)
+}
+
+/// Cumulative `portcullis_request_duration_seconds` buckets over every
+/// endpoint, as (upper bound, count).
+pub fn duration_buckets(metrics: &str) -> Vec<(f64, f64)> {
+    let mut buckets: Vec<(f64, f64)> = Vec::new();
+    for line in metrics.lines() {
+        let Some(rest) = line.strip_prefix("portcullis_request_duration_seconds_bucket{") else {
+            continue;
+        };
+        let Some((labels, value)) = rest.split_once("} ") else {
+            continue;
+        };
+        let le = labels
+            .split(',')
+            .find_map(|l| l.strip_prefix("le=\""))
+            .map(|l| l.trim_end_matches('"'));
+        let bound = match le {
+            Some("+Inf") => f64::INFINITY,
+            Some(v) => v.parse().unwrap_or(f64::NAN),
+            None => continue,
+        };
+        let count: f64 = value.trim().parse().unwrap_or(0.0);
+        match buckets.iter_mut().find(|(b, _)| *b == bound) {
+            Some((_, c)) => *c += count,
+            None => buckets.push((bound, count)),
+        }
+    }
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    buckets
+}
+
+/// The bucket bound below which `q` of the requests between two scrapes
+/// fell: the server's own view of its latency, at bucket resolution.
+pub fn quantile_between(before: &str, after: &str, q: f64) -> Option<f64> {
+    let before = duration_buckets(before);
+    let after = duration_buckets(after);
+    let delta: Vec<(f64, f64)> = after
+        .iter()
+        .map(|(bound, count)| {
+            let earlier = before
+                .iter()
+                .find(|(b, _)| b == bound)
+                .map_or(0.0, |(_, c)| *c);
+            (*bound, count - earlier)
+        })
+        .collect();
+    let total = delta.last()?.1;
+    if total <= 0.0 {
+        return None;
+    }
+    delta
+        .iter()
+        .find(|(_, count)| *count >= q * total)
+        .map(|(bound, _)| *bound)
+}
