@@ -606,6 +606,19 @@ fn the_configmaps_hold_the_standard_set_with_its_modules() -> Result<()> {
             let built = fs::read(paths.modules.join(module))?;
             ensure!(*bytes == built, "{module} differs from the built module");
         }
+        // Fixed names (no kustomize hash suffix): `kubectl apply` then
+        // updates the mounted ConfigMaps in place and the pods hot-reload,
+        // where a new name would roll the Deployment out.
+        let mut want: BTreeSet<String> = names
+            .iter()
+            .map(|n| format!("portcullis-policy-{n}"))
+            .collect();
+        want.insert("portcullis-config".to_string());
+        let have: BTreeSet<String> = all_of(docs, "ConfigMap")
+            .into_iter()
+            .map(|c| name_of(c).to_string())
+            .collect();
+        ensure!(have == want, "ConfigMaps {have:?}, want {want:?}");
         let unused: Vec<&String> = files
             .keys()
             .filter(|k| *k != "config.yaml" && !modules.contains(k))
