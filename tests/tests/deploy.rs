@@ -200,7 +200,10 @@ fn serve_flags() -> Result<BTreeSet<String>> {
     let out = run_cli(&paths.bin, &["serve", "--help"], None, CLI_TIMEOUT)?;
     ensure!(out.code() == Some(0), "serve --help\n{out}");
     let flags = flag_names(&out.stdout);
-    ensure!(flags.contains("--config") && flags.contains("--tls-cert"), "{out}");
+    ensure!(
+        flags.contains("--config") && flags.contains("--tls-cert"),
+        "{out}"
+    );
     Ok(flags)
 }
 
@@ -264,7 +267,10 @@ fn every_object_is_labelled_with_its_install_phase_and_namespaced() -> Result<()
             } else {
                 "server"
             };
-            ensure!(phase == want, "{kind}/{name}: phase label {phase}, want {want}");
+            ensure!(
+                phase == want,
+                "{kind}/{name}: phase label {phase}, want {want}"
+            );
             let cluster_scoped = matches!(
                 kind,
                 "Namespace" | "MutatingWebhookConfiguration" | "ValidatingWebhookConfiguration"
@@ -304,7 +310,10 @@ fn the_deployment_is_highly_available_and_restricted() -> Result<()> {
             spec["strategy"]
         );
         let pod = &spec["template"]["spec"];
-        ensure!(pod["automountServiceAccountToken"] == false, "token mounted");
+        ensure!(
+            pod["automountServiceAccountToken"] == false,
+            "token mounted"
+        );
         ensure!(pod["serviceAccountName"] == "portcullis");
         for forbidden in ["hostNetwork", "hostPID", "hostIPC"] {
             ensure!(pod[forbidden] != true, "{forbidden}");
@@ -337,12 +346,21 @@ fn the_deployment_is_highly_available_and_restricted() -> Result<()> {
         // Container securityContext.
         let sc = &c["securityContext"];
         ensure!(sc["runAsNonRoot"] == true, "runAsNonRoot: {sc}");
-        ensure!(sc["readOnlyRootFilesystem"] == true, "readOnlyRootFilesystem: {sc}");
-        ensure!(sc["allowPrivilegeEscalation"] == false, "allowPrivilegeEscalation: {sc}");
+        ensure!(
+            sc["readOnlyRootFilesystem"] == true,
+            "readOnlyRootFilesystem: {sc}"
+        );
+        ensure!(
+            sc["allowPrivilegeEscalation"] == false,
+            "allowPrivilegeEscalation: {sc}"
+        );
         ensure!(sc["privileged"] != true, "privileged: {sc}");
         ensure!(strs(&sc["capabilities"]["drop"]) == ["ALL"], "drop: {sc}");
         ensure!(sc["capabilities"]["add"].is_null(), "add: {sc}");
-        ensure!(sc["seccompProfile"]["type"] == "RuntimeDefault", "seccomp: {sc}");
+        ensure!(
+            sc["seccompProfile"]["type"] == "RuntimeDefault",
+            "seccomp: {sc}"
+        );
         ensure!(sc["runAsUser"].is_null() || sc["runAsUser"] == UID, "{sc}");
 
         // Requests and limits.
@@ -458,9 +476,14 @@ fn a_disruption_budget_keeps_two_replicas() -> Result<()> {
     each_render(|_, docs| {
         let pdb = only(docs, "PodDisruptionBudget")?;
         let deployment = only(docs, "Deployment")?;
-        let replicas = deployment["spec"]["replicas"].as_i64().context("replicas")?;
+        let replicas = deployment["spec"]["replicas"]
+            .as_i64()
+            .context("replicas")?;
         let spec = &pdb["spec"];
-        let available = match (spec["minAvailable"].as_i64(), spec["maxUnavailable"].as_i64()) {
+        let available = match (
+            spec["minAvailable"].as_i64(),
+            spec["maxUnavailable"].as_i64(),
+        ) {
             (Some(min), None) => min,
             (None, Some(max)) => replicas - max,
             _ => bail!("the PDB needs one integer minAvailable or maxUnavailable: {spec}"),
@@ -496,12 +519,18 @@ fn the_service_maps_443_to_the_https_port() -> Result<()> {
             .iter()
             .find(|p| p["port"] == 443)
             .context("no port 443")?;
-        ensure!(container_port(&https["targetPort"]) == Some(8443), "{https}");
+        ensure!(
+            container_port(&https["targetPort"]) == Some(8443),
+            "{https}"
+        );
         let metrics = ports
             .iter()
             .find(|p| p["name"] == "metrics")
             .context("no metrics port")?;
-        ensure!(container_port(&metrics["targetPort"]) == Some(9090), "{metrics}");
+        ensure!(
+            container_port(&metrics["targetPort"]) == Some(9090),
+            "{metrics}"
+        );
         Ok(())
     })
 }
@@ -518,14 +547,20 @@ fn policy_volume(docs: &[Json]) -> Result<BTreeMap<String, Vec<u8>>> {
         .and_then(|vs| vs.iter().find(|v| v["name"] == "policies"))
         .context("no volume `policies`")?;
     let mut files = BTreeMap::new();
-    for source in volume["projected"]["sources"].as_array().context("sources")? {
+    for source in volume["projected"]["sources"]
+        .as_array()
+        .context("sources")?
+    {
         let name = source["configMap"]["name"].as_str().context("configMap")?;
         ensure!(
             source["configMap"]["items"].is_null(),
             "{name}: items would hide keys"
         );
         let cm = find(docs, "ConfigMap", name)?;
-        ensure!(cm["immutable"] != true, "{name} is immutable: updates cannot reach the pods");
+        ensure!(
+            cm["immutable"] != true,
+            "{name} is immutable: updates cannot reach the pods"
+        );
         let mut size = 0;
         if let Some(data) = cm["data"].as_object() {
             for (k, v) in data {
@@ -646,7 +681,13 @@ fn write_policy_volume(dir: &Path) -> Result<PathBuf> {
 
 fn eval(config: &Path, review: &Path, policy: Option<&str>) -> Result<Json> {
     let paths = paths()?;
-    let mut args = vec!["eval", "--config", path_str(config)?, "--review", path_str(review)?];
+    let mut args = vec![
+        "eval",
+        "--config",
+        path_str(config)?,
+        "--review",
+        path_str(review)?,
+    ];
     if let Some(p) = policy {
         args.extend(["--policy", p]);
     }
@@ -678,7 +719,10 @@ fn the_deployed_config_loads_and_decides() -> Result<()> {
     let file = dir.path().join("excluded.json");
     fs::write(&file, serde_json::to_vec(&review)?)?;
     let excluded = eval(&config, &file, None)?;
-    ensure!(excluded["allowed"] == true, "excluded namespace: {excluded}");
+    ensure!(
+        excluded["allowed"] == true,
+        "excluded namespace: {excluded}"
+    );
     Ok(())
 }
 
@@ -690,7 +734,10 @@ fn portcullis_own_deployment_passes_pod_security_restricted() -> Result<()> {
     // Judged as if it were in an ordinary namespace.
     deployment["metadata"]["namespace"] = json!("default");
     let file = dir.path().join("deployment.json");
-    fs::write(&file, serde_json::to_vec(&review_of(&deployment, "CREATE"))?)?;
+    fs::write(
+        &file,
+        serde_json::to_vec(&review_of(&deployment, "CREATE"))?,
+    )?;
     let answer = eval(&config, &file, Some("pod-security"))?;
     ensure!(answer["allowed"] == true, "{answer}");
     Ok(())
@@ -707,10 +754,26 @@ fn check_webhook(config: &Json, mutating: bool) -> Result<&Json> {
     let hook = &hooks[0];
     let (timeout, failure) = if mutating { (2, "Ignore") } else { (3, "Fail") };
     ensure!(strs(&hook["admissionReviewVersions"]) == ["v1"], "{hook}");
-    ensure!(hook["sideEffects"] == "None", "sideEffects {}", hook["sideEffects"]);
-    ensure!(hook["timeoutSeconds"] == timeout, "timeout {}", hook["timeoutSeconds"]);
-    ensure!(hook["failurePolicy"] == failure, "failurePolicy {}", hook["failurePolicy"]);
-    ensure!(hook["matchPolicy"] == "Equivalent", "matchPolicy {}", hook["matchPolicy"]);
+    ensure!(
+        hook["sideEffects"] == "None",
+        "sideEffects {}",
+        hook["sideEffects"]
+    );
+    ensure!(
+        hook["timeoutSeconds"] == timeout,
+        "timeout {}",
+        hook["timeoutSeconds"]
+    );
+    ensure!(
+        hook["failurePolicy"] == failure,
+        "failurePolicy {}",
+        hook["failurePolicy"]
+    );
+    ensure!(
+        hook["matchPolicy"] == "Equivalent",
+        "matchPolicy {}",
+        hook["matchPolicy"]
+    );
     if mutating {
         ensure!(hook["reinvocationPolicy"] == "IfNeeded", "{hook}");
     }
@@ -725,7 +788,10 @@ fn check_webhook(config: &Json, mutating: bool) -> Result<&Json> {
     for ns in EXCLUDED {
         ensure!(strs(&excluded["values"]).contains(&ns), "{ns} not excluded");
     }
-    ensure!(hook["objectSelector"].is_null(), "an objectSelector narrows the rules");
+    ensure!(
+        hook["objectSelector"].is_null(),
+        "an objectSelector narrows the rules"
+    );
     // Rules: every workload, CREATE and UPDATE, nothing cluster-wide.
     let rules = hook["rules"].as_array().context("rules")?;
     for (group, resource) in WORKLOADS {
@@ -759,9 +825,15 @@ fn the_webhooks_keep_their_safe_defaults_and_reach_the_service() -> Result<()> {
             let config = find(docs, kind, "portcullis")?;
             let hook = check_webhook(config, mutating).with_context(|| kind.to_string())?;
             let svc = &hook["clientConfig"]["service"];
-            ensure!(hook["clientConfig"]["url"].is_null(), "{kind}: url and service");
+            ensure!(
+                hook["clientConfig"]["url"].is_null(),
+                "{kind}: url and service"
+            );
             ensure!(svc["name"] == service["metadata"]["name"], "{kind}: {svc}");
-            ensure!(svc["namespace"] == service["metadata"]["namespace"], "{kind}: {svc}");
+            ensure!(
+                svc["namespace"] == service["metadata"]["namespace"],
+                "{kind}: {svc}"
+            );
             ensure!(svc["path"] == path, "{kind}: {svc}");
             ensure!(svc["port"] == 443 || svc["port"].is_null(), "{kind}: {svc}");
         }
@@ -816,7 +888,10 @@ fn cert_manager_issues_the_serving_certificate_from_its_own_ca() -> Result<()> {
     }
     let ca = find(docs, "Certificate", "portcullis-ca")?;
     ensure!(ca["spec"]["isCA"] == true, "{ca}");
-    ensure!(ca["spec"]["issuerRef"]["name"] == "portcullis-selfsigned", "{ca}");
+    ensure!(
+        ca["spec"]["issuerRef"]["name"] == "portcullis-selfsigned",
+        "{ca}"
+    );
     let ca_issuer = find(docs, "Issuer", "portcullis-ca")?;
     ensure!(
         ca_issuer["spec"]["ca"]["secretName"] == ca["spec"]["secretName"],
@@ -825,8 +900,14 @@ fn cert_manager_issues_the_serving_certificate_from_its_own_ca() -> Result<()> {
     let serving = find(docs, "Certificate", "portcullis-tls")?;
     ensure!(serving["spec"]["secretName"] == tls_secret, "{serving}");
     ensure!(serving["spec"]["isCA"] != true, "{serving}");
-    ensure!(serving["spec"]["issuerRef"]["name"] == "portcullis-ca", "{serving}");
-    ensure!(serving["spec"]["issuerRef"]["kind"] == "Issuer", "{serving}");
+    ensure!(
+        serving["spec"]["issuerRef"]["name"] == "portcullis-ca",
+        "{serving}"
+    );
+    ensure!(
+        serving["spec"]["issuerRef"]["kind"] == "Issuer",
+        "{serving}"
+    );
     let dns = strs(&serving["spec"]["dnsNames"]);
     for name in SERVICE_NAMES {
         ensure!(dns.contains(&name), "{name} not in dnsNames {dns:?}");
@@ -834,7 +915,9 @@ fn cert_manager_issues_the_serving_certificate_from_its_own_ca() -> Result<()> {
     // inject-ca-from names this Certificate, in its namespace.
     let reference = format!(
         "{}/{}",
-        serving["metadata"]["namespace"].as_str().unwrap_or_default(),
+        serving["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or_default(),
         name_of(serving)
     );
     for kind in [
@@ -931,9 +1014,7 @@ fn position(calls: &[Call], what: &str, pred: impl Fn(&Call) -> bool) -> Result<
 }
 
 fn has(call: &Call, words: &[&str]) -> bool {
-    words
-        .iter()
-        .all(|w| call.args.iter().any(|a| a == w))
+    words.iter().all(|w| call.args.iter().any(|a| a == w))
 }
 
 fn san_dns_names(pem_file: &Path) -> Result<Vec<String>> {
@@ -971,19 +1052,40 @@ fn the_self_signed_install_creates_the_secret_then_the_server_then_the_webhooks(
     let check_run = |calls: &[Call]| -> Result<String> {
         let ns = position(calls, "apply (namespace)", |c| {
             has(c, &["apply", "--server-side"])
-                && c.file.as_deref().is_some_and(|f| f.contains("kind: Namespace") && !f.contains("kind: Deployment"))
+                && c.file.as_deref().is_some_and(|f| {
+                    f.contains("kind: Namespace") && !f.contains("kind: Deployment")
+                })
         })?;
         let secret = position(calls, "apply (secret)", |c| {
-            has(c, &["apply"]) && c.file.as_deref().is_some_and(|f| f.contains("kind: Secret"))
+            has(c, &["apply"])
+                && c.file
+                    .as_deref()
+                    .is_some_and(|f| f.contains("kind: Secret"))
         })?;
         let server = position(calls, "apply -l portcullis.dev/phase=server", |c| {
-            has(c, &["apply", "--server-side", "-l", "portcullis.dev/phase=server"])
+            has(
+                c,
+                &[
+                    "apply",
+                    "--server-side",
+                    "-l",
+                    "portcullis.dev/phase=server",
+                ],
+            )
         })?;
         let rollout = position(calls, "rollout status", |c| {
             has(c, &["rollout", "status", "deployment/portcullis"])
         })?;
         let hooks = position(calls, "apply -l portcullis.dev/phase=webhooks", |c| {
-            has(c, &["apply", "--server-side", "-l", "portcullis.dev/phase=webhooks"])
+            has(
+                c,
+                &[
+                    "apply",
+                    "--server-side",
+                    "-l",
+                    "portcullis.dev/phase=webhooks",
+                ],
+            )
         })?;
         ensure!(
             ns < secret && secret < server && server < rollout && rollout < hooks,
@@ -999,14 +1101,23 @@ fn the_self_signed_install_creates_the_secret_then_the_server_then_the_webhooks(
         ensure!(secret_doc["metadata"]["namespace"] == "portcullis");
         for file in ["tls.crt", "tls.key", "ca.crt"] {
             let want = BASE64.encode(fs::read(cert_dir.join(file))?);
-            ensure!(secret_doc["data"][file] == want.as_str(), "{file} in the Secret");
+            ensure!(
+                secret_doc["data"][file] == want.as_str(),
+                "{file} in the Secret"
+            );
         }
         // The webhooks: the CA substituted in both, nothing else changed.
         let hooks_text = calls[hooks].file.as_deref().unwrap_or_default();
-        ensure!(!hooks_text.contains(PLACEHOLDER), "placeholder left in the webhooks");
+        ensure!(
+            !hooks_text.contains(PLACEHOLDER),
+            "placeholder left in the webhooks"
+        );
         let hook_docs = parse_documents(hooks_text)?;
         let ca = BASE64.encode(fs::read(cert_dir.join("ca.crt"))?);
-        for kind in ["MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"] {
+        for kind in [
+            "MutatingWebhookConfiguration",
+            "ValidatingWebhookConfiguration",
+        ] {
             let config = find(&hook_docs, kind, "portcullis")?;
             ensure!(
                 config["webhooks"][0]["clientConfig"]["caBundle"] == ca.as_str(),
@@ -1014,7 +1125,10 @@ fn the_self_signed_install_creates_the_secret_then_the_server_then_the_webhooks(
             );
             check_webhook(config, kind.starts_with("Mutating"))?;
         }
-        ensure!(hook_docs.len() == docs.len(), "the substitution changed the documents");
+        ensure!(
+            hook_docs.len() == docs.len(),
+            "the substitution changed the documents"
+        );
         Ok(ca)
     };
 
@@ -1022,7 +1136,10 @@ fn the_self_signed_install_creates_the_secret_then_the_server_then_the_webhooks(
     let ca_first = check_run(&calls)?;
     let dns = san_dns_names(&cert_dir.join("tls.crt"))?;
     for name in SERVICE_NAMES {
-        ensure!(dns.iter().any(|d| d == name), "{name} not in the SANs {dns:?}");
+        ensure!(
+            dns.iter().any(|d| d == name),
+            "{name} not in the SANs {dns:?}"
+        );
     }
     let first_cert = fs::read(cert_dir.join("tls.crt"))?;
 
@@ -1030,7 +1147,10 @@ fn the_self_signed_install_creates_the_secret_then_the_server_then_the_webhooks(
     let (calls, stdout) = run_install(&manifests, &cert_dir, work.path())?;
     let ca_second = check_run(&calls)?;
     ensure!(ca_first == ca_second, "a re-run changed the caBundle");
-    ensure!(fs::read(cert_dir.join("tls.crt"))? != first_cert, "no new certificate");
+    ensure!(
+        fs::read(cert_dir.join("tls.crt"))? != first_cert,
+        "no new certificate"
+    );
     ensure!(stdout.contains("with the CA in"), "{stdout}");
     Ok(())
 }
@@ -1049,7 +1169,10 @@ fn the_self_signed_install_refuses_a_rendering_without_the_placeholder() -> Resu
         .err()
         .context("install.sh accepted the cert-manager rendering")?;
     ensure!(format!("{err:#}").contains(PLACEHOLDER), "{err:#}");
-    ensure!(!work.path().join("log/count").exists(), "kubectl was called");
+    ensure!(
+        !work.path().join("log/count").exists(),
+        "kubectl was called"
+    );
     Ok(())
 }
 
@@ -1113,18 +1236,26 @@ fn the_dockerfile_builds_with_make_build_and_runs_as_the_pods_user() -> Result<(
     let (build_start, build_from) = stages[0];
     let (runtime_start, runtime_from) = stages[stages.len() - 1];
     ensure!(build_from.contains("rust:"), "build stage: {build_from}");
-    ensure!(!runtime_from.contains("rust:"), "runtime stage: {runtime_from}");
+    ensure!(
+        !runtime_from.contains("rust:"),
+        "runtime stage: {runtime_from}"
+    );
     let build_stage = &instructions[build_start..stages[1].0];
     let runtime_stage = &instructions[runtime_start..];
 
     // The build stage builds with the Makefile, never on its own.
-    let runs: Vec<&String> = build_stage.iter().filter(|i| i.starts_with("RUN ")).collect();
+    let runs: Vec<&String> = build_stage
+        .iter()
+        .filter(|i| i.starts_with("RUN "))
+        .collect();
     ensure!(
         runs.iter().any(|r| r.contains("make build")),
         "the build stage does not run `make build`: {runs:?}"
     );
     ensure!(
-        !instructions.iter().any(|i| i.contains("cargo ") || i.contains("rustup ")),
+        !instructions
+            .iter()
+            .any(|i| i.contains("cargo ") || i.contains("rustup ")),
         "the Dockerfile has build commands of its own; share them through the Makefile"
     );
     let (build_prereqs, _) = make_target(&makefile, "build")?;
@@ -1134,11 +1265,16 @@ fn the_dockerfile_builds_with_make_build_and_runs_as_the_pods_user() -> Result<(
     );
     let (_, policies) = make_target(&makefile, "policies")?;
     ensure!(
-        policies.iter().any(|l| l.contains("--target wasm32-wasip1 --profile policy")),
+        policies
+            .iter()
+            .any(|l| l.contains("--target wasm32-wasip1 --profile policy")),
         "{policies:?}"
     );
     let (_, host) = make_target(&makefile, "host")?;
-    ensure!(host.iter().any(|l| l.contains("build --locked --release")), "{host:?}");
+    ensure!(
+        host.iter().any(|l| l.contains("build --locked --release")),
+        "{host:?}"
+    );
     // What the runtime stage copies is what the build stage produced.
     for wanted in ["target/release/portcullis", "target/wasm32-wasip1/policy/"] {
         ensure!(
@@ -1232,7 +1368,10 @@ fn the_systemd_unit_runs_serve_with_known_flags_and_hardening() -> Result<()> {
     let exec = get("ExecStart");
     ensure!(exec.len() == 1, "ExecStart: {exec:?}");
     let words: Vec<&str> = exec[0].split_whitespace().collect();
-    ensure!(words[0].ends_with("/portcullis") && words[1] == "serve", "{words:?}");
+    ensure!(
+        words[0].ends_with("/portcullis") && words[1] == "serve",
+        "{words:?}"
+    );
     let flags = serve_flags()?;
     for flag in flag_names(exec[0]) {
         ensure!(flags.contains(&flag), "serve has no flag {flag}");
@@ -1242,7 +1381,9 @@ fn the_systemd_unit_runs_serve_with_known_flags_and_hardening() -> Result<()> {
         ensure!(value.starts_with("/etc/portcullis/"), "{flag} {value}");
     }
     ensure!(
-        get("ExecReload").iter().any(|v| v.contains("kill -HUP $MAINPID")),
+        get("ExecReload")
+            .iter()
+            .any(|v| v.contains("kill -HUP $MAINPID")),
         "ExecReload"
     );
     for (key, value) in [
@@ -1259,6 +1400,9 @@ fn the_systemd_unit_runs_serve_with_known_flags_and_hardening() -> Result<()> {
         "the unit must not run as root"
     );
     // Cranelift needs memory that becomes executable.
-    ensure!(get("MemoryDenyWriteExecute") != ["yes"], "MemoryDenyWriteExecute breaks the JIT");
+    ensure!(
+        get("MemoryDenyWriteExecute") != ["yes"],
+        "MemoryDenyWriteExecute breaks the JIT"
+    );
     Ok(())
 }
