@@ -1,6 +1,8 @@
 # Portcullis: build, run and test.
 #   make run    build everything and serve policies/standard.yaml on https://127.0.0.1:8443
 #   make test   build everything once and run every test (unit and end-to-end)
+#   make bench  the server under load, standard policy set against no policies
+#   make deploy-render   render the Kubernetes manifests into target/deploy/
 
 CARGO    ?= cargo
 POLICIES := allowed-images required-labels default-labels container-defaults pod-security \
@@ -8,8 +10,12 @@ POLICIES := allowed-images required-labels default-labels container-defaults pod
             misbehave
 ADDR     ?= 127.0.0.1:8443
 CONFIG   ?= policies/standard.yaml
+KUBECTL  ?= kubectl
+DEPLOY   := deploy/kubernetes
+OVERLAYS := cert-manager self-signed
 
-.PHONY: all setup build policies host run test suites bench bench-engine lint fmt clean
+.PHONY: all setup build policies host run test suites bench bench-engine lint fmt clean \
+        deploy-policies deploy-render deploy-self-signed
 
 all: build
 
@@ -63,3 +69,26 @@ fmt:
 
 clean:
 	$(CARGO) clean
+
+# Kubernetes (docs/deploy.md). The modules the deployed config names are
+# build outputs: copy them where the kustomize base reads them (git-ignored).
+deploy-policies: policies
+	sh $(DEPLOY)/copy-policies.sh target/wasm32-wasip1/policy $(DEPLOY)/base/policies
+
+# Renders the base and every overlay into target/deploy/<name>.yaml.
+deploy-render: deploy-policies
+	@command -v $(KUBECTL) >/dev/null 2>&1 || { echo "error: $(KUBECTL) not found: install kubectl (1.27 or later; it includes kustomize v5)"; exit 2; }
+	@$(KUBECTL) kustomize --help >/dev/null 2>&1 || { echo "error: '$(KUBECTL) kustomize' does not work: install kubectl 1.27 or later (it includes kustomize v5)"; exit 2; }
+	@mkdir -p target/deploy
+	$(KUBECTL) kustomize $(DEPLOY)/base >target/deploy/base.yaml.tmp
+	@mv target/deploy/base.yaml.tmp target/deploy/base.yaml
+	@for overlay in $(OVERLAYS); do \
+	    echo "$(KUBECTL) kustomize $(DEPLOY)/overlays/$$overlay >target/deploy/$$overlay.yaml"; \
+	    $(KUBECTL) kustomize $(DEPLOY)/overlays/$$overlay >target/deploy/$$overlay.yaml.tmp || exit 1; \
+	    mv target/deploy/$$overlay.yaml.tmp target/deploy/$$overlay.yaml; \
+	done
+
+# Installs the self-signed overlay into the current kubectl context.
+deploy-self-signed: deploy-render host
+	MANIFESTS=target/deploy/self-signed.yaml PORTCULLIS=target/release/portcullis KUBECTL=$(KUBECTL) \
+	    sh $(DEPLOY)/overlays/self-signed/install.sh

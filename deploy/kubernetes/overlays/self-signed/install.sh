@@ -1,0 +1,100 @@
+#!/bin/sh
+# Installs (or updates) Portcullis with a certificate made by `portcullis
+# certs`, without cert-manager. Re-running it is safe: it reuses the CA in
+# CERT_DIR, so a re-run rotates the serving certificate and keeps the
+# webhook configurations' caBundle unchanged.
+#
+# Order, so that no webhook is registered before it can answer:
+#   1. certificates: a CA and a serving certificate for
+#      portcullis.portcullis.svc (a new CA only if CERT_DIR has none);
+#   2. the Namespace, then the Secret portcullis-tls (created or updated);
+#   3. everything labelled portcullis.dev/phase=server (ConfigMaps,
+#      Deployment, Service, ...), then wait for the rollout;
+#   4. the two webhook configurations (portcullis.dev/phase=webhooks), with
+#      the CA substituted for PORTCULLIS_CA_BUNDLE before they are applied.
+#
+# Environment:
+#   MANIFESTS   the rendered overlay (default: `kubectl kustomize` of this
+#               directory; `make deploy-self-signed` passes
+#               target/deploy/self-signed.yaml)
+#   PORTCULLIS  the portcullis binary (default: target/release/portcullis)
+#   CERT_DIR    where the CA and certificate are kept (default:
+#               .portcullis/deploy-certs); keep ca.key safe
+#   KUBECTL     kubectl to use (default: kubectl)
+#   DAYS        validity of the serving certificate in days (default: 365)
+#   ROLLOUT_TIMEOUT  how long to wait for the Deployment (default: 300s)
+set -eu
+
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../../../.." && pwd)
+PORTCULLIS=${PORTCULLIS:-$root/target/release/portcullis}
+KUBECTL=${KUBECTL:-kubectl}
+CERT_DIR=${CERT_DIR:-$root/.portcullis/deploy-certs}
+MANIFESTS=${MANIFESTS:-}
+DAYS=${DAYS:-365}
+ROLLOUT_TIMEOUT=${ROLLOUT_TIMEOUT:-300s}
+NAMESPACE=portcullis
+SERVICE=portcullis
+
+die() {
+    echo "install.sh: $*" >&2
+    exit 1
+}
+
+command -v "$KUBECTL" >/dev/null 2>&1 || die "$KUBECTL not found: install kubectl (or set KUBECTL)"
+[ -x "$PORTCULLIS" ] || die "$PORTCULLIS not found: run \`make build\` (or set PORTCULLIS)"
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT INT TERM
+
+if [ -z "$MANIFESTS" ]; then
+    MANIFESTS=$work/manifests.yaml
+    "$KUBECTL" kustomize "$here" >"$MANIFESTS"
+fi
+[ -f "$MANIFESTS" ] || die "$MANIFESTS: no such file"
+grep -q PORTCULLIS_CA_BUNDLE "$MANIFESTS" ||
+    die "$MANIFESTS has no PORTCULLIS_CA_BUNDLE placeholder: render overlays/self-signed"
+
+# 1. Certificates.
+mkdir -p "$CERT_DIR"
+chmod 700 "$CERT_DIR"
+set -- --dns "$SERVICE.$NAMESPACE.svc" --dns "$SERVICE.$NAMESPACE.svc.cluster.local" --days "$DAYS"
+if [ -f "$CERT_DIR/ca.crt" ] && [ -f "$CERT_DIR/ca.key" ]; then
+    echo "install.sh: signing a new serving certificate with the CA in $CERT_DIR"
+    "$PORTCULLIS" certs --out "$work/certs" "$@" \
+        --ca-cert "$CERT_DIR/ca.crt" --ca-key "$CERT_DIR/ca.key" >"$work/certs.out"
+    cp "$work/certs/tls.crt" "$work/certs/tls.key" "$CERT_DIR/"
+else
+    echo "install.sh: making a new CA and serving certificate in $CERT_DIR"
+    "$PORTCULLIS" certs --out "$CERT_DIR" "$@" >"$work/certs.out"
+fi
+# The last line `portcullis certs` prints is the base64 caBundle.
+ca_bundle=$(tail -n 1 "$work/certs.out")
+[ -n "$ca_bundle" ] || die "portcullis certs printed no caBundle"
+
+# 2. The Namespace and the TLS Secret (before the pods that mount it).
+cat >"$work/namespace.yaml" <<NS
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: $NAMESPACE
+NS
+"$KUBECTL" apply --server-side -f "$work/namespace.yaml"
+"$KUBECTL" create secret generic portcullis-tls --namespace "$NAMESPACE" \
+    --type kubernetes.io/tls \
+    --from-file "tls.crt=$CERT_DIR/tls.crt" \
+    --from-file "tls.key=$CERT_DIR/tls.key" \
+    --from-file "ca.crt=$CERT_DIR/ca.crt" \
+    --dry-run=client -o yaml >"$work/secret.yaml"
+"$KUBECTL" apply --server-side --force-conflicts -f "$work/secret.yaml"
+
+# 3. The server. Server-side apply: the policy ConfigMaps are too large for
+# the last-applied-configuration annotation of a client-side apply.
+"$KUBECTL" apply --server-side -f "$MANIFESTS" -l portcullis.dev/phase=server
+"$KUBECTL" rollout status deployment/portcullis --namespace "$NAMESPACE" --timeout "$ROLLOUT_TIMEOUT"
+
+# 4. The webhooks, with the CA in their caBundle.
+sed "s|PORTCULLIS_CA_BUNDLE|$ca_bundle|g" "$MANIFESTS" >"$work/webhooks.yaml"
+"$KUBECTL" apply --server-side -f "$work/webhooks.yaml" -l portcullis.dev/phase=webhooks
+
+echo "install.sh: Portcullis is serving; webhooks registered with the CA in $CERT_DIR/ca.crt"
