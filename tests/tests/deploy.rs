@@ -461,10 +461,26 @@ fn the_deployment_is_highly_available_and_restricted() -> Result<()> {
         ensure!(Path::new(cert).parent() == Path::new(key).parent());
         let tls = mount_of(cert)?;
         ensure!(tls["secret"]["secretName"] == "portcullis-tls", "{tls}");
+        // The server writes only its compiled-module cache, to a bounded
+        // emptyDir at --cache-dir; nothing else is writable.
+        let cache = flag_value(&args, "--cache-dir").context("--cache-dir")?;
+        let cache_mount = mounts
+            .iter()
+            .find(|m| m["mountPath"] == cache)
+            .with_context(|| format!("nothing mounted at the module cache {cache}"))?;
+        let cache_volume = volumes
+            .iter()
+            .find(|v| v["name"] == cache_mount["name"])
+            .context("mount of an unknown volume")?;
+        ensure!(
+            cache_volume["emptyDir"]["sizeLimit"].is_string(),
+            "the module cache is a bounded emptyDir: {cache_volume}"
+        );
         for v in volumes {
+            ensure!(v["hostPath"].is_null(), "no hostPath: {v}");
             ensure!(
-                v["emptyDir"].is_null() && v["hostPath"].is_null(),
-                "the server writes nothing: {v}"
+                v["emptyDir"].is_null() || v["name"] == cache_volume["name"],
+                "the server writes nothing but its module cache: {v}"
             );
         }
         Ok(())
