@@ -37,6 +37,10 @@ struct Args {
     /// Connection counts.
     #[arg(long, value_delimiter = ',', default_values_t = [1, 8, 32])]
     connections: Vec<usize>,
+    /// An extra `serve` flag for every server started (repeatable), e.g.
+    /// `--server-arg=--max-concurrent-reviews=2`.
+    #[arg(long = "server-arg", allow_hyphen_values = true)]
+    server_args: Vec<String>,
 }
 
 /// One configuration at one connection count in one round.
@@ -112,6 +116,7 @@ impl Run {
                 bin,
                 cert: certs.join("tls.crt"),
                 key: certs.join("tls.key"),
+                extra: Vec::new(),
             },
             ca_pem: std::fs::read(certs.join("ca.crt"))?,
             reviews: Reviews {
@@ -190,7 +195,8 @@ async fn main() -> Result<()> {
     let dir = tempfile::Builder::new()
         .prefix("portcullis-bench-")
         .tempdir()?;
-    let run = Run::prepare(dir.path())?;
+    let mut run = Run::prepare(dir.path())?;
+    run.launch.extra = args.server_args.clone();
     let standard = configs::standard(&run.root, &run.modules, dir.path())?;
     let empty = configs::empty(dir.path())?;
     let ten = configs::ten(&run.root, &run.modules, dir.path())?;

@@ -14,6 +14,8 @@ pub struct Launch {
     pub bin: PathBuf,
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// Extra `serve` flags.
+    pub extra: Vec<String>,
 }
 
 pub struct Served {
@@ -59,6 +61,7 @@ impl Served {
             Some(dir) => cmd.arg("--cache-dir").arg(dir),
             None => cmd.arg("--no-module-cache"),
         };
+        cmd.args(&launch.extra);
         for (key, _) in std::env::vars_os() {
             if key.to_string_lossy().starts_with("PORTCULLIS_") {
                 cmd.env_remove(key);
