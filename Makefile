@@ -23,10 +23,14 @@ all: build
 setup:
 	@command -v rustup >/dev/null 2>&1 || { echo "error: rustup is required (https://rustup.rs)"; exit 2; }
 	@rustup target list --installed | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
+	@rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
 
-# Policies: small .wasm files in target/wasm32-wasip1/policy/.
+# Policies: small .wasm files in target/wasm32-wasip1/policy/. One is also
+# built for wasm32-wasip2, where rustc itself makes a component: the host
+# must serve ready-made components unchanged (target/wasm32-wasip2/policy/).
 policies: setup
 	$(CARGO) build --locked --target wasm32-wasip1 --profile policy $(addprefix -p ,$(POLICIES))
+	$(CARGO) build --locked --target wasm32-wasip2 --profile policy -p allowed-images
 
 # The host: target/release/portcullis (release only: a debug host compiles
 # wasm ~13x slower). Built with every target of the workspace so that its

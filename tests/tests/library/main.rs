@@ -6,6 +6,7 @@
 //! `portcullis_e2e::with_library`); one module per policy.
 
 mod blocked_images;
+mod component;
 mod container_defaults;
 mod field_rules;
 mod image_digests;
