@@ -21,6 +21,35 @@ const POD_SPEC_PATHS: &[(&str, &str)] = &[
     ("CronJob", "/spec/jobTemplate/spec/template/spec"),
 ];
 
+/// The resources of the kinds [`pod_specs`] knows, as `resource[.group]`:
+/// `Metadata::resources` of a policy that judges or mutates every workload
+/// kind through its pod template.
+pub const WORKLOAD_RESOURCES: &[&str] = &[
+    "pods",
+    "deployments.apps",
+    "statefulsets.apps",
+    "daemonsets.apps",
+    "replicasets.apps",
+    "replicationcontrollers",
+    "jobs.batch",
+    "cronjobs.batch",
+];
+
+/// [`WORKLOAD_RESOURCES`] and `pods/ephemeralcontainers`: `kubectl debug`
+/// adds ephemeral containers through that subresource, not through an
+/// update of the pod itself, so a policy about containers must see it too.
+pub const CONTAINER_RESOURCES: &[&str] = &[
+    "pods",
+    "pods/ephemeralcontainers",
+    "deployments.apps",
+    "statefulsets.apps",
+    "daemonsets.apps",
+    "replicasets.apps",
+    "replicationcontrollers",
+    "jobs.batch",
+    "cronjobs.batch",
+];
+
 /// The kinds [`pod_specs`] knows, e.g. for a policy's documentation.
 pub fn workload_kinds() -> impl Iterator<Item = &'static str> {
     POD_SPEC_PATHS.iter().map(|(kind, _)| *kind)

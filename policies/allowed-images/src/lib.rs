@@ -32,19 +32,7 @@ impl Policy for AllowedImages {
     const METADATA: Metadata = Metadata {
         name: "allowed-images",
         version: env!("CARGO_PKG_VERSION"),
-        resources: &[
-            "pods",
-            // `kubectl debug` adds ephemeral containers through this
-            // subresource, not through an update of the pod itself.
-            "pods/ephemeralcontainers",
-            "deployments.apps",
-            "statefulsets.apps",
-            "daemonsets.apps",
-            "replicasets.apps",
-            "replicationcontrollers",
-            "jobs.batch",
-            "cronjobs.batch",
-        ],
+        resources: portcullis_sdk::pods::CONTAINER_RESOURCES,
         validates: true,
         mutates: false,
     };

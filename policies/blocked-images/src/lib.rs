@@ -27,19 +27,7 @@ impl Policy for BlockedImages {
     const METADATA: Metadata = Metadata {
         name: "blocked-images",
         version: env!("CARGO_PKG_VERSION"),
-        resources: &[
-            "pods",
-            // `kubectl debug` adds ephemeral containers through this
-            // subresource, not through an update of the pod itself.
-            "pods/ephemeralcontainers",
-            "deployments.apps",
-            "statefulsets.apps",
-            "daemonsets.apps",
-            "replicasets.apps",
-            "replicationcontrollers",
-            "jobs.batch",
-            "cronjobs.batch",
-        ],
+        resources: portcullis_sdk::pods::CONTAINER_RESOURCES,
         validates: true,
         mutates: false,
     };

@@ -34,19 +34,7 @@ impl Policy for ContainerDefaults {
     const METADATA: Metadata = Metadata {
         name: "container-defaults",
         version: env!("CARGO_PKG_VERSION"),
-        resources: &[
-            "pods",
-            // `kubectl debug` adds ephemeral containers through this
-            // subresource, not through an update of the pod itself.
-            "pods/ephemeralcontainers",
-            "deployments.apps",
-            "statefulsets.apps",
-            "daemonsets.apps",
-            "replicasets.apps",
-            "replicationcontrollers",
-            "jobs.batch",
-            "cronjobs.batch",
-        ],
+        resources: portcullis_sdk::pods::CONTAINER_RESOURCES,
         validates: false,
         mutates: true,
     };

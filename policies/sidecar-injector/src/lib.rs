@@ -28,16 +28,7 @@ impl Policy for SidecarInjector {
     const METADATA: Metadata = Metadata {
         name: "sidecar-injector",
         version: env!("CARGO_PKG_VERSION"),
-        resources: &[
-            "pods",
-            "deployments.apps",
-            "statefulsets.apps",
-            "daemonsets.apps",
-            "replicasets.apps",
-            "replicationcontrollers",
-            "jobs.batch",
-            "cronjobs.batch",
-        ],
+        resources: portcullis_sdk::pods::WORKLOAD_RESOURCES,
         validates: false,
         mutates: true,
     };

@@ -157,3 +157,29 @@ fn kinds_print_as_in_messages() {
     );
     assert_eq!(workload_kinds().count(), 8);
 }
+
+#[test]
+fn resource_lists_name_every_kind_with_a_pod_spec() {
+    for kind in workload_kinds() {
+        let plural = format!("{}s", kind.to_ascii_lowercase());
+        let named = |list: &[&str]| {
+            list.iter()
+                .any(|r| r.split('.').next() == Some(plural.as_str()))
+        };
+        assert!(
+            named(WORKLOAD_RESOURCES),
+            "{kind} missing from WORKLOAD_RESOURCES"
+        );
+        assert!(
+            named(CONTAINER_RESOURCES),
+            "{kind} missing from CONTAINER_RESOURCES"
+        );
+    }
+    assert_eq!(WORKLOAD_RESOURCES.len(), workload_kinds().count());
+    let without_debug: Vec<&str> = CONTAINER_RESOURCES
+        .iter()
+        .copied()
+        .filter(|r| *r != "pods/ephemeralcontainers")
+        .collect();
+    assert_eq!(without_debug, WORKLOAD_RESOURCES);
+}
