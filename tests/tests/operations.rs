@@ -14,8 +14,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail, ensure};
 use portcullis_e2e::{
-    CLI_TIMEOUT, Json, Paths, Proto, block_on, clean_env, fixture, free_port, generate_certs,
-    https_client, metric_value, path_str, paths, run_cli, spawn, tls_config, write_default_config,
+    CLI_TIMEOUT, Certs, Json, Paths, Proto, block_on, clean_env, fixture, free_port,
+    generate_certs, https_client, metric_value, path_str, paths, run_cli, spawn, tls_config,
+    write_default_config,
 };
 
 /// A `portcullis serve` with an operations listener, killed on drop.
@@ -121,6 +122,47 @@ impl Served {
     }
 }
 
+/// A temporary directory holding certificates (`certs/`) and the standard
+/// test config, for one test's server.
+struct Setup {
+    dir: tempfile::TempDir,
+    paths: Paths,
+    certs: Certs,
+    config: PathBuf,
+}
+
+impl Setup {
+    fn new() -> Self {
+        let paths = paths().expect("built");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let certs = generate_certs(&paths.bin, &dir.path().join("certs")).expect("certs");
+        let config = write_default_config(&paths, dir.path()).expect("config");
+        Self {
+            dir,
+            paths,
+            certs,
+            config,
+        }
+    }
+
+    /// Serves with the key pair in `cert` and `key`, and `extra` flags.
+    fn serve_with(&self, cert: &Path, key: &Path, extra: &[&str]) -> Served {
+        let mut args = vec![
+            "--tls-cert",
+            path_str(cert).expect("utf-8"),
+            "--tls-key",
+            path_str(key).expect("utf-8"),
+        ];
+        args.extend_from_slice(extra);
+        Served::start(self.dir.path(), &self.config, &args).expect("started")
+    }
+
+    /// Serves with the generated certificate and `extra` flags.
+    fn serve(&self, extra: &[&str]) -> Served {
+        self.serve_with(&self.certs.tls_crt, &self.certs.tls_key, extra)
+    }
+}
+
 /// POSTs a review with `client`; the decoded `response` on 200.
 fn review(client: &reqwest::Client, url: &str, body: &Json) -> Result<Json> {
     let request = client.post(url).json(body);
@@ -140,21 +182,9 @@ fn series(text: &str, name: &str) -> f64 {
 
 #[test]
 fn probes_and_metrics_on_the_plain_listener_after_known_traffic() {
-    let paths = paths().expect("built");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let certs = generate_certs(&paths.bin, &dir.path().join("certs")).expect("certs");
-    let config = write_default_config(&paths, dir.path()).expect("config");
-    let served = Served::start(
-        dir.path(),
-        &config,
-        &[
-            "--tls-cert",
-            path_str(&certs.tls_crt).expect("utf-8"),
-            "--tls-key",
-            path_str(&certs.tls_key).expect("utf-8"),
-        ],
-    )
-    .expect("started");
+    let setup = Setup::new();
+    let certs = &setup.certs;
+    let served = setup.serve(&[]);
     let client = https_client(&certs.ca_pem, Proto::H2, &[]).expect("client");
 
     // Probes answer on the plain listener; the webhook does not live there.
@@ -256,23 +286,9 @@ fn probes_and_metrics_on_the_plain_listener_after_known_traffic() {
 
 #[test]
 fn json_logs_carry_one_line_per_decision_with_its_fields() {
-    let paths = paths().expect("built");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let certs = generate_certs(&paths.bin, &dir.path().join("certs")).expect("certs");
-    let config = write_default_config(&paths, dir.path()).expect("config");
-    let served = Served::start(
-        dir.path(),
-        &config,
-        &[
-            "--log-format",
-            "json",
-            "--tls-cert",
-            path_str(&certs.tls_crt).expect("utf-8"),
-            "--tls-key",
-            path_str(&certs.tls_key).expect("utf-8"),
-        ],
-    )
-    .expect("started");
+    let setup = Setup::new();
+    let certs = &setup.certs;
+    let served = setup.serve(&["--log-format", "json"]);
     let client = https_client(&certs.ca_pem, Proto::H2, &[]).expect("client");
     let denied = fixture("pod-denied.json").expect("fixture");
     let r = review(&client, &served.url("/validate"), &denied).expect("denied");
@@ -396,27 +412,13 @@ fn root_store(ca_pem: &[u8]) -> rustls::RootCertStore {
 
 #[test]
 fn client_certificates_are_required_with_a_client_ca() {
-    let paths = paths().expect("built");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let certs = generate_certs(&paths.bin, &dir.path().join("certs")).expect("certs");
-    let config = write_default_config(&paths, dir.path()).expect("config");
+    let setup = Setup::new();
+    let certs = &setup.certs;
     let apiserver = client_identity("cluster");
     let stranger = client_identity("other");
-    let client_ca = dir.path().join("client-ca.crt");
+    let client_ca = setup.dir.path().join("client-ca.crt");
     std::fs::write(&client_ca, &apiserver.ca_pem).expect("write");
-    let served = Served::start(
-        dir.path(),
-        &config,
-        &[
-            "--tls-cert",
-            path_str(&certs.tls_crt).expect("utf-8"),
-            "--tls-key",
-            path_str(&certs.tls_key).expect("utf-8"),
-            "--client-ca",
-            path_str(&client_ca).expect("utf-8"),
-        ],
-    )
-    .expect("started");
+    let served = setup.serve(&["--client-ca", path_str(&client_ca).expect("utf-8")]);
     let allowed = fixture("pod-allowed.json").expect("fixture");
     let url = served.url("/validate");
 
@@ -612,23 +614,11 @@ impl Load {
 
 #[test]
 fn certificate_rotation_under_load_fails_no_handshake_and_refuses_a_bad_pair() {
-    let paths: Paths = paths().expect("built");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let first = generate_certs(&paths.bin, &dir.path().join("v1")).expect("certs");
-    let config = write_default_config(&paths, dir.path()).expect("config");
+    let setup = Setup::new();
+    let (paths, dir, first) = (&setup.paths, &setup.dir, &setup.certs);
     let mut volume = SecretVolume::new(dir.path().join("secret"), &first.tls_crt, &first.tls_key)
         .expect("volume");
-    let served = Served::start(
-        dir.path(),
-        &config,
-        &[
-            "--tls-cert",
-            path_str(&volume.cert()).expect("utf-8"),
-            "--tls-key",
-            path_str(&volume.key()).expect("utf-8"),
-        ],
-    )
-    .expect("started");
+    let served = setup.serve_with(&volume.cert(), &volume.key(), &[]);
     let load = Load::start(
         &first.ca_pem,
         served.url("/validate"),
