@@ -23,6 +23,13 @@ fn eval(paths: &Paths, config: &Path, review: &str, stdin: Option<&[u8]>) -> Res
     )
 }
 
+/// `eval --config CONFIG --review REVIEW EXTRA...`.
+fn eval_with(paths: &Paths, config: &Path, review: &Path, extra: &[&str]) -> Result<CliOutput> {
+    let mut args = vec!["eval", "--config", s(config)?, "--review", s(review)?];
+    args.extend_from_slice(extra);
+    run_cli(&paths.bin, &args, None, CLI_TIMEOUT)
+}
+
 /// Parses eval's stdout as the answer to `review` and checks uid/apiVersion.
 fn eval_answer(out: &CliOutput, review: &Json) -> Result<Json> {
     let answer: Json = serde_json::from_str(out.stdout.trim())
@@ -267,21 +274,11 @@ fn eval_prints_the_patched_object_as_yaml_and_runs_one_policy() -> Result<()> {
     let config = write_default_config(&paths, dir.path())?;
     let file = fixtures_dir().join("pod-allowed.json");
     let review = fixture("pod-allowed.json")?;
-    let out = run_cli(
-        &paths.bin,
-        &[
-            "eval",
-            "--config",
-            s(&config)?,
-            "--review",
-            s(&file)?,
-            "--print",
-            "patched",
-            "-o",
-            "yaml",
-        ],
-        None,
-        CLI_TIMEOUT,
+    let out = eval_with(
+        &paths,
+        &config,
+        &file,
+        &["--print", "patched", "-o", "yaml"],
     )?;
     ensure!(out.code() == Some(0), "eval --print patched -o yaml\n{out}");
     ensure!(
@@ -298,20 +295,7 @@ fn eval_prints_the_patched_object_as_yaml_and_runs_one_policy() -> Result<()> {
     // One policy only: the denial comes from it alone, and a mutating
     // policy that was not asked for does not run.
     let denied = fixtures_dir().join("pod-denied.json");
-    let out = run_cli(
-        &paths.bin,
-        &[
-            "eval",
-            "--config",
-            s(&config)?,
-            "--review",
-            s(&denied)?,
-            "--policy",
-            "required-labels",
-        ],
-        None,
-        CLI_TIMEOUT,
-    )?;
+    let out = eval_with(&paths, &config, &denied, &["--policy", "required-labels"])?;
     ensure!(out.code() == Some(0), "eval --policy\n{out}");
     let answer: Json = serde_json::from_str(&out.stdout)?;
     ensure!(
@@ -322,20 +306,7 @@ fn eval_prints_the_patched_object_as_yaml_and_runs_one_policy() -> Result<()> {
         answer["response"].get("patch").is_none(),
         "default-labels ran\n{out}"
     );
-    let out = run_cli(
-        &paths.bin,
-        &[
-            "eval",
-            "--config",
-            s(&config)?,
-            "--review",
-            s(&denied)?,
-            "--policy",
-            "nope",
-        ],
-        None,
-        CLI_TIMEOUT,
-    )?;
+    let out = eval_with(&paths, &config, &denied, &["--policy", "nope"])?;
     ensure!(out.code() == Some(2), "unknown policy: exit 2\n{out}");
     ensure!(
         out.stderr.contains("no policy named \"nope\""),
