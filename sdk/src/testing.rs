@@ -3,7 +3,7 @@
 //! `{}`), and for `mutate` an unchanged object reported as `None`, exactly
 //! as the host would see it.
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::{Mutation, Policy, Verdict, guest};
 
@@ -25,4 +25,31 @@ pub fn mutate<P: Policy>(request: &Value, settings: &Value) -> Result<Mutation, 
         .transpose()
         .map_err(|e| format!("mutated object is not JSON: {e}"))?;
     Ok(Mutation { verdict, object })
+}
+
+/// An AdmissionRequest for `operation` of `object` in `namespace`, shaped
+/// as the API server sends it: kind from the object's `apiVersion` and
+/// `kind`, resource its lower-case plural, user `alice` in
+/// `system:authenticated`; the object is `oldObject` for DELETE. Set
+/// `oldObject` of an UPDATE, or any other field, afterwards as a test needs.
+pub fn request(operation: &str, namespace: &str, object: Value) -> Value {
+    let api_version = object["apiVersion"].as_str().unwrap_or("v1").to_string();
+    let (group, version) = api_version.split_once('/').unwrap_or(("", &api_version));
+    let kind = object["kind"].as_str().unwrap_or_default().to_string();
+    let resource = format!("{}s", kind.to_ascii_lowercase());
+    let (new, old) = match operation {
+        "DELETE" => (Value::Null, object),
+        _ => (object, Value::Null),
+    };
+    json!({
+        "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
+        "kind": {"group": group, "version": version, "kind": kind},
+        "resource": {"group": group, "version": version, "resource": resource},
+        "operation": operation,
+        "namespace": namespace,
+        "userInfo": {"username": "alice", "groups": ["system:authenticated"]},
+        "object": new,
+        "oldObject": old,
+        "dryRun": false
+    })
 }

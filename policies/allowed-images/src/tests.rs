@@ -7,16 +7,7 @@ fn settings(allowed: &[&str]) -> Value {
 }
 
 fn review(operation: &str, object: Value) -> Value {
-    json!({
-        "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
-        "kind": {"group": "", "version": "v1", "kind": object["kind"]},
-        "operation": operation,
-        "namespace": "shop",
-        "userInfo": {"username": "alice", "groups": ["system:authenticated"]},
-        "object": object,
-        "oldObject": null,
-        "dryRun": false
-    })
+    testing::request(operation, "shop", object)
 }
 
 fn pod(containers: Value, init: Value) -> Value {

@@ -3,18 +3,7 @@ use portcullis_sdk::testing;
 use serde_json::{Value, json};
 
 fn review(operation: &str, object: Value) -> Value {
-    let api_version = object["apiVersion"].as_str().unwrap_or("v1").to_string();
-    let (group, version) = api_version.split_once('/').unwrap_or(("", &api_version));
-    json!({
-        "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
-        "kind": {"group": group, "version": version, "kind": object["kind"]},
-        "operation": operation,
-        "namespace": "shop",
-        "userInfo": {"username": "alice", "groups": ["system:authenticated"]},
-        "object": object,
-        "oldObject": null,
-        "dryRun": false
-    })
+    testing::request(operation, "shop", object)
 }
 
 fn validate(settings: &Value, object: Value) -> Verdict {

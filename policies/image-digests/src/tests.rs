@@ -22,14 +22,7 @@ fn strict() -> Value {
 }
 
 fn review(operation: &str, object: Value) -> Value {
-    json!({
-        "uid": "0c5e6a7e-2f1a-4e53-a8e4-5d2b5c8f3a10",
-        "kind": {"group": "", "version": "v1", "kind": object["kind"]},
-        "operation": operation,
-        "namespace": "shop",
-        "userInfo": {"username": "alice"},
-        "object": object
-    })
+    testing::request(operation, "shop", object)
 }
 
 fn pod(spec: Value) -> Value {
