@@ -45,8 +45,9 @@ pub struct EndpointLabels {
 /// Labels of `portcullis_policy_evaluations_total`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EvaluationLabels {
-    /// The policy's name in the config (bounded by the config).
-    pub policy: String,
+    /// The policy's name in the config (bounded by the config); shared
+    /// with the policy, so counting allocates nothing.
+    pub policy: Arc<str>,
     /// `allow`, `deny`, `mutate`, or an error kind: `timeout`, `memory`,
     /// `trap`, `invalid_output`, `reported`, `instantiate`.
     pub outcome: &'static str,
@@ -55,7 +56,7 @@ pub struct EvaluationLabels {
 /// Label of `portcullis_policy_evaluation_duration_seconds`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PolicyLabels {
-    pub policy: String,
+    pub policy: Arc<str>,
 }
 
 /// Label of `portcullis_reloads_total`.
@@ -258,15 +259,14 @@ impl Metrics {
             .get_or_create(&EndpointLabels { endpoint })
             .observe(duration.as_secs_f64());
         for evaluation in evaluations {
-            let policy = evaluation.policy.to_string();
             self.policy_evaluation_duration
                 .get_or_create(&PolicyLabels {
-                    policy: policy.clone(),
+                    policy: evaluation.policy.clone(),
                 })
                 .observe(evaluation.duration.as_secs_f64());
             self.policy_evaluations
                 .get_or_create(&EvaluationLabels {
-                    policy,
+                    policy: evaluation.policy.clone(),
                     outcome: evaluation.outcome,
                 })
                 .inc();
