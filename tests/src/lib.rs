@@ -1422,3 +1422,21 @@ pub fn review_of(object: &Json, operation: &str) -> Json {
         "request": request,
     })
 }
+
+/// A Deployment `name` in namespace `shop`: 2 replicas, selector and pod
+/// template labels `app: <name>`, the pod template's spec `pod_spec`.
+pub fn deployment(name: &str, pod_spec: Json) -> Json {
+    json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": "shop"},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": pod_spec
+            }
+        }
+    })
+}

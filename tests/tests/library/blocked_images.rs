@@ -19,19 +19,10 @@ fn pod(containers: Json, init: Json) -> Json {
 }
 
 fn deployment(image: &str) -> Json {
-    json!({
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": "web", "namespace": "shop"},
-        "spec": {
-            "replicas": 2,
-            "selector": {"matchLabels": {"app": "web"}},
-            "template": {
-                "metadata": {"labels": {"app": "web"}},
-                "spec": {"containers": [{"name": "app", "image": image}]}
-            }
-        }
-    })
+    portcullis_e2e::deployment(
+        "web",
+        json!({"containers": [{"name": "app", "image": image}]}),
+    )
 }
 
 fn ensure_allowed(a: &Answer, what: &str) -> Result<()> {

@@ -3,7 +3,7 @@
 //! `/mutate/container-defaults-security-only` (the default settings).
 
 use anyhow::{Result, ensure};
-use portcullis_e2e::{Answer, Json, json, review_of, with_library};
+use portcullis_e2e::{Answer, Json, deployment, json, review_of, with_library};
 
 const MUTATE: &str = "/mutate/container-defaults";
 const SECURITY_ONLY: &str = "/mutate/container-defaults-security-only";
@@ -89,22 +89,13 @@ fn pod_gets_security_context_and_resources() {
 #[test]
 fn deployment_template_is_defaulted() {
     with_library(|s| {
-        let deployment = json!({
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": {"name": "web", "namespace": "shop"},
-            "spec": {
-                "replicas": 2,
-                "selector": {"matchLabels": {"app": "web"}},
-                "template": {
-                    "metadata": {"labels": {"app": "web"}},
-                    "spec": {
-                        "securityContext": {"runAsNonRoot": true},
-                        "containers": [{"name": "app", "image": "nginx:1.27"}]
-                    }
-                }
-            }
-        });
+        let deployment = deployment(
+            "web",
+            json!({
+                "securityContext": {"runAsNonRoot": true},
+                "containers": [{"name": "app", "image": "nginx:1.27"}]
+            }),
+        );
         let a = s.review(SECURITY_ONLY, &review_of(&deployment, "CREATE"))?;
         ensure_allowed(&a, "deployment")?;
         let mutated = a.patched_object()?;

@@ -3,7 +3,9 @@
 //! resource.
 
 use anyhow::{Result, ensure};
-use portcullis_e2e::{Answer, Json, corpus_dir, json, read_json, review_of, with_library};
+use portcullis_e2e::{
+    Answer, Json, corpus_dir, deployment, json, read_json, review_of, with_library,
+};
 
 const PATH: &str = "/validate/field-rules";
 
@@ -76,24 +78,15 @@ fn captured_ingress_host_outside_the_domain() {
 #[test]
 fn deployment_containers_each_need_a_probe() {
     with_library(|s| {
-        let deployment = json!({
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": {"name": "web", "namespace": "shop"},
-            "spec": {
-                "replicas": 2,
-                "selector": {"matchLabels": {"app": "web"}},
-                "template": {
-                    "metadata": {"labels": {"app": "web"}},
-                    "spec": {"containers": [
-                        {"name": "web", "image": "nginx:1.27", "ports": [{"containerPort": 80}],
-                         "readinessProbe": {"httpGet": {"path": "/", "port": 80}}},
-                        {"name": "sidecar", "image": "envoy:1"},
-                        {"name": "api", "image": "api:1", "ports": [{"containerPort": 8080}]}
-                    ]}
-                }
-            }
-        });
+        let deployment = deployment(
+            "web",
+            json!({"containers": [
+                {"name": "web", "image": "nginx:1.27", "ports": [{"containerPort": 80}],
+                 "readinessProbe": {"httpGet": {"path": "/", "port": 80}}},
+                {"name": "sidecar", "image": "envoy:1"},
+                {"name": "api", "image": "api:1", "ports": [{"containerPort": 8080}]}
+            ]}),
+        );
         let a = s.review(PATH, &review_of(&deployment, "CREATE"))?;
         ensure_denied(
             &a,

@@ -3,7 +3,7 @@
 //! `/mutate/image-digests-strict` (`denyUnpinned: true`).
 
 use anyhow::{Result, ensure};
-use portcullis_e2e::{Answer, Json, Server, json, review_of, with_library};
+use portcullis_e2e::{Answer, Json, Server, deployment, json, review_of, with_library};
 
 const MUTATE: &str = "/mutate/image-digests";
 const STRICT: &str = "/mutate/image-digests-strict";
@@ -57,18 +57,10 @@ fn pod_images_are_pinned_as_written() {
 #[test]
 fn deployment_is_pinned_and_then_passes_strict() {
     with_library(|s| {
-        let deployment = json!({
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": {"name": "web", "namespace": "shop"},
-            "spec": {
-                "selector": {"matchLabels": {"app": "web"}},
-                "template": {
-                    "metadata": {"labels": {"app": "web"}},
-                    "spec": {"containers": [{"name": "app", "image": "nginx:1.27"}]}
-                }
-            }
-        });
+        let deployment = deployment(
+            "web",
+            json!({"containers": [{"name": "app", "image": "nginx:1.27"}]}),
+        );
         let a = s.review(STRICT, &review_of(&deployment, "CREATE"))?;
         ensure_allowed(&a, "deployment")?;
         let mutated = a.patched_object()?;

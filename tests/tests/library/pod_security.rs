@@ -3,7 +3,9 @@
 //! pinned version, exemptions and an unchanged UPDATE.
 
 use anyhow::{Result, ensure};
-use portcullis_e2e::{Answer, Json, corpus_dir, json, read_json, review_of, with_library};
+use portcullis_e2e::{
+    Answer, Json, corpus_dir, deployment, json, read_json, review_of, with_library,
+};
 
 const RESTRICTED: &str = "/validate/pod-security-restricted";
 const BASELINE: &str = "/validate/pod-security-baseline";
@@ -72,25 +74,16 @@ fn privileged_pod_is_denied_by_baseline() {
 #[test]
 fn deployment_is_denied_by_restricted_with_every_failure() {
     with_library(|s| {
-        let deployment = json!({
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": {"name": "web", "namespace": "shop"},
-            "spec": {
-                "replicas": 2,
-                "selector": {"matchLabels": {"app": "web"}},
-                "template": {
-                    "metadata": {"labels": {"app": "web"}},
-                    "spec": {
-                        "volumes": [{"name": "cache", "emptyDir": {}}, {"name": "share", "nfs": {"server": "nas", "path": "/x"}}],
-                        "containers": [
-                            {"name": "app", "image": "nginx", "securityContext": {"runAsUser": 0}},
-                            {"name": "sidecar", "image": "envoy", "securityContext": {"capabilities": {"add": ["NET_ADMIN"]}}}
-                        ]
-                    }
-                }
-            }
-        });
+        let deployment = deployment(
+            "web",
+            json!({
+                "volumes": [{"name": "cache", "emptyDir": {}}, {"name": "share", "nfs": {"server": "nas", "path": "/x"}}],
+                "containers": [
+                    {"name": "app", "image": "nginx", "securityContext": {"runAsUser": 0}},
+                    {"name": "sidecar", "image": "envoy", "securityContext": {"capabilities": {"add": ["NET_ADMIN"]}}}
+                ]
+            }),
+        );
         let a = s.review(RESTRICTED, &review_of(&deployment, "CREATE"))?;
         ensure_denied(
             &a,
