@@ -6,6 +6,10 @@
 
 use std::fmt;
 
+mod pattern;
+
+pub use pattern::{ImagePattern, ImagePatterns};
+
 /// The registry of references that name none.
 pub const DEFAULT_REGISTRY: &str = "docker.io";
 /// The tag of references that give neither tag nor digest.

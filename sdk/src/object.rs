@@ -1,8 +1,15 @@
-//! Reading the common metadata of any Kubernetes object given as JSON.
+//! Reading and changing any Kubernetes object given as JSON: its common
+//! metadata, and changes that keep a mutation's patch minimal.
 //!
-//! Objects stay `serde_json::Value` (no typed Kubernetes structs): a policy
-//! usually needs a handful of fields, and typed structs would both grow the
-//! module and drop fields a mutation must keep.
+//! Objects stay `serde_json::Value`: a policy usually needs a handful of
+//! fields, and typed structs would both grow the module and drop fields a
+//! mutation must keep (see [`crate::Request::object_as`] for typed reads).
+//!
+//! The changing functions only touch the object when the value differs, and
+//! create a missing map (and its parents) only when they put something in
+//! it, so a policy that finds nothing to do returns an equal object and the
+//! host sends no patch. Paths are JSON pointers (RFC 6901) such as
+//! `/metadata/labels`; use [`escape_key`] for keys containing `/` or `~`.
 
 use serde_json::{Map, Value};
 
@@ -41,10 +48,230 @@ pub fn annotation<'a>(object: &'a Value, key: &str) -> Option<&'a str> {
     annotations(object)?.get(key)?.as_str()
 }
 
+/// Escapes one key for a JSON pointer (RFC 6901): `~` as `~0` and `/` as
+/// `~1`, so `app.kubernetes.io/name` can be a step of a path.
+pub fn escape_key(key: &str) -> String {
+    key.replace('~', "~0").replace('/', "~1")
+}
+
+/// The steps of a JSON pointer, unescaped; `""` (the whole object) has none.
+fn steps(pointer: &str) -> Result<Vec<String>, String> {
+    if pointer.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rest = pointer
+        .strip_prefix('/')
+        .ok_or_else(|| format!("invalid JSON pointer {pointer:?}: it must start with /"))?;
+    Ok(rest
+        .split('/')
+        .map(|step| step.replace("~1", "/").replace("~0", "~"))
+        .collect())
+}
+
+/// What a path is called in errors: `the object` for the root.
+fn place(pointer: &str) -> &str {
+    if pointer.is_empty() {
+        "the object"
+    } else {
+        pointer
+    }
+}
+
+/// The map at `pointer`, created when absent or `null`, with every missing
+/// or `null` parent. An error names the first place on the way that holds
+/// something other than a map.
+pub fn ensure_map<'a>(
+    object: &'a mut Value,
+    pointer: &str,
+) -> Result<&'a mut Map<String, Value>, String> {
+    let mut here = object;
+    let mut walked = String::new();
+    for step in steps(pointer)? {
+        let map = here
+            .as_object_mut()
+            .ok_or_else(|| format!("{} is not a JSON object", place(&walked)))?;
+        walked.push('/');
+        walked.push_str(&escape_key(&step));
+        here = map.entry(step).or_insert(Value::Null);
+        if here.is_null() {
+            *here = Value::Object(Map::new());
+        }
+    }
+    here.as_object_mut()
+        .ok_or_else(|| format!("{} is not a JSON object", place(&walked)))
+}
+
+/// Adds each `(key, value)` to the map at `pointer` when the key is absent,
+/// and returns the keys it added. Existing values are kept whatever they
+/// are; the map is created only when something is added.
+pub fn add_missing<'a>(
+    object: &mut Value,
+    pointer: &str,
+    entries: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Result<Vec<&'a str>, String> {
+    let existing = object.pointer(pointer).and_then(Value::as_object);
+    let missing: Vec<(&str, &str)> = entries
+        .into_iter()
+        .filter(|(key, _)| existing.is_none_or(|map| !map.contains_key(*key)))
+        .collect();
+    if missing.is_empty() {
+        return Ok(Vec::new());
+    }
+    let map = ensure_map(object, pointer)?;
+    Ok(missing
+        .into_iter()
+        .map(|(key, value)| {
+            map.insert(key.to_string(), Value::String(value.to_string()));
+            key
+        })
+        .collect())
+}
+
+/// Sets the value at `pointer`, creating missing parent maps, unless it is
+/// already equal; returns whether the object changed.
+pub fn set(object: &mut Value, pointer: &str, value: Value) -> Result<bool, String> {
+    if object.pointer(pointer) == Some(&value) {
+        return Ok(false);
+    }
+    let (parent, key) = split_last(pointer)?;
+    ensure_map(object, parent)?.insert(key, value);
+    Ok(true)
+}
+
+/// Sets the value at `pointer` only when it is absent or `null`: a default
+/// that never overrides what the user wrote. Returns whether it changed.
+pub fn set_default(object: &mut Value, pointer: &str, value: Value) -> Result<bool, String> {
+    if object.pointer(pointer).is_some_and(|v| !v.is_null()) {
+        return Ok(false);
+    }
+    set(object, pointer, value)
+}
+
+/// Sets label `key` to `value` in `metadata.labels`; returns whether the
+/// object changed. For a pod template, use [`set`] with
+/// [`crate::pods::PodSpecRef::metadata_path`].
+pub fn set_label(object: &mut Value, key: &str, value: &str) -> Result<bool, String> {
+    let pointer = format!("/metadata/labels/{}", escape_key(key));
+    set(object, &pointer, Value::String(value.to_string()))
+}
+
+/// Sets annotation `key` to `value` in `metadata.annotations`; returns
+/// whether the object changed.
+pub fn set_annotation(object: &mut Value, key: &str, value: &str) -> Result<bool, String> {
+    let pointer = format!("/metadata/annotations/{}", escape_key(key));
+    set(object, &pointer, Value::String(value.to_string()))
+}
+
+/// Removes `key` from the map at `pointer`; returns whether it was there.
+pub fn remove(object: &mut Value, pointer: &str, key: &str) -> bool {
+    object
+        .pointer_mut(pointer)
+        .and_then(Value::as_object_mut)
+        .is_some_and(|map| map.remove(key).is_some())
+}
+
+/// A pointer's parent and last key: `/a/b` is `/a` and `b`.
+fn split_last(pointer: &str) -> Result<(&str, String), String> {
+    match pointer.rsplit_once('/') {
+        Some((parent, key)) if pointer.starts_with('/') => {
+            Ok((parent, key.replace("~1", "/").replace("~0", "~")))
+        }
+        _ => Err(format!(
+            "invalid JSON pointer {pointer:?}: it must name a member, e.g. /metadata/labels/app"
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn ensure_map_creates_missing_and_null_maps_only() {
+        let mut object = json!({"metadata": {"labels": null}});
+        ensure_map(&mut object, "/metadata/labels")
+            .unwrap()
+            .insert("a".into(), json!("b"));
+        ensure_map(&mut object, "/spec/template/metadata").unwrap();
+        assert_eq!(
+            object,
+            json!({"metadata": {"labels": {"a": "b"}}, "spec": {"template": {"metadata": {}}}})
+        );
+        let mut odd = json!({"metadata": {"labels": ["x"]}});
+        assert_eq!(
+            ensure_map(&mut odd, "/metadata/labels/deeper").map(|_| ()),
+            Err("/metadata/labels is not a JSON object".to_string())
+        );
+        assert_eq!(
+            ensure_map(&mut json!(3), "/metadata").map(|_| ()),
+            Err("the object is not a JSON object".to_string())
+        );
+        assert_eq!(
+            ensure_map(&mut json!({}), "metadata").map(|_| ()),
+            Err("invalid JSON pointer \"metadata\": it must start with /".to_string())
+        );
+    }
+
+    #[test]
+    fn add_missing_never_overwrites_and_keeps_equal_objects_equal() {
+        let mut object = json!({"metadata": {"labels": {"team": "a"}}});
+        let defaults = [("team", "b"), ("tier", "web")];
+        assert_eq!(
+            add_missing(&mut object, "/metadata/labels", defaults),
+            Ok(vec!["tier"])
+        );
+        assert_eq!(
+            object,
+            json!({"metadata": {"labels": {"team": "a", "tier": "web"}}})
+        );
+        let before = object.clone();
+        assert_eq!(
+            add_missing(&mut object, "/metadata/labels", defaults),
+            Ok(vec![])
+        );
+        assert_eq!(object, before);
+        let mut bare = json!({"kind": "Pod"});
+        assert_eq!(
+            add_missing(&mut bare, "/metadata/annotations", []),
+            Ok(vec![])
+        );
+        assert_eq!(
+            bare,
+            json!({"kind": "Pod"}),
+            "nothing added, no map created"
+        );
+    }
+
+    #[test]
+    fn set_reports_change_and_escapes_keys() {
+        let mut object = json!({"metadata": {}});
+        assert_eq!(
+            set_label(&mut object, "app.kubernetes.io/name", "web"),
+            Ok(true)
+        );
+        assert_eq!(
+            set_label(&mut object, "app.kubernetes.io/name", "web"),
+            Ok(false)
+        );
+        assert_eq!(label(&object, "app.kubernetes.io/name"), Some("web"));
+        assert_eq!(set_annotation(&mut object, "a~b", "1"), Ok(true));
+        assert_eq!(annotation(&object, "a~b"), Some("1"));
+        assert!(remove(&mut object, "/metadata/annotations", "a~b"));
+        assert!(!remove(&mut object, "/metadata/annotations", "a~b"));
+        assert_eq!(set(&mut object, "/spec/replicas", json!(2)), Ok(true));
+        assert_eq!(object["spec"]["replicas"], json!(2));
+        assert!(set(&mut object, "", json!(1)).is_err());
+    }
+
+    #[test]
+    fn set_default_keeps_what_is_written() {
+        let mut object = json!({"spec": {"a": 1, "b": null}});
+        assert_eq!(set_default(&mut object, "/spec/a", json!(9)), Ok(false));
+        assert_eq!(set_default(&mut object, "/spec/b", json!(9)), Ok(true));
+        assert_eq!(set_default(&mut object, "/spec/c", json!(9)), Ok(true));
+        assert_eq!(object, json!({"spec": {"a": 1, "b": 9, "c": 9}}));
+    }
 
     #[test]
     fn reads_metadata() {

@@ -9,17 +9,31 @@ use std::fmt;
 
 use serde_json::Value;
 
-/// Where each kind keeps its pod spec, as a JSON pointer.
-const POD_SPEC_PATHS: &[(&str, &str)] = &[
-    ("Pod", "/spec"),
-    ("Deployment", "/spec/template/spec"),
-    ("StatefulSet", "/spec/template/spec"),
-    ("DaemonSet", "/spec/template/spec"),
-    ("ReplicaSet", "/spec/template/spec"),
-    ("ReplicationController", "/spec/template/spec"),
-    ("Job", "/spec/template/spec"),
-    ("CronJob", "/spec/jobTemplate/spec/template/spec"),
+use crate::image::ImageRef;
+use crate::{Operation, Request};
+
+/// Where each kind keeps its pod spec and the pod's metadata, as JSON
+/// pointers.
+const POD_SPEC_PATHS: &[(&str, &str, &str)] = &[
+    ("Pod", "/spec", "/metadata"),
+    ("Deployment", "/spec/template/spec", TEMPLATE_METADATA),
+    ("StatefulSet", "/spec/template/spec", TEMPLATE_METADATA),
+    ("DaemonSet", "/spec/template/spec", TEMPLATE_METADATA),
+    ("ReplicaSet", "/spec/template/spec", TEMPLATE_METADATA),
+    (
+        "ReplicationController",
+        "/spec/template/spec",
+        TEMPLATE_METADATA,
+    ),
+    ("Job", "/spec/template/spec", TEMPLATE_METADATA),
+    (
+        "CronJob",
+        "/spec/jobTemplate/spec/template/spec",
+        "/spec/jobTemplate/spec/template/metadata",
+    ),
 ];
+
+const TEMPLATE_METADATA: &str = "/spec/template/metadata";
 
 /// The resources of the kinds [`pod_specs`] knows, as `resource[.group]`:
 /// `Metadata::resources` of a policy that judges or mutates every workload
@@ -52,7 +66,7 @@ pub const CONTAINER_RESOURCES: &[&str] = &[
 
 /// The kinds [`pod_specs`] knows, e.g. for a policy's documentation.
 pub fn workload_kinds() -> impl Iterator<Item = &'static str> {
-    POD_SPEC_PATHS.iter().map(|(kind, _)| *kind)
+    POD_SPEC_PATHS.iter().map(|(kind, _, _)| *kind)
 }
 
 /// A pod spec inside an object.
@@ -60,6 +74,11 @@ pub fn workload_kinds() -> impl Iterator<Item = &'static str> {
 pub struct PodSpecRef<'a> {
     /// JSON pointer to the spec, e.g. `/spec/template/spec`.
     pub path: &'static str,
+    /// JSON pointer to the metadata of the pods it makes: `/metadata` of a
+    /// Pod, `/spec/template/metadata` of a Deployment. Labels and
+    /// annotations for the pods go here (it may not exist yet; see
+    /// [`crate::object::ensure_map`]).
+    pub metadata_path: &'static str,
     /// The spec itself.
     pub spec: &'a Value,
 }
@@ -75,10 +94,14 @@ pub fn pod_specs(object: &Value) -> Vec<PodSpecRef<'_>> {
     };
     POD_SPEC_PATHS
         .iter()
-        .filter(|(k, _)| *k == kind)
-        .filter_map(|(_, path)| {
+        .filter(|(k, _, _)| *k == kind)
+        .filter_map(|(_, path, metadata_path)| {
             let spec = object.pointer(path).filter(|spec| spec.is_object())?;
-            Some(PodSpecRef { path, spec })
+            Some(PodSpecRef {
+                path,
+                metadata_path,
+                spec,
+            })
         })
         .collect()
 }
@@ -90,6 +113,25 @@ pub fn containers(object: &Value) -> Vec<ContainerRef<'_>> {
         .iter()
         .flat_map(PodSpecRef::containers)
         .collect()
+}
+
+/// Every container of the object a request creates or updates (see
+/// [`Request::written_object`]); none for DELETE and CONNECT.
+pub fn written_containers(request: &Request) -> Vec<ContainerRef<'_>> {
+    request.written_object().map(containers).unwrap_or_default()
+}
+
+/// The containers an UPDATE finds already there: those of `oldObject` on
+/// UPDATE, none otherwise. A running Pod's containers are immutable apart
+/// from their image, so a mutating policy must leave these alone and only
+/// change containers the update adds (e.g. the ephemeral container of
+/// `kubectl debug`); a validating policy may use them to judge only what
+/// changed.
+pub fn containers_before(request: &Request) -> Vec<ContainerRef<'_>> {
+    match (&request.operation, &request.old_object) {
+        (Operation::Update, Some(old)) => containers(old),
+        _ => Vec::new(),
+    }
 }
 
 /// Which list of a pod spec a container is in.
@@ -155,6 +197,29 @@ impl<'a> ContainerRef<'a> {
     /// The container's `image`, as written.
     pub fn image(&self) -> Option<&'a str> {
         self.container.get("image")?.as_str()
+    }
+
+    /// The container as messages name it: `container "web"`,
+    /// `initContainer "setup"`.
+    pub fn describe(&self) -> String {
+        format!("{} {:?}", self.kind, self.name().unwrap_or(""))
+    }
+
+    /// The container's image, parsed and normalized; the error is a
+    /// message for the user: `container "web" has no image`, or
+    /// `container "web" uses image "Nginx", which is not a valid image
+    /// reference (repository name must be lowercase)`.
+    pub fn image_ref(&self) -> Result<ImageRef, String> {
+        let who = self.describe();
+        let Some(text) = self.image().filter(|image| !image.is_empty()) else {
+            return Err(format!("{who} has no image"));
+        };
+        ImageRef::parse(text).map_err(|e| {
+            format!(
+                "{who} uses image {text:?}, which is not a valid image reference ({})",
+                e.reason()
+            )
+        })
     }
 }
 

@@ -23,6 +23,79 @@ pub struct Metadata {
     pub mutates: bool,
 }
 
+impl Metadata {
+    /// A policy that implements [`Policy::validate`] only:
+    /// `const METADATA: Metadata = Metadata::validating("no-latest",
+    /// env!("CARGO_PKG_VERSION"), &["pods"]);`
+    pub const fn validating(
+        name: &'static str,
+        version: &'static str,
+        resources: &'static [&'static str],
+    ) -> Self {
+        Metadata {
+            name,
+            version,
+            resources,
+            validates: true,
+            mutates: false,
+        }
+    }
+
+    /// A policy that implements [`Policy::mutate`] only.
+    pub const fn mutating(
+        name: &'static str,
+        version: &'static str,
+        resources: &'static [&'static str],
+    ) -> Self {
+        Metadata {
+            name,
+            version,
+            resources,
+            validates: false,
+            mutates: true,
+        }
+    }
+}
+
+/// The [`Metadata`] of the policy crate being compiled: its name and
+/// version from `Cargo.toml`, what it implements, and its resources.
+///
+/// ```
+/// use portcullis_sdk::Metadata;
+/// const VALIDATES: Metadata = portcullis_sdk::metadata!(validate, &["pods"]);
+/// const MUTATES: Metadata = portcullis_sdk::metadata!(mutate, &["*"]);
+/// const BOTH: Metadata = portcullis_sdk::metadata!(validate, mutate, &["pods"]);
+/// assert!(VALIDATES.validates && !VALIDATES.mutates);
+/// assert!(BOTH.validates && BOTH.mutates);
+/// ```
+#[macro_export]
+macro_rules! metadata {
+    (validate, $resources:expr) => {
+        $crate::Metadata::validating(
+            env!("CARGO_PKG_NAME"),
+            env!("CARGO_PKG_VERSION"),
+            $resources,
+        )
+    };
+    (mutate, $resources:expr) => {
+        $crate::Metadata::mutating(
+            env!("CARGO_PKG_NAME"),
+            env!("CARGO_PKG_VERSION"),
+            $resources,
+        )
+    };
+    (validate, mutate, $resources:expr) => {
+        $crate::Metadata {
+            validates: true,
+            ..$crate::Metadata::mutating(
+                env!("CARGO_PKG_NAME"),
+                env!("CARGO_PKG_VERSION"),
+                $resources,
+            )
+        }
+    };
+}
+
 /// An admission policy.
 ///
 /// Every function is associated (no `self`): the host may run each call in

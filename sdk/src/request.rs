@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 
@@ -65,6 +66,49 @@ impl Request {
     pub fn from_json(text: &str) -> Result<Self, String> {
         serde_json::from_str(text).map_err(|e| format!("invalid admission request: {e}"))
     }
+
+    /// The object being created or updated: `object` on CREATE and
+    /// UPDATE, `None` otherwise. DELETE has no object, and CONNECT's
+    /// object is an options object (e.g. `PodExecOptions`), not the
+    /// resource, so most policies judge and mutate only what this returns.
+    pub fn written_object(&self) -> Option<&Value> {
+        match self.operation {
+            Operation::Create | Operation::Update => self.object.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// `object` deserialized into a typed struct, e.g. `k8s_openapi`'s
+    /// `Pod` with the SDK's `k8s` feature, or a struct of the few fields a
+    /// policy reads. `Ok(None)` when the request has no object.
+    ///
+    /// Typed structs drop fields they do not know: read through them, but
+    /// mutate the `serde_json::Value` so nothing is lost from the object.
+    pub fn object_as<T: DeserializeOwned>(&self) -> Result<Option<T>, String> {
+        typed(self.object.as_ref(), "object")
+    }
+
+    /// `oldObject` deserialized like [`Request::object_as`].
+    pub fn old_object_as<T: DeserializeOwned>(&self) -> Result<Option<T>, String> {
+        typed(self.old_object.as_ref(), "oldObject")
+    }
+}
+
+/// `value` as a `T`, the error naming the `field` and the type.
+fn typed<T: DeserializeOwned>(value: Option<&Value>, field: &str) -> Result<Option<T>, String> {
+    value
+        .map(|value| {
+            T::deserialize(value).map_err(|e| {
+                format!(
+                    "{field} is not a valid {}: {e}",
+                    std::any::type_name::<T>()
+                        .rsplit("::")
+                        .next()
+                        .unwrap_or("object")
+                )
+            })
+        })
+        .transpose()
 }
 
 /// A kind: group, version and kind (`""`, `v1`, `Pod`).

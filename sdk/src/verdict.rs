@@ -49,6 +49,31 @@ impl Verdict {
         self
     }
 
+    /// Allows when there are no `problems`; otherwise denies with all of
+    /// them joined by `; `, so one answer tells the user everything to fix
+    /// rather than one thing per attempt.
+    pub fn from_problems(problems: impl IntoIterator<Item = String>) -> Self {
+        let problems: Vec<String> = problems.into_iter().collect();
+        if problems.is_empty() {
+            Verdict::allow()
+        } else {
+            Verdict::deny(problems.join("; "))
+        }
+    }
+
+    /// Appends `; <hint>` to a denial's message, e.g. what would be
+    /// allowed; an allow is returned as it is, without calling `hint`.
+    pub fn with_hint(mut self, hint: impl FnOnce() -> String) -> Self {
+        if !self.allowed {
+            let message = self.message.get_or_insert_with(String::new);
+            if !message.is_empty() {
+                message.push_str("; ");
+            }
+            message.push_str(&hint());
+        }
+        self
+    }
+
     /// Adds a warning for the client.
     pub fn with_warning(mut self, warning: impl Into<String>) -> Self {
         self.warnings.push(warning.into());
@@ -178,6 +203,19 @@ mod tests {
                 audit_annotations: vec![("k".into(), "v".into())],
             }
         );
+    }
+
+    #[test]
+    fn problems_deny_together_and_hints_only_follow_denials() {
+        assert_eq!(Verdict::from_problems(Vec::new()), Verdict::allow());
+        let denied = Verdict::from_problems(["a is bad".to_string(), "b is bad".to_string()])
+            .with_hint(|| "allowed: c".to_string());
+        assert_eq!(
+            denied.message.as_deref(),
+            Some("a is bad; b is bad; allowed: c")
+        );
+        let allowed = Verdict::allow().with_hint(|| unreachable!("not called on an allow"));
+        assert_eq!(allowed, Verdict::allow());
     }
 
     #[test]

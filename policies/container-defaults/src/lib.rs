@@ -7,12 +7,10 @@
 //! `allowPrivilegeEscalation: true` is never overridden. See README.md for
 //! the settings and for the cases where a default is deliberately skipped.
 //!
-//! Layout: `settings.rs` (the settings and their checks), `quantity.rs`
-//! (Kubernetes quantities, to compare requests with limits),
-//! `security.rs` (the securityContext defaults), `resources.rs` (the
+//! Layout: `settings.rs` (the settings and their checks; quantities are
+//! compared with the SDK's `quantity`), `security.rs` (the securityContext defaults), `resources.rs` (the
 //! resource defaults), this file (which containers are visited).
 
-mod quantity;
 mod resources;
 mod security;
 mod settings;
@@ -20,7 +18,7 @@ mod settings;
 use std::collections::HashSet;
 
 use portcullis_sdk::pods::{self, ContainerKind};
-use portcullis_sdk::{Metadata, Mutation, Operation, Policy, Request, log, object};
+use portcullis_sdk::{Metadata, Mutation, Policy, Request, log, object};
 use serde_json::Value;
 
 pub use settings::{Resources, Settings};
@@ -46,10 +44,7 @@ impl Policy for ContainerDefaults {
     /// Mutates CREATE and UPDATE; DELETE has no object and CONNECT's
     /// object is an options object, not the workload.
     fn mutate(request: &Request, settings: &Settings) -> Result<Mutation, String> {
-        if !matches!(request.operation, Operation::Create | Operation::Update) {
-            return Ok(Mutation::unchanged());
-        }
-        let Some(original) = &request.object else {
+        let Some(original) = request.written_object() else {
             return Ok(Mutation::unchanged());
         };
         let existing = existing_pod_containers(request);
@@ -98,11 +93,10 @@ impl Policy for ContainerDefaults {
 /// `kubectl debug`, are defaulted. Pod templates of controllers are
 /// mutable and are defaulted whole on UPDATE too.
 fn existing_pod_containers(request: &Request) -> HashSet<(ContainerKind, &str)> {
-    let old = match (&request.operation, &request.old_object) {
-        (Operation::Update, Some(old)) if object::kind(old) == Some("Pod") => old,
-        _ => return HashSet::new(),
-    };
-    pods::containers(old)
+    if request.old_object.as_ref().and_then(object::kind) != Some("Pod") {
+        return HashSet::new();
+    }
+    pods::containers_before(request)
         .into_iter()
         .map(|c| (c.kind, c.name().unwrap_or_default()))
         .collect()

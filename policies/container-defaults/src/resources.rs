@@ -2,8 +2,8 @@
 
 use serde_json::{Map, Value};
 
-use crate::quantity;
 use crate::settings::Resources;
+use portcullis_sdk::quantity;
 
 /// Adds the default requests and limits of `defaults` that `container`
 /// lacks, and returns what it added (as `resources.<field>.<name>`).

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use crate::quantity::{self, Quantity};
+use portcullis_sdk::quantity::{self, Quantity};
 
 /// Which defaults apply; every securityContext default is on unless
 /// turned off, resources are off unless given.

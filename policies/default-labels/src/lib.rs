@@ -5,11 +5,9 @@
 //! running the policy on its own output finds nothing to add and the SDK
 //! reports the object unchanged. See README.md for the settings.
 
-mod defaults;
-
 use std::collections::BTreeMap;
 
-use portcullis_sdk::{Metadata, Mutation, Operation, Policy, Request, log};
+use portcullis_sdk::{Metadata, Mutation, Policy, Request, log, object};
 use serde::Deserialize;
 
 /// The policy.
@@ -28,13 +26,8 @@ pub struct Settings {
 impl Policy for DefaultLabels {
     type Settings = Settings;
 
-    const METADATA: Metadata = Metadata {
-        name: "default-labels",
-        version: env!("CARGO_PKG_VERSION"),
-        resources: &["*"],
-        validates: false,
-        mutates: true,
-    };
+    const METADATA: Metadata =
+        Metadata::mutating("default-labels", env!("CARGO_PKG_VERSION"), &["*"]);
 
     /// Settings that add nothing are a configuration mistake, not a no-op
     /// worth loading.
@@ -48,15 +41,17 @@ impl Policy for DefaultLabels {
     /// Mutates CREATE and UPDATE; DELETE has no object and CONNECT's
     /// object is an options object, not the resource.
     fn mutate(request: &Request, settings: &Settings) -> Result<Mutation, String> {
-        if !matches!(request.operation, Operation::Create | Operation::Update) {
-            return Ok(Mutation::unchanged());
-        }
-        let Some(object) = &request.object else {
+        let Some(object) = request.written_object() else {
             return Ok(Mutation::unchanged());
         };
         let mut object = object.clone();
-        let labels = defaults::add_missing(&mut object, "labels", &settings.labels)?;
-        let annotations = defaults::add_missing(&mut object, "annotations", &settings.annotations)?;
+        let labels =
+            object::add_missing(&mut object, "/metadata/labels", entries(&settings.labels))?;
+        let annotations = object::add_missing(
+            &mut object,
+            "/metadata/annotations",
+            entries(&settings.annotations),
+        )?;
         if !labels.is_empty() || !annotations.is_empty() {
             log::debug(&format!(
                 "added labels [{}] and annotations [{}]",
@@ -66,6 +61,12 @@ impl Policy for DefaultLabels {
         }
         Ok(Mutation::patched(object))
     }
+}
+
+/// A settings map as the `(key, value)` pairs `object::add_missing` takes.
+fn entries(map: &BTreeMap<String, String>) -> impl Iterator<Item = (&str, &str)> {
+    map.iter()
+        .map(|(key, value)| (key.as_str(), value.as_str()))
 }
 
 portcullis_sdk::export_policy!(DefaultLabels);

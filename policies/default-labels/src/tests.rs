@@ -147,7 +147,7 @@ fn odd_metadata_is_a_policy_error() {
     let object = pod(json!({"name": "web", "labels": "team=x"}));
     assert_eq!(
         testing::mutate::<DefaultLabels>(&review("CREATE", object), &settings()),
-        Err("metadata.labels is not a JSON object".to_string())
+        Err("/metadata/labels is not a JSON object".to_string())
     );
 }
 

@@ -1,6 +1,5 @@
 //! What to do with one container's image.
 
-use portcullis_sdk::image::ImageRef;
 use portcullis_sdk::pods::ContainerRef;
 
 use crate::settings::Digests;
@@ -24,19 +23,12 @@ pub enum Pin {
 /// spec, the user's spelling of the name is kept, and the runtime pulls by
 /// the digest alone.
 pub fn pin(container: &ContainerRef<'_>, digests: &Digests) -> Pin {
-    let who = format!("{} {:?}", container.kind, container.name().unwrap_or(""));
-    let Some(text) = container.image().filter(|image| !image.is_empty()) else {
-        return Pin::Unpinned(format!("{who} has no image"));
-    };
-    let image = match ImageRef::parse(text) {
+    let who = container.describe();
+    let image = match container.image_ref() {
         Ok(image) => image,
-        Err(e) => {
-            return Pin::Unpinned(format!(
-                "{who} uses image {text:?}, which is not a valid image reference ({})",
-                e.reason()
-            ));
-        }
+        Err(problem) => return Pin::Unpinned(problem),
     };
+    let text = container.image().unwrap_or_default();
     let tagged = match image.tag() {
         Some(tag) => format!("{}:{tag}", image.name()),
         None => image.name(),

@@ -15,7 +15,7 @@ mod settings;
 
 use portcullis_sdk::pods;
 use portcullis_sdk::{Metadata, Mutation, Operation, Policy, Request, log, object};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 pub use settings::{INJECT_KEY, Selector, Settings};
 
@@ -50,9 +50,11 @@ impl Policy for SidecarInjector {
             Operation::Update if !is_pod => {}
             _ => return Ok(Mutation::unchanged()),
         }
-        let targets: Vec<(&'static str, String)> = pods::pod_specs(original)
+        // Opt-in is judged on the metadata beside each pod spec, the labels
+        // and annotations the pods will carry, not on the controller's own.
+        let targets: Vec<(&'static str, &'static str)> = pods::pod_specs(original)
             .into_iter()
-            .map(|spec| (spec.path, metadata_path(spec.path)))
+            .map(|spec| (spec.path, spec.metadata_path))
             .filter(|(_, metadata)| {
                 let metadata = original.pointer(metadata).unwrap_or(&Value::Null);
                 settings.opt_in.matches(metadata) && !settings.opt_out.matches(metadata)
@@ -66,63 +68,22 @@ impl Policy for SidecarInjector {
                 .ok_or_else(|| format!("{spec_path} is not a JSON object"))?;
             let mut added =
                 inject::inject(spec, settings).map_err(|e| format!("{spec_path}/{e}"))?;
-            added.extend(annotate(&mut object, &metadata_path, settings)?);
+            let annotations = settings
+                .annotations
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()));
+            let annotated = object::add_missing(
+                &mut object,
+                &format!("{metadata_path}/annotations"),
+                annotations,
+            )?;
+            added.extend(annotated.into_iter().map(|key| format!("annotation {key}")));
             if !added.is_empty() {
                 log::debug(&format!("{spec_path}: injected {}", added.join(", ")));
             }
         }
         Ok(Mutation::patched(object))
     }
-}
-
-/// The metadata beside a pod spec: `/metadata` for a Pod's `/spec`,
-/// `/spec/template/metadata` for `/spec/template/spec`. Opt-in is judged
-/// there, on the labels and annotations the pods will carry, not on the
-/// controller's own metadata.
-fn metadata_path(spec_path: &str) -> String {
-    let parent = spec_path.strip_suffix("/spec").unwrap_or_default();
-    format!("{parent}/metadata")
-}
-
-/// Adds the configured annotations the metadata at `path` lacks.
-fn annotate(object: &mut Value, path: &str, settings: &Settings) -> Result<Vec<String>, String> {
-    let missing: Vec<(&String, &String)> = settings
-        .annotations
-        .iter()
-        .filter(|(key, _)| {
-            object
-                .pointer(&format!("{path}/annotations/{}", escape(key)))
-                .is_none()
-        })
-        .collect();
-    if missing.is_empty() {
-        return Ok(Vec::new());
-    }
-    let metadata = object
-        .pointer_mut(path)
-        .ok_or_else(|| format!("{path} is missing"))?
-        .as_object_mut()
-        .ok_or_else(|| format!("{path} is not a JSON object"))?;
-    let annotations = metadata
-        .entry("annotations")
-        .or_insert_with(|| Value::Object(Map::new()));
-    if annotations.is_null() {
-        *annotations = Value::Object(Map::new());
-    }
-    let annotations = annotations
-        .as_object_mut()
-        .ok_or_else(|| format!("{path}/annotations is not a JSON object"))?;
-    let mut added = Vec::new();
-    for (key, value) in missing {
-        annotations.insert(key.clone(), Value::String(value.clone()));
-        added.push(format!("annotation {key}"));
-    }
-    Ok(added)
-}
-
-/// Escapes a key for use in a JSON pointer (RFC 6901).
-fn escape(key: &str) -> String {
-    key.replace('~', "~0").replace('/', "~1")
 }
 
 portcullis_sdk::export_policy!(SidecarInjector);

@@ -1,14 +1,17 @@
-//! Allow-list patterns, normalized like image references so that `nginx`
-//! and `docker.io/library/nginx` are the same pattern.
+//! Image patterns for allow- and deny-lists, normalized like image
+//! references so that `nginx` and `docker.io/library/nginx` are the same
+//! pattern.
 
 use std::fmt;
 
-use portcullis_sdk::image::ImageRef;
 use serde::Deserialize;
 
+use super::ImageRef;
 use crate::glob;
 
-/// One entry of `allowed`.
+/// A pattern over image references, e.g. one entry of an allow-list.
+/// Deserializes from its text, so a settings field can be
+/// `Vec<ImagePattern>` and a bad pattern is a settings error.
 ///
 /// - ending in `/`: every repository below that registry or path, at a
 ///   path boundary (`registry.k8s.io/`, `ghcr.io/acme/`);
@@ -20,7 +23,7 @@ use crate::glob;
 ///   included (`ghcr.io/acme/*`, `nginx:1.*`); `*` alone allows every image.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "String")]
-pub struct Pattern {
+pub struct ImagePattern {
     /// As written in the settings; shown in messages.
     text: String,
     /// Glob over the normalized `registry/repository`.
@@ -35,12 +38,12 @@ pub struct Pattern {
 /// components, so Docker Hub's `library/` is not inserted into it.
 const PREFIX_PROBE: &str = "x/x";
 
-impl Pattern {
+impl ImagePattern {
     /// Parses and normalizes a pattern.
     pub fn parse(text: &str) -> Result<Self, String> {
         let invalid = |reason: &str| format!("invalid image pattern {text:?}: {reason}");
         if text == "*" {
-            return Ok(Pattern {
+            return Ok(ImagePattern {
                 text: text.to_string(),
                 name: "*".to_string(),
                 tag: None,
@@ -60,7 +63,7 @@ impl Pattern {
             if !probe.tag_is_implicit() {
                 return Err(invalid("a prefix cannot have a tag or digest"));
             }
-            return Ok(Pattern {
+            return Ok(ImagePattern {
                 text: text.to_string(),
                 name: format!("{}/{below}*", probe.registry()),
                 tag: None,
@@ -68,7 +71,7 @@ impl Pattern {
             });
         }
         let image = ImageRef::parse_glob(text).map_err(|e| invalid(e.reason()))?;
-        Ok(Pattern {
+        Ok(ImagePattern {
             text: text.to_string(),
             name: image.name(),
             tag: if image.tag_is_implicit() {
@@ -80,8 +83,8 @@ impl Pattern {
         })
     }
 
-    /// Whether `image` is allowed by this pattern.
-    pub fn allows(&self, image: &ImageRef) -> bool {
+    /// Whether `image` matches this pattern.
+    pub fn matches(&self, image: &ImageRef) -> bool {
         glob::matches(&self.name, &image.name())
             && self
                 .tag
@@ -94,17 +97,59 @@ impl Pattern {
     }
 }
 
-impl TryFrom<String> for Pattern {
+impl TryFrom<String> for ImagePattern {
     type Error = String;
     fn try_from(text: String) -> Result<Self, Self::Error> {
-        Pattern::parse(&text)
+        ImagePattern::parse(&text)
     }
 }
 
-impl fmt::Display for Pattern {
+impl fmt::Display for ImagePattern {
     /// The pattern as written in the settings.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.text)
+    }
+}
+
+/// A list of [`ImagePattern`]s, as an allow- or deny-list in settings
+/// (`allowed: ["registry.k8s.io/", "nginx:1.*"]`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct ImagePatterns(Vec<ImagePattern>);
+
+impl ImagePatterns {
+    /// Whether any pattern matches `image`.
+    pub fn matches(&self, image: &ImageRef) -> bool {
+        self.0.iter().any(|pattern| pattern.matches(image))
+    }
+
+    /// Whether the list is empty (an allow-list that allows nothing).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The patterns, in the order written.
+    pub fn iter(&self) -> impl Iterator<Item = &ImagePattern> {
+        self.0.iter()
+    }
+}
+
+impl From<Vec<ImagePattern>> for ImagePatterns {
+    fn from(patterns: Vec<ImagePattern>) -> Self {
+        ImagePatterns(patterns)
+    }
+}
+
+impl fmt::Display for ImagePatterns {
+    /// The patterns as written, joined by `, `: for messages.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (index, pattern) in self.0.iter().enumerate() {
+            if index > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{pattern}")?;
+        }
+        Ok(())
     }
 }
 

@@ -3,13 +3,14 @@
 
 use serde::Deserialize;
 
-/// A quantity as written in the settings. YAML users write `cpu: 1` as
-/// often as `cpu: "1"`, so a number is accepted and kept as its text.
+/// A quantity as written in a policy's settings. YAML users write `cpu: 1`
+/// as often as `cpu: "1"`, so a number is accepted and kept as its text;
+/// check it with [`parse`] in `validate_settings`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Quantity(String);
 
 impl Quantity {
-    /// The quantity as the container will get it.
+    /// The quantity as written, e.g. to put into a container.
     pub fn as_str(&self) -> &str {
         &self.0
     }

@@ -1,5 +1,5 @@
-//! `*` wildcards: the only pattern syntax the policy needs, so no regex
-//! engine is pulled into the module.
+//! `*` wildcards: enough pattern syntax for image and name allow-lists,
+//! without pulling a regex engine into every module.
 
 /// Whether `text` matches `pattern`, where `*` matches any run of
 /// characters (including `/` and none at all) and everything else matches

@@ -5,9 +5,9 @@ const OTHER_DIGEST: &str =
     "sha256:fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210";
 
 fn allows(pattern: &str, image: &str) -> bool {
-    let pattern = Pattern::parse(pattern).unwrap_or_else(|e| panic!("{e}"));
+    let pattern = ImagePattern::parse(pattern).unwrap_or_else(|e| panic!("{e}"));
     let image = ImageRef::parse(image).unwrap_or_else(|e| panic!("{e}"));
-    pattern.allows(&image)
+    pattern.matches(&image)
 }
 
 #[test]
@@ -133,15 +133,19 @@ fn invalid_patterns() {
         ),
     ];
     for (text, message) in table {
-        assert_eq!(Pattern::parse(text), Err(message.to_string()), "{text}");
+        assert_eq!(
+            ImagePattern::parse(text),
+            Err(message.to_string()),
+            "{text}"
+        );
     }
 }
 
 #[test]
 fn display_is_the_text_as_written() {
-    assert_eq!(Pattern::parse("nginx").unwrap().to_string(), "nginx");
+    assert_eq!(ImagePattern::parse("nginx").unwrap().to_string(), "nginx");
     assert_eq!(
-        Pattern::parse("registry.k8s.io/").unwrap().to_string(),
+        ImagePattern::parse("registry.k8s.io/").unwrap().to_string(),
         "registry.k8s.io/"
     );
 }
