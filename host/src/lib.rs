@@ -25,6 +25,7 @@
 //!   generating CA and certificates.
 //! - `offline`: the server's answer computed without a server (eval, test).
 //! - `suite`: policy test suites (YAML cases and expectations).
+//! - `testing`: a policy crate's tests against its built module.
 //! - `app`: wires engine -> reloader -> TLS -> server; owns the control loop.
 //! - `cli`, `commands`: flags and subcommands; `main` maps errors to exit codes.
 
@@ -56,5 +57,6 @@ pub mod server;
 pub mod shutdown;
 pub mod suite;
 pub mod telemetry;
+pub mod testing;
 pub mod tls;
 pub mod watch;

@@ -53,7 +53,13 @@ pub fn as_review(body: Vec<u8>) -> Vec<u8> {
     let Ok(Value::Object(value)) = serde_json::from_slice::<Value>(&body) else {
         return body;
     };
-    if value.contains_key("kind") || !value.contains_key("uid") {
+    // A review has `request` (or `response`) and a string `kind`; a bare
+    // request has a `uid` and, from the API server, an object `kind` (its
+    // group, version and kind).
+    let is_review = value.contains_key("request")
+        || value.contains_key("response")
+        || value.get("kind").is_some_and(Value::is_string);
+    if is_review || !value.contains_key("uid") {
         return body;
     }
     serde_json::to_vec(&serde_json::json!({
@@ -153,5 +159,44 @@ fn combine(mutated: Decision, validated: Decision) -> Decision {
         patch: mutated.patch,
         warnings,
         audit_annotations,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn wrapped(value: Value) -> Value {
+        serde_json::from_slice(&as_review(value.to_string().into_bytes())).unwrap()
+    }
+
+    #[test]
+    fn bare_requests_are_wrapped_in_a_review() {
+        // As the API server sends it: `kind` is the object's group, version
+        // and kind, not "AdmissionReview".
+        let request = json!({
+            "uid": "u1",
+            "kind": {"group": "apps", "version": "v1", "kind": "Deployment"},
+            "operation": "CREATE"
+        });
+        let review = wrapped(request.clone());
+        assert_eq!(review["kind"], "AdmissionReview");
+        assert_eq!(review["apiVersion"], "admission.k8s.io/v1");
+        assert_eq!(review["request"], request);
+        assert_eq!(wrapped(json!({"uid": "u2"}))["request"]["uid"], "u2");
+    }
+
+    #[test]
+    fn reviews_and_other_bodies_pass_through() {
+        for body in [
+            json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {"uid": "u"}}),
+            json!({"kind": "AdmissionReview", "uid": "odd"}),
+            json!({"request": {"uid": "u"}}),
+            json!({"no": "uid"}),
+            json!([1, 2]),
+        ] {
+            assert_eq!(wrapped(body.clone()), body);
+        }
     }
 }
