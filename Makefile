@@ -7,14 +7,17 @@
 CARGO    ?= cargo
 POLICIES := allowed-images required-labels default-labels container-defaults pod-security \
             namespace-reservation sidecar-injector image-digests blocked-images field-rules \
-            misbehave
+            misbehave new-validating new-mutating
+# What `portcullis new policy` generates, kept in tests/scaffold/ and built
+# and tested like any policy (tests/tests/scaffold.rs checks it is current).
+SCAFFOLDS := new-validating new-mutating
 ADDR     ?= 127.0.0.1:8443
 CONFIG   ?= policies/standard.yaml
 KUBECTL  ?= kubectl
 DEPLOY   := deploy/kubernetes
 OVERLAYS := cert-manager self-signed
 
-.PHONY: all setup build policies host run test suites bench bench-engine lint fmt clean \
+.PHONY: all setup build policies host run test suites scaffold-examples bench bench-engine lint fmt clean \
         deploy-policies deploy-render deploy-self-signed
 
 all: build
@@ -53,7 +56,13 @@ test: build
 
 # The policy test suites shipped with each policy (policies/*/suite.yaml).
 suites: build
-	./target/release/portcullis test policies/*/suite.yaml
+	./target/release/portcullis test policies/*/suite.yaml tests/scaffold/*/suite.yaml
+
+# Regenerates tests/scaffold/ after a change to host/templates/policy/.
+scaffold-examples: host
+	rm -rf $(addprefix tests/scaffold/,$(SCAFFOLDS))
+	./target/release/portcullis new policy new-validating --dir tests/scaffold/new-validating
+	./target/release/portcullis new policy new-mutating --mutating --dir tests/scaffold/new-mutating
 
 # The server under load: the standard policy set against no policies, in
 # one run (see README, "Performance"). BENCH_ARGS e.g. --seconds 10 --rounds 5.

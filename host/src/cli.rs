@@ -4,7 +4,7 @@
 use clap::{Parser, Subcommand};
 
 use crate::commands::{
-    certs::CertsCommand, eval::EvalCommand, serve::ServeCommand, test::TestCommand,
+    certs::CertsCommand, eval::EvalCommand, new::NewCommand, serve::ServeCommand, test::TestCommand,
 };
 use crate::telemetry::LogFormat;
 
@@ -41,6 +41,8 @@ pub enum Command {
     Eval(EvalCommand),
     /// Run policy test suites (YAML) with the server's engine.
     Test(TestCommand),
+    /// Scaffold a policy crate: `portcullis new policy NAME [--mutating]`.
+    New(NewCommand),
 }
 
 impl Cli {

@@ -26,6 +26,7 @@
 //! - `offline`: the server's answer computed without a server (eval, test).
 //! - `suite`: policy test suites (YAML cases and expectations).
 //! - `testing`: a policy crate's tests against its built module.
+//! - `scaffold`: the files of a new policy crate (`portcullis new policy`).
 //! - `app`: wires engine -> reloader -> TLS -> server; owns the control loop.
 //! - `cli`, `commands`: flags and subcommands; `main` maps errors to exit codes.
 
@@ -53,6 +54,7 @@ pub mod policy_set;
 pub mod policy_store;
 pub mod reload;
 pub mod sandbox;
+pub mod scaffold;
 pub mod server;
 pub mod shutdown;
 pub mod suite;

@@ -17,6 +17,7 @@ fn main() -> ExitCode {
         Command::Certs(command) => command.execute(),
         Command::Eval(command) => command.execute(),
         Command::Test(command) => command.execute(),
+        Command::New(command) => command.execute(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

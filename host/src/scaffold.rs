@@ -1,0 +1,408 @@
+//! `portcullis new policy`: a policy crate that builds, and whose tests
+//! pass, exactly as generated: the policy, its documented settings, unit
+//! tests, tests of the built module through the host's engine, a fixture,
+//! a `portcullis test` suite and a README.
+//!
+//! Inside a cargo workspace that declares `portcullis-sdk` (this
+//! repository, or an author's own), the crate takes its dependencies and
+//! the small-module profile from the workspace. Anywhere else it is a
+//! workspace of its own, with path dependencies into a Portcullis source
+//! tree and the profile in its own manifest.
+
+use std::path::{Component, Path, PathBuf};
+
+use crate::config::PolicyName;
+use crate::testing::{PROFILE, TARGET};
+
+/// What the generated policy implements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `validate`: denies images without a version.
+    Validating,
+    /// `mutate`: adds labels to pods.
+    Mutating,
+}
+
+/// Where the crate gets its dependencies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Layout {
+    /// A member of the workspace rooted at `root`.
+    Workspace { root: PathBuf },
+    /// Its own workspace; `source` is a Portcullis source tree (with `sdk/`
+    /// and `host/`).
+    Standalone { source: PathBuf },
+}
+
+/// Why a crate could not be scaffolded.
+#[derive(Debug, thiserror::Error)]
+pub enum ScaffoldError {
+    /// The name cannot be a policy and crate name.
+    #[error("invalid policy name {name:?}: {reason}")]
+    Name { name: String, reason: String },
+}
+
+/// One crate to generate.
+#[derive(Debug, Clone)]
+pub struct Scaffold {
+    pub name: String,
+    pub kind: Kind,
+    /// The crate's directory, absolute.
+    pub dir: PathBuf,
+    pub layout: Layout,
+}
+
+/// Names cargo refuses for a package, or that are not usable as a Rust
+/// crate name once `-` becomes `_`.
+const RESERVED: &[&str] = &[
+    "alloc",
+    "core",
+    "proc-macro",
+    "std",
+    "test",
+    "as",
+    "async",
+    "await",
+    "box",
+    "break",
+    "const",
+    "continue",
+    "crate",
+    "dyn",
+    "else",
+    "enum",
+    "extern",
+    "false",
+    "fn",
+    "for",
+    "if",
+    "impl",
+    "in",
+    "let",
+    "loop",
+    "match",
+    "mod",
+    "move",
+    "mut",
+    "pub",
+    "ref",
+    "return",
+    "self",
+    "static",
+    "struct",
+    "super",
+    "trait",
+    "true",
+    "type",
+    "unsafe",
+    "use",
+    "where",
+    "while",
+    "yield",
+];
+
+/// Checks `name` as a policy name (as the config requires) and as a crate
+/// name.
+///
+/// # Errors
+/// [`ScaffoldError::Name`] saying what is wrong.
+pub fn check_name(name: &str) -> Result<(), ScaffoldError> {
+    let invalid = |reason: String| ScaffoldError::Name {
+        name: name.to_string(),
+        reason,
+    };
+    PolicyName::parse(name).map_err(invalid)?;
+    if !name.starts_with(|c: char| c.is_ascii_lowercase()) {
+        return Err(invalid("it must start with a lower-case letter".into()));
+    }
+    if RESERVED.contains(&name) {
+        return Err(invalid("it is reserved by Rust or cargo".into()));
+    }
+    Ok(())
+}
+
+impl Scaffold {
+    /// The files of the crate: paths relative to its directory, contents.
+    pub fn files(&self) -> Vec<(PathBuf, String)> {
+        let manifest = match self.layout {
+            Layout::Workspace { .. } => include_str!("../templates/policy/Cargo.workspace.toml"),
+            Layout::Standalone { .. } => include_str!("../templates/policy/Cargo.standalone.toml"),
+        };
+        let (lib, tests, module, fixture, suite) = match self.kind {
+            Kind::Validating => (
+                include_str!("../templates/policy/validate/lib.rs"),
+                include_str!("../templates/policy/validate/tests.rs"),
+                include_str!("../templates/policy/validate/module.rs"),
+                include_str!("../templates/policy/validate/fixture.yaml"),
+                include_str!("../templates/policy/validate/suite.yaml"),
+            ),
+            Kind::Mutating => (
+                include_str!("../templates/policy/mutate/lib.rs"),
+                include_str!("../templates/policy/mutate/tests.rs"),
+                include_str!("../templates/policy/mutate/module.rs"),
+                include_str!("../templates/policy/mutate/fixture.yaml"),
+                include_str!("../templates/policy/mutate/suite.yaml"),
+            ),
+        };
+        let readme = include_str!("../templates/policy/README.md");
+        [
+            ("Cargo.toml", manifest),
+            ("README.md", readme),
+            ("src/lib.rs", lib),
+            ("src/tests.rs", tests),
+            ("tests/module.rs", module),
+            ("tests/fixtures/deployment.yaml", fixture),
+            ("suite.yaml", suite),
+        ]
+        .into_iter()
+        .map(|(path, template)| (PathBuf::from(path), self.render(template)))
+        .collect()
+    }
+
+    /// `template` with its `{{placeholders}}` filled in.
+    fn render(&self, template: &str) -> String {
+        let module_file = format!("{}.wasm", self.name.replace('-', "_"));
+        let module_in_target = format!("target/{TARGET}/{PROFILE}/{module_file}");
+        let (module, module_from_root, dir, source) = match &self.layout {
+            Layout::Workspace { root } => {
+                let below = relative_below(&self.dir, root);
+                let up = "../".repeat(below.as_ref().map_or(0, |p| p.components().count()));
+                let module = match &below {
+                    Some(_) => format!("{up}{module_in_target}"),
+                    None => root.join(&module_in_target).display().to_string(),
+                };
+                let dir = below.map_or_else(|| self.dir.display().to_string(), |p| slash(&p));
+                (module, module_in_target.clone(), dir, String::new())
+            }
+            Layout::Standalone { source } => (
+                module_in_target.clone(),
+                module_in_target.clone(),
+                ".".to_string(),
+                slash(source),
+            ),
+        };
+        let (description, settings, settings_example) = match self.kind {
+            Kind::Validating => (
+                "Denies container images without a version (latest, written or implied).",
+                "| Field | Type | Default | Meaning |\n|---|---|---|---|\n| \
+                 `exemptNamespaces` | list of strings | `[]` | Namespaces where images \
+                 without a version are allowed. |",
+                "{exemptNamespaces: [dev]}",
+            ),
+            Kind::Mutating => (
+                "Gives the pods of Pods and workloads the configured labels when they lack them.",
+                "| Field | Type | Default | Meaning |\n|---|---|---|---|\n| \
+                 `labels` | map of strings | required | Labels every pod gets when it \
+                 lacks them; one already there is never changed. |",
+                "{labels: {team: unassigned}}",
+            ),
+        };
+        template
+            .replace("{{name}}", &self.name)
+            .replace("{{type_name}}", &type_name(&self.name))
+            .replace("{{description}}", description)
+            .replace("{{settings}}", settings)
+            .replace("{{settings_example}}", settings_example)
+            .replace("{{module_from_root}}", &module_from_root)
+            .replace("{{module}}", &module)
+            .replace("{{dir}}", &dir)
+            .replace("{{source}}", &source)
+    }
+}
+
+/// `my-policy` as a Rust type name: `MyPolicy`.
+pub fn type_name(name: &str) -> String {
+    name.split(['-', '_'])
+        .filter(|part| !part.is_empty())
+        .map(|part| {
+            let mut chars = part.chars();
+            chars
+                .next()
+                .map(|first| first.to_ascii_uppercase().to_string() + chars.as_str())
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+/// `dir` relative to `root` when it is below it.
+fn relative_below(dir: &Path, root: &Path) -> Option<PathBuf> {
+    let below = dir.strip_prefix(root).ok()?;
+    below
+        .components()
+        .all(|c| matches!(c, Component::Normal(_)))
+        .then(|| below.to_path_buf())
+}
+
+/// A path with `/` separators, as manifests and configs write them.
+fn slash(path: &Path) -> String {
+    path.components()
+        .map(|c| c.as_os_str().to_string_lossy())
+        .collect::<Vec<_>>()
+        .join("/")
+        .replacen("//", "/", 1)
+}
+
+/// The workspace a crate at `dir` would belong to, when its root declares
+/// `portcullis-sdk` among its dependencies: the nearest ancestor with a
+/// `Cargo.toml` holding a `[workspace]` table, as cargo looks for it.
+/// Returns the root and whether its `members` cover `dir`.
+pub fn find_workspace(dir: &Path) -> Option<(PathBuf, bool)> {
+    for root in dir.ancestors().skip(1) {
+        let Ok(text) = std::fs::read_to_string(root.join("Cargo.toml")) else {
+            continue;
+        };
+        let Ok(manifest) = text.parse::<toml::Table>() else {
+            continue;
+        };
+        let Some(workspace) = manifest.get("workspace").and_then(toml::Value::as_table) else {
+            continue;
+        };
+        let declares_sdk = workspace
+            .get("dependencies")
+            .and_then(toml::Value::as_table)
+            .is_some_and(|deps| deps.contains_key("portcullis-sdk"));
+        if !declares_sdk {
+            return None;
+        }
+        let below = relative_below(dir, root).map(|p| slash(&p));
+        let members = workspace.get("members").and_then(toml::Value::as_array);
+        let covered = below.is_some_and(|below| {
+            members
+                .into_iter()
+                .flatten()
+                .filter_map(toml::Value::as_str)
+                .any(|m| member_matches(m, &below))
+        });
+        return Some((root.to_path_buf(), covered));
+    }
+    None
+}
+
+/// Whether a `members` entry (a path, `*` matching within one component)
+/// names `path`.
+fn member_matches(pattern: &str, path: &str) -> bool {
+    let pattern: Vec<&str> = pattern.trim_end_matches('/').split('/').collect();
+    let path: Vec<&str> = path.split('/').collect();
+    pattern.len() == path.len()
+        && pattern
+            .iter()
+            .zip(&path)
+            .all(|(p, c)| component_matches(p, c))
+}
+
+/// `*` in `pattern` matches any run of characters of one path component.
+fn component_matches(pattern: &str, text: &str) -> bool {
+    match pattern.split_once('*') {
+        None => pattern == text,
+        Some((prefix, rest)) => {
+            let Some(after) = text.strip_prefix(prefix) else {
+                return false;
+            };
+            (0..=after.len())
+                .filter(|&i| after.is_char_boundary(i))
+                .any(|i| component_matches(rest, &after[i..]))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_policy_and_crate_names() {
+        assert!(check_name("no-latest").is_ok());
+        assert!(check_name("p2").is_ok());
+        for (name, reason) in [
+            ("NoLatest", "invalid policy name"),
+            ("2fast", "must start with a lower-case letter"),
+            ("test", "reserved"),
+            ("", "invalid policy name"),
+        ] {
+            let err = check_name(name).unwrap_err().to_string();
+            assert!(err.contains(reason), "{name}: {err}");
+        }
+    }
+
+    #[test]
+    fn type_names_are_camel_case() {
+        assert_eq!(type_name("no-latest"), "NoLatest");
+        assert_eq!(type_name("a-b2-c"), "AB2C");
+    }
+
+    #[test]
+    fn members_globs_match_one_component_per_star() {
+        assert!(member_matches("policies/*", "policies/new"));
+        assert!(member_matches("policies/", "policies"));
+        assert!(member_matches("host", "host"));
+        assert!(!member_matches("policies/*", "policies/a/b"));
+        assert!(member_matches("policies/p-*", "policies/p-x"));
+        assert!(!member_matches("policies/p-*", "policies/q-x"));
+    }
+
+    #[test]
+    fn workspace_crates_point_at_the_workspace_target() {
+        let scaffold = Scaffold {
+            name: "no-latest".into(),
+            kind: Kind::Validating,
+            dir: PathBuf::from("/repo/policies/no-latest"),
+            layout: Layout::Workspace {
+                root: PathBuf::from("/repo"),
+            },
+        };
+        let files = scaffold.files();
+        let suite = &files
+            .iter()
+            .find(|(p, _)| p == Path::new("suite.yaml"))
+            .unwrap()
+            .1;
+        assert!(
+            suite.contains("module: ../../target/wasm32-wasip1/policy/no_latest.wasm"),
+            "{suite}"
+        );
+        let manifest = &files[0].1;
+        assert!(manifest.contains("portcullis-sdk.workspace = true"));
+        assert!(!manifest.contains("[workspace]"));
+        let lib = &files
+            .iter()
+            .find(|(p, _)| p == Path::new("src/lib.rs"))
+            .unwrap()
+            .1;
+        assert!(lib.contains("pub struct NoLatest;"));
+        assert!(
+            !files.iter().any(|(_, text)| text.contains("{{")),
+            "every placeholder is filled"
+        );
+    }
+
+    #[test]
+    fn standalone_crates_are_their_own_workspace() {
+        let scaffold = Scaffold {
+            name: "add-team".into(),
+            kind: Kind::Mutating,
+            dir: PathBuf::from("/home/me/add-team"),
+            layout: Layout::Standalone {
+                source: PathBuf::from("/src/portcullis"),
+            },
+        };
+        let files = scaffold.files();
+        let manifest = &files[0].1;
+        assert!(
+            manifest.contains("portcullis-sdk = { path = \"/src/portcullis/sdk\" }"),
+            "{manifest}"
+        );
+        assert!(manifest.contains("[workspace]") && manifest.contains("[profile.policy]"));
+        let suite = &files
+            .iter()
+            .find(|(p, _)| p == Path::new("suite.yaml"))
+            .unwrap()
+            .1;
+        assert!(
+            suite.contains("module: target/wasm32-wasip1/policy/add_team.wasm"),
+            "{suite}"
+        );
+        assert!(
+            !files.iter().any(|(_, text)| text.contains("{{")),
+            "every placeholder is filled"
+        );
+    }
+}
