@@ -17,7 +17,7 @@ KUBECTL  ?= kubectl
 DEPLOY   := deploy/kubernetes
 OVERLAYS := cert-manager self-signed
 
-.PHONY: all setup build policies host run test suites scaffold-examples bench bench-engine lint fmt clean \
+.PHONY: all setup build policies components host run test suites scaffold-examples bench bench-engine lint fmt clean \
         deploy-policies deploy-render deploy-self-signed
 
 all: build
@@ -28,10 +28,30 @@ setup:
 	@rustup target list --installed | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
 	@rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
 
+# A policy written in Python (tests/policies/required-labels-py), built into
+# a component by componentize-py from PyPI, pinned, in a venv under target/:
+# the host serves components from any language unchanged. Rebuilt only when
+# its source or the contract changes (the tool's output differs per build).
+COMPONENTIZE_PY_VERSION := 0.25.1
+COMPONENTIZE_PY := target/componentize-py/bin/componentize-py
+PY_COMPONENT := target/components/required_labels_py.wasm
+
+$(COMPONENTIZE_PY):
+	python3 -m venv target/componentize-py
+	target/componentize-py/bin/pip install --quiet --disable-pip-version-check \
+	    componentize-py==$(COMPONENTIZE_PY_VERSION)
+
+$(PY_COMPONENT): tests/policies/required-labels-py/app.py wit/policy.wit | $(COMPONENTIZE_PY)
+	mkdir -p target/components
+	env -u VIRTUAL_ENV $(COMPONENTIZE_PY) -d wit -w admission-policy \
+	    componentize app -p tests/policies/required-labels-py -o $@
+
+components: $(PY_COMPONENT)
+
 # Policies: small .wasm files in target/wasm32-wasip1/policy/. One is also
 # built for wasm32-wasip2, where rustc itself makes a component: the host
 # must serve ready-made components unchanged (target/wasm32-wasip2/policy/).
-policies: setup
+policies: setup components
 	$(CARGO) build --locked --target wasm32-wasip1 --profile policy $(addprefix -p ,$(POLICIES))
 	$(CARGO) build --locked --target wasm32-wasip2 --profile policy -p allowed-images
 
@@ -56,7 +76,8 @@ test: build
 
 # The policy test suites shipped with each policy (policies/*/suite.yaml).
 suites: build
-	./target/release/portcullis test policies/*/suite.yaml tests/scaffold/*/suite.yaml
+	./target/release/portcullis test policies/*/suite.yaml tests/scaffold/*/suite.yaml \
+	    tests/policies/required-labels-py/suite.yaml
 
 # Regenerates tests/scaffold/ after a change to host/templates/policy/.
 scaffold-examples: host

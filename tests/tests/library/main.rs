@@ -12,5 +12,6 @@ mod field_rules;
 mod image_digests;
 mod namespace_reservation;
 mod pod_security;
+mod python;
 mod sidecar_injector;
 mod standard;
