@@ -148,3 +148,46 @@ fn a_cache_directory_others_can_write_is_not_used() -> Result<()> {
     let _: Json = server.policies()?;
     Ok(())
 }
+
+#[test]
+fn eval_and_test_share_the_cache_and_can_do_without_it() -> Result<()> {
+    let paths = portcullis_e2e::paths()?;
+    let dir = tempfile::tempdir()?;
+    let config = write_default_config(&paths, dir.path())?;
+    let review = portcullis_e2e::fixtures_dir().join("pod-denied.json");
+    let cache = dir.path().join("cache");
+    let eval = |extra: &[&str]| -> Result<portcullis_e2e::CliOutput> {
+        let mut args = vec![
+            "eval",
+            "--config",
+            path_str(&config)?,
+            "--review",
+            path_str(&review)?,
+        ];
+        args.extend_from_slice(extra);
+        portcullis_e2e::run_cli(&paths.bin, &args, None, portcullis_e2e::CLI_TIMEOUT)
+    };
+    let out = eval(&["--no-module-cache"])?;
+    ensure!(
+        out.code() == Some(0) && out.stdout.contains("evil.io/x:1"),
+        "{out}"
+    );
+    ensure!(!cache.exists(), "--no-module-cache writes no cache");
+
+    let out = eval(&["--cache-dir", path_str(&cache)?])?;
+    ensure!(
+        out.code() == Some(0) && out.stdout.contains("evil.io/x:1"),
+        "{out}"
+    );
+    let written = entries(&cache)?;
+    ensure!(!written.is_empty(), "eval stored the modules it compiled");
+
+    // A second run reads the entries the first stored.
+    let out = eval(&["--cache-dir", path_str(&cache)?])?;
+    ensure!(
+        out.code() == Some(0) && out.stdout.contains("evil.io/x:1"),
+        "{out}"
+    );
+    ensure!(entries(&cache)? == written, "nothing recompiled or added");
+    Ok(())
+}

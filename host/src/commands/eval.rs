@@ -23,6 +23,9 @@ pub struct EvalCommand {
     #[arg(long)]
     pub review: PathBuf,
 
+    #[command(flatten)]
+    pub module_cache: super::ModuleCacheArgs,
+
     /// Run only this policy of the config (as `/mutate/{policy}` and
     /// `/validate/{policy}` do).
     #[arg(long)]
@@ -66,7 +69,8 @@ impl EvalCommand {
         let config = Config::load(&self.config).map_err(CliError::usage)?;
         let runtime = tokio::runtime::Runtime::new().map_err(CliError::failure)?;
         let answer = runtime.block_on(async {
-            let engine = PolicyEngine::new().map_err(CliError::failure)?;
+            let engine = PolicyEngine::with_cache(self.module_cache.dir().as_deref())
+                .map_err(CliError::failure)?;
             let (set, _) = PolicySet::build(&engine, &config, 1, &mut ModuleCache::new(0))
                 .await
                 .map_err(CliError::usage)?;

@@ -54,16 +54,8 @@ pub struct ServeCommand {
     )]
     pub dev_cert_dir: PathBuf,
 
-    /// Where compiled policy modules are kept across starts and reloads
-    /// (default: `$XDG_CACHE_HOME/portcullis/modules` or
-    /// `~/.cache/portcullis/modules`). Created owner-only; a directory
-    /// others can write to is not used.
-    #[arg(long, env = "PORTCULLIS_CACHE_DIR", value_name = "DIR")]
-    pub cache_dir: Option<PathBuf>,
-
-    /// Compile every module at start and on reload; use no cache directory.
-    #[arg(long, env = "PORTCULLIS_NO_MODULE_CACHE", conflicts_with = "cache_dir")]
-    pub no_module_cache: bool,
+    #[command(flatten)]
+    pub module_cache: super::ModuleCacheArgs,
 
     /// Largest review body accepted, in bytes.
     #[arg(long, env = "PORTCULLIS_BODY_LIMIT", default_value_t = DEFAULT_BODY_LIMIT)]
@@ -120,11 +112,7 @@ impl ServeCommand {
             config: self.config,
             addr: self.addr,
             tls,
-            cache_dir: if self.no_module_cache {
-                None
-            } else {
-                self.cache_dir.or_else(crate::artifact_cache::default_dir)
-            },
+            cache_dir: self.module_cache.dir(),
             client_ca: self.client_ca,
             metrics_addr: self.metrics_addr,
             body_limit: self.body_limit,

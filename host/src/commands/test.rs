@@ -24,6 +24,9 @@ pub struct TestCommand {
     /// Only run cases whose name contains this text.
     #[arg(long, value_name = "TEXT")]
     pub filter: Option<String>,
+
+    #[command(flatten)]
+    pub module_cache: super::ModuleCacheArgs,
 }
 
 /// Counts over every suite.
@@ -70,7 +73,8 @@ impl TestCommand {
     }
 
     async fn run(&self) -> Result<Tally, CliError> {
-        let engine = PolicyEngine::new().map_err(CliError::failure)?;
+        let engine = PolicyEngine::with_cache(self.module_cache.dir().as_deref())
+            .map_err(CliError::failure)?;
         // Shared by every suite: a module several suites use compiles once.
         let mut cache = ModuleCache::new(usize::MAX);
         let mut tally = Tally::default();
