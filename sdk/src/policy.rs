@@ -48,11 +48,9 @@ impl Metadata {
         resources: &'static [&'static str],
     ) -> Self {
         Metadata {
-            name,
-            version,
-            resources,
             validates: false,
             mutates: true,
+            ..Metadata::validating(name, version, resources)
         }
     }
 }

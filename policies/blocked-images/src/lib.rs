@@ -14,7 +14,7 @@ mod check;
 mod settings;
 
 use portcullis_sdk::pods;
-use portcullis_sdk::{Metadata, Operation, Policy, Request, Verdict};
+use portcullis_sdk::{Metadata, Policy, Request, Verdict};
 
 pub use settings::{RegistryEntry, Settings};
 
@@ -41,12 +41,10 @@ impl Policy for BlockedImages {
     /// ...) do not choose images, and blocking them would only get in the
     /// way of controllers.
     fn validate(request: &Request, settings: &Settings) -> Result<Verdict, String> {
-        if !matches!(request.operation, Operation::Create | Operation::Update)
-            || !matches!(request.sub_resource.as_str(), "" | "ephemeralcontainers")
-        {
+        if !matches!(request.sub_resource.as_str(), "" | "ephemeralcontainers") {
             return Ok(Verdict::allow());
         }
-        let Some(object) = &request.object else {
+        let Some(object) = request.written_object() else {
             return Ok(Verdict::allow());
         };
         let rules = settings.rules()?;

@@ -12,7 +12,7 @@ mod pointer;
 mod rule;
 mod settings;
 
-use portcullis_sdk::{Metadata, Operation, Policy, Request, Verdict};
+use portcullis_sdk::{Metadata, Policy, Request, Verdict};
 use serde_json::Value;
 
 pub use settings::{ConditionSpec, RuleSpec, Settings};
@@ -40,14 +40,12 @@ impl Policy for FieldRules {
     /// (`status`, `scale`) are written by controllers a rule about the
     /// spec should not block.
     fn validate(request: &Request, settings: &Settings) -> Result<Verdict, String> {
-        if !matches!(request.operation, Operation::Create | Operation::Update)
-            || !request.sub_resource.is_empty()
-        {
-            return Ok(Verdict::allow());
-        }
-        let Some(object) = &request.object else {
+        let Some(object) = request.written_object() else {
             return Ok(Verdict::allow());
         };
+        if !request.sub_resource.is_empty() {
+            return Ok(Verdict::allow());
+        }
         let (group, kind) = group_kind(request, object);
         let violations: Vec<String> = settings
             .compile()?

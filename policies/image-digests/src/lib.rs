@@ -19,7 +19,7 @@ mod settings;
 use std::collections::HashMap;
 
 use portcullis_sdk::pods::{self, ContainerKind};
-use portcullis_sdk::{Metadata, Mutation, Operation, Policy, Request, Verdict, log};
+use portcullis_sdk::{Metadata, Mutation, Policy, Request, Verdict, log};
 use serde_json::Value;
 
 use pin::Pin;
@@ -46,10 +46,7 @@ impl Policy for ImageDigests {
     /// Mutates CREATE and UPDATE; DELETE has no object and CONNECT's
     /// object is an options object, not the workload.
     fn mutate(request: &Request, settings: &Settings) -> Result<Mutation, String> {
-        if !matches!(request.operation, Operation::Create | Operation::Update) {
-            return Ok(Mutation::unchanged());
-        }
-        let Some(original) = &request.object else {
+        let Some(original) = request.written_object() else {
             return Ok(Mutation::unchanged());
         };
         let digests = settings.digests()?;
@@ -95,10 +92,7 @@ impl Policy for ImageDigests {
 /// not denied, so such an update is never blocked by an image that was
 /// admitted before.
 fn old_images(request: &Request) -> HashMap<(ContainerKind, &str), Option<&str>> {
-    let (Operation::Update, Some(old)) = (&request.operation, &request.old_object) else {
-        return HashMap::new();
-    };
-    pods::containers(old)
+    pods::containers_before(request)
         .into_iter()
         .map(|c| ((c.kind, c.name().unwrap_or_default()), c.image()))
         .collect()

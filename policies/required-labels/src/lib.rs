@@ -6,7 +6,7 @@
 
 mod rules;
 
-use portcullis_sdk::{Metadata, Operation, Policy, Request, Verdict, object};
+use portcullis_sdk::{Metadata, Policy, Request, Verdict, object};
 use serde::Deserialize;
 
 pub use rules::LabelRules;
@@ -44,10 +44,7 @@ impl Policy for RequiredLabels {
     /// Checks CREATE and UPDATE; DELETE has no object and CONNECT's object
     /// is an options object without labels.
     fn validate(request: &Request, settings: &Settings) -> Result<Verdict, String> {
-        if !matches!(request.operation, Operation::Create | Operation::Update) {
-            return Ok(Verdict::allow());
-        }
-        let Some(object) = &request.object else {
+        let Some(object) = request.written_object() else {
             return Ok(Verdict::allow());
         };
         let rules = settings.labels.compile()?;
