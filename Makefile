@@ -5,12 +5,13 @@
 #   make deploy-render   render the Kubernetes manifests into target/deploy/
 
 CARGO    ?= cargo
-POLICIES := allowed-images required-labels default-labels container-defaults pod-security \
-            namespace-reservation sidecar-injector image-digests blocked-images field-rules \
-            misbehave new-validating new-mutating
 # What `portcullis new policy` generates, kept in tests/scaffold/ and built
 # and tested like any policy (tests/tests/scaffold.rs checks it is current).
 SCAFFOLDS := new-validating new-mutating
+# Every crate under policies/ (so a new one needs no edit here), the
+# misbehaving test policy, and the scaffold's output.
+POLICIES := $(notdir $(patsubst %/Cargo.toml,%,$(wildcard policies/*/Cargo.toml))) \
+            misbehave $(SCAFFOLDS)
 ADDR     ?= 127.0.0.1:8443
 CONFIG   ?= policies/standard.yaml
 KUBECTL  ?= kubectl
@@ -51,7 +52,7 @@ components: $(PY_COMPONENT)
 # Policies: small .wasm files in target/wasm32-wasip1/policy/. One is also
 # built for wasm32-wasip2, where rustc itself makes a component: the host
 # must serve ready-made components unchanged (target/wasm32-wasip2/policy/).
-policies: setup components
+policies: setup
 	$(CARGO) build --locked --target wasm32-wasip1 --profile policy $(addprefix -p ,$(POLICIES))
 	$(CARGO) build --locked --target wasm32-wasip2 --profile policy -p allowed-images
 
@@ -70,12 +71,12 @@ run: build
 # One native profile (release) for the host, the SDK, the policies' unit
 # tests and the end-to-end tests, so everything is compiled once; then
 # every policy's test suite through `portcullis test`.
-test: build
+test: build components
 	$(CARGO) test --locked --release --workspace
 	$(MAKE) --no-print-directory suites
 
 # The policy test suites shipped with each policy (policies/*/suite.yaml).
-suites: build
+suites: build components
 	./target/release/portcullis test policies/*/suite.yaml tests/scaffold/*/suite.yaml \
 	    tests/policies/required-labels-py/suite.yaml
 

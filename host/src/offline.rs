@@ -38,6 +38,8 @@ pub struct Answer {
     /// The request's object after the mutation (the object as sent when
     /// nothing was patched; `None` without an object, e.g. DELETE).
     pub object: Option<Value>,
+    /// Every policy call, mutations first: empty when no policy matched.
+    pub evaluations: Vec<chain::Evaluation>,
 }
 
 impl Answer {
@@ -99,8 +101,9 @@ pub async fn evaluate(
     let original: Option<Value> = review
         .object
         .and_then(|raw| serde_json::from_str(raw.get()).ok());
+    let mut evaluations = Vec::new();
     let mutated = if mutates {
-        chain::mutate(set, &review, selection, None, &mut Vec::new()).await?
+        chain::mutate(set, &review, selection, None, &mut evaluations).await?
     } else {
         Decision {
             allowed: true,
@@ -121,9 +124,9 @@ pub async fn evaluate(
                     review.api_version.as_str()
                 );
                 let patched = Review::parse(body.as_bytes())?;
-                chain::validate(set, &patched, selection, None, &mut Vec::new()).await?
+                chain::validate(set, &patched, selection, None, &mut evaluations).await?
             }
-            _ => chain::validate(set, &review, selection, None, &mut Vec::new()).await?,
+            _ => chain::validate(set, &review, selection, None, &mut evaluations).await?,
         };
         combine(mutated, validated)
     } else {
@@ -134,6 +137,7 @@ pub async fn evaluate(
         uid: review.uid.clone(),
         decision,
         object,
+        evaluations,
     })
 }
 

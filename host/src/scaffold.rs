@@ -26,8 +26,9 @@ pub enum Kind {
 /// Where the crate gets its dependencies.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Layout {
-    /// A member of the workspace rooted at `root`.
-    Workspace { root: PathBuf },
+    /// A member of the workspace rooted at `root`; `lints` when the
+    /// workspace has `[workspace.lints]` for its members to inherit.
+    Workspace { root: PathBuf, lints: bool },
     /// Its own workspace; `source` is a Portcullis source tree (with `sdk/`
     /// and `host/`).
     Standalone { source: PathBuf },
@@ -54,6 +55,8 @@ pub struct Scaffold {
 /// Names cargo refuses for a package, or that are not usable as a Rust
 /// crate name once `-` becomes `_`.
 const RESERVED: &[&str] = &[
+    "portcullis",
+    "portcullis-sdk",
     "alloc",
     "core",
     "proc-macro",
@@ -100,6 +103,21 @@ const RESERVED: &[&str] = &[
     "yield",
 ];
 
+/// Type names the generated code uses: a policy whose own type name (its
+/// name in CamelCase) is one of them would not compile.
+const TEMPLATE_ITEMS: &[&str] = &[
+    "BTreeMap",
+    "ContainerRef",
+    "Deserialize",
+    "Metadata",
+    "Mutation",
+    "Policy",
+    "Request",
+    "Settings",
+    "Value",
+    "Verdict",
+];
+
 /// Checks `name` as a policy name (as the config requires) and as a crate
 /// name.
 ///
@@ -115,7 +133,15 @@ pub fn check_name(name: &str) -> Result<(), ScaffoldError> {
         return Err(invalid("it must start with a lower-case letter".into()));
     }
     if RESERVED.contains(&name) {
-        return Err(invalid("it is reserved by Rust or cargo".into()));
+        return Err(invalid(
+            "it is reserved by Rust, cargo or Portcullis".into(),
+        ));
+    }
+    let type_name = type_name(name);
+    if TEMPLATE_ITEMS.contains(&type_name.as_str()) {
+        return Err(invalid(format!(
+            "its type name {type_name} is already used by the generated code"
+        )));
     }
     Ok(())
 }
@@ -163,7 +189,7 @@ impl Scaffold {
         let module_file = format!("{}.wasm", self.name.replace('-', "_"));
         let module_in_target = format!("target/{TARGET}/{PROFILE}/{module_file}");
         let (module, module_from_root, dir, source) = match &self.layout {
-            Layout::Workspace { root } => {
+            Layout::Workspace { root, .. } => {
                 let below = relative_below(&self.dir, root);
                 let up = "../".repeat(below.as_ref().map_or(0, |p| p.components().count()));
                 let module = match &below {
@@ -179,6 +205,10 @@ impl Scaffold {
                 ".".to_string(),
                 slash(source),
             ),
+        };
+        let lints = match self.layout {
+            Layout::Workspace { lints: true, .. } => "\n[lints]\nworkspace = true\n",
+            _ => "",
         };
         let (description, settings, settings_example) = match self.kind {
             Kind::Validating => (
@@ -206,6 +236,7 @@ impl Scaffold {
             .replace("{{module}}", &module)
             .replace("{{dir}}", &dir)
             .replace("{{source}}", &source)
+            .replace("{{lints}}", lints)
     }
 }
 
@@ -241,16 +272,24 @@ fn slash(path: &Path) -> String {
         .replacen("//", "/", 1)
 }
 
+/// A cargo workspace that declares `portcullis-sdk`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Workspace {
+    pub root: PathBuf,
+    /// Whether its `members` cover the crate's directory.
+    pub covers: bool,
+    /// Whether it has `[workspace.lints]`.
+    pub lints: bool,
+    /// The names of its member packages.
+    pub packages: Vec<String>,
+}
+
 /// The workspace a crate at `dir` would belong to, when its root declares
 /// `portcullis-sdk` among its dependencies: the nearest ancestor with a
 /// `Cargo.toml` holding a `[workspace]` table, as cargo looks for it.
-/// Returns the root and whether its `members` cover `dir`.
-pub fn find_workspace(dir: &Path) -> Option<(PathBuf, bool)> {
+pub fn find_workspace(dir: &Path) -> Option<Workspace> {
     for root in dir.ancestors().skip(1) {
-        let Ok(text) = std::fs::read_to_string(root.join("Cargo.toml")) else {
-            continue;
-        };
-        let Ok(manifest) = text.parse::<toml::Table>() else {
+        let Some(manifest) = read_manifest(&root.join("Cargo.toml")) else {
             continue;
         };
         let Some(workspace) = manifest.get("workspace").and_then(toml::Value::as_table) else {
@@ -263,18 +302,57 @@ pub fn find_workspace(dir: &Path) -> Option<(PathBuf, bool)> {
         if !declares_sdk {
             return None;
         }
+        let members: Vec<&str> = workspace
+            .get("members")
+            .and_then(toml::Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(toml::Value::as_str)
+            .collect();
         let below = relative_below(dir, root).map(|p| slash(&p));
-        let members = workspace.get("members").and_then(toml::Value::as_array);
-        let covered = below.is_some_and(|below| {
-            members
-                .into_iter()
-                .flatten()
-                .filter_map(toml::Value::as_str)
-                .any(|m| member_matches(m, &below))
+        let covers = below.is_some_and(|below| members.iter().any(|m| member_matches(m, &below)));
+        return Some(Workspace {
+            root: root.to_path_buf(),
+            covers,
+            lints: workspace.contains_key("lints"),
+            packages: member_packages(root, &members),
         });
-        return Some((root.to_path_buf(), covered));
     }
     None
+}
+
+fn read_manifest(path: &Path) -> Option<toml::Table> {
+    std::fs::read_to_string(path).ok()?.parse().ok()
+}
+
+/// The package names of the members `members` (paths, `*` in their last
+/// component) names under `root`.
+fn member_packages(root: &Path, members: &[&str]) -> Vec<String> {
+    let mut dirs = Vec::new();
+    for member in members {
+        let member = member.trim_end_matches('/');
+        match member.rsplit_once('/') {
+            Some((parent, last)) if last.contains('*') => {
+                let entries = std::fs::read_dir(root.join(parent))
+                    .into_iter()
+                    .flatten()
+                    .flatten();
+                dirs.extend(entries.map(|e| e.path()).filter(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| component_matches(last, n))
+                }));
+            }
+            _ => dirs.push(root.join(member)),
+        }
+    }
+    dirs.iter()
+        .filter_map(|dir| read_manifest(&dir.join("Cargo.toml")))
+        .filter_map(|manifest| {
+            let package = manifest.get("package")?.get("name")?.as_str()?;
+            Some(package.to_string())
+        })
+        .collect()
 }
 
 /// Whether a `members` entry (a path, `*` matching within one component)
@@ -316,6 +394,12 @@ mod tests {
             ("NoLatest", "invalid policy name"),
             ("2fast", "must start with a lower-case letter"),
             ("test", "reserved"),
+            ("portcullis-sdk", "reserved"),
+            ("settings", "its type name Settings is already used"),
+            (
+                "container-ref",
+                "its type name ContainerRef is already used",
+            ),
             ("", "invalid policy name"),
         ] {
             let err = check_name(name).unwrap_err().to_string();
@@ -347,6 +431,7 @@ mod tests {
             dir: PathBuf::from("/repo/policies/no-latest"),
             layout: Layout::Workspace {
                 root: PathBuf::from("/repo"),
+                lints: true,
             },
         };
         let files = scaffold.files();
@@ -361,6 +446,7 @@ mod tests {
         );
         let manifest = &files[0].1;
         assert!(manifest.contains("portcullis-sdk.workspace = true"));
+        assert!(manifest.contains("[lints]\nworkspace = true"), "{manifest}");
         assert!(!manifest.contains("[workspace]"));
         let lib = &files
             .iter()

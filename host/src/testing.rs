@@ -86,10 +86,15 @@ static SHARED: LazyLock<Result<Shared, String>> = LazyLock::new(|| {
         .enable_all()
         .build()
         .map_err(|err| err.to_string())?;
-    let cache_dir = crate::artifact_cache::default_dir();
-    let engine = PolicyEngine::with_cache(cache_dir.as_deref())
-        .or_else(|_| PolicyEngine::new())
-        .map_err(|err| err.to_string())?;
+    // As the CLI reads them: `PORTCULLIS_CACHE_DIR`, `PORTCULLIS_NO_MODULE_CACHE`.
+    let disabled = std::env::var_os("PORTCULLIS_NO_MODULE_CACHE")
+        .is_some_and(|v| !v.is_empty() && v != "false" && v != "0");
+    let cache_dir = std::env::var_os("PORTCULLIS_CACHE_DIR")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(crate::artifact_cache::default_dir)
+        .filter(|_| !disabled);
+    let engine = PolicyEngine::with_cache(cache_dir.as_deref()).map_err(|err| err.to_string())?;
     Ok(Shared {
         runtime,
         engine,
@@ -133,6 +138,10 @@ impl TestPolicy {
     /// the server would log, e.g. `... settings rejected: <reason>`.
     pub fn load(module: &Path, settings: Value) -> Result<Self, TestingError> {
         let shared = shared()?;
+        // The config resolves a relative module path against its own
+        // directory; there is no config file here, so make it absolute.
+        let module = &std::path::absolute(module)
+            .map_err(|err| TestingError::Load(format!("{}: {err}", module.display())))?;
         let name = policy_name(module);
         let entry = json!({
             "policies": [{
@@ -167,9 +176,15 @@ impl TestPolicy {
     /// mutating policy's patch is applied and the result validated, as the
     /// API server calls `/mutate` and then `/validate`.
     ///
+    /// Runs on the harness's own runtime: call it from a plain `#[test]`,
+    /// not from inside an async runtime.
+    ///
     /// # Errors
     /// [`TestingError::Evaluate`] for a review the server would reject
-    /// (400/422) or a policy failure (the server's 500), with its message.
+    /// (400/422), a policy failure (the server's 500), or a request the
+    /// policy does not match (its resources, per its metadata): the server
+    /// would not call it, and a test asserting "allowed" would pass without
+    /// the policy having run.
     pub fn review(&self, review: Value) -> Result<Outcome, TestingError> {
         let shared = shared()?;
         let body =
@@ -178,6 +193,14 @@ impl TestPolicy {
             .runtime
             .block_on(offline::evaluate(&self.set, body, None))
             .map_err(|err| TestingError::Evaluate(err.to_string()))?;
+        if answer.evaluations.is_empty() {
+            let resources = self.metadata().map(|m| m.resources.join(", "));
+            return Err(TestingError::Evaluate(format!(
+                "policy {} did not run: the request is not for one of the resources it matches ({})",
+                self.name,
+                resources.unwrap_or_default()
+            )));
+        }
         Ok(Outcome { answer })
     }
 }
@@ -287,17 +310,22 @@ fn module_in(target: &Path, manifest_dir: &Path, package: &str) -> Result<PathBu
     Ok(module)
 }
 
-/// `$CARGO_TARGET_DIR`, else the `target` directory of the nearest
-/// workspace root above `manifest_dir` (the first with a `Cargo.lock`).
+/// `$CARGO_TARGET_DIR` (or `$CARGO_BUILD_TARGET_DIR`), else the `target`
+/// directory of the nearest workspace root above `manifest_dir` (the first
+/// with a `Cargo.lock`). A relative one is relative to `manifest_dir`'s
+/// workspace, as cargo would have used it from there.
 fn target_dir(manifest_dir: &Path) -> PathBuf {
-    if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR").filter(|dir| !dir.is_empty()) {
-        return PathBuf::from(dir);
-    }
-    manifest_dir
+    let root = manifest_dir
         .ancestors()
         .find(|dir| dir.join("Cargo.lock").is_file())
-        .unwrap_or(manifest_dir)
-        .join("target")
+        .unwrap_or(manifest_dir);
+    let configured = ["CARGO_TARGET_DIR", "CARGO_BUILD_TARGET_DIR"]
+        .into_iter()
+        .find_map(|key| std::env::var_os(key).filter(|dir| !dir.is_empty()));
+    if let Some(dir) = configured {
+        return root.join(dir);
+    }
+    root.join("target")
 }
 
 /// The newest of the files the module was built from, as listed in the
@@ -306,14 +334,18 @@ fn target_dir(manifest_dir: &Path) -> PathBuf {
 /// a module older than one of them is stale. Without a dep-info file, the
 /// crate's `src/` is scanned instead.
 fn newest_source(module: &Path, manifest_dir: &Path) -> Option<(SystemTime, PathBuf)> {
-    let sources = match std::fs::read_to_string(module.with_extension("d")) {
-        Ok(dep_info) => dep_info_sources(&dep_info),
-        Err(_) => files_under(&manifest_dir.join("src")),
+    let newest = |sources: Vec<PathBuf>| {
+        sources
+            .into_iter()
+            .filter_map(|path| Some((std::fs::metadata(&path).ok()?.modified().ok()?, path)))
+            .max_by_key(|(time, _)| *time)
     };
-    sources
-        .into_iter()
-        .filter_map(|path| Some((std::fs::metadata(&path).ok()?.modified().ok()?, path)))
-        .max_by_key(|(time, _)| *time)
+    let listed = std::fs::read_to_string(module.with_extension("d"))
+        .map(|dep_info| dep_info_sources(&dep_info))
+        .unwrap_or_default();
+    // A dep-info file whose paths cannot be read (relative to another base,
+    // say) must not make a stale module look fresh.
+    newest(listed).or_else(|| newest(files_under(&manifest_dir.join("src"))))
 }
 
 /// The prerequisites of a Makefile-style dep-info file (`out: in1 in2`),
@@ -330,7 +362,7 @@ fn dep_info_sources(dep_info: &str) -> Vec<PathBuf> {
     let mut chars = prerequisites.chars();
     while let Some(c) = chars.next() {
         match c {
-            '\\' => current.extend(chars.next()),
+            '\\' if chars.as_str().starts_with(' ') => current.extend(chars.next()),
             ' ' => {
                 if !current.is_empty() {
                     sources.push(PathBuf::from(std::mem::take(&mut current)));
@@ -403,6 +435,11 @@ mod tests {
         assert_eq!(
             dep_info_sources(dep_info),
             vec![PathBuf::from("/src/lib.rs"), PathBuf::from("/my dir/a.rs")]
+        );
+        // Only a space is escaped; other backslashes are part of the path.
+        assert_eq!(
+            dep_info_sources("p.wasm: C:\\src\\lib.rs\n"),
+            vec![PathBuf::from("C:\\src\\lib.rs")]
         );
     }
 

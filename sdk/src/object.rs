@@ -78,8 +78,10 @@ fn place(pointer: &str) -> &str {
 }
 
 /// The map at `pointer`, created when absent or `null`, with every missing
-/// or `null` parent. An error names the first place on the way that holds
-/// something other than a map.
+/// or `null` parent map. An existing array is stepped into by index (e.g.
+/// `/spec/containers/0/securityContext`), but no array or element is ever
+/// created. An error names the first place on the way that holds something
+/// else.
 pub fn ensure_map<'a>(
     object: &'a mut Value,
     pointer: &str,
@@ -87,15 +89,24 @@ pub fn ensure_map<'a>(
     let mut here = object;
     let mut walked = String::new();
     for step in steps(pointer)? {
-        let map = here
-            .as_object_mut()
-            .ok_or_else(|| format!("{} is not a JSON object", place(&walked)))?;
+        let at = place(&walked).to_string();
         walked.push('/');
         walked.push_str(&escape_key(&step));
-        here = map.entry(step).or_insert(Value::Null);
-        if here.is_null() {
-            *here = Value::Object(Map::new());
-        }
+        here = match here {
+            Value::Object(map) => {
+                let slot = map.entry(step).or_insert(Value::Null);
+                if slot.is_null() {
+                    *slot = Value::Object(Map::new());
+                }
+                slot
+            }
+            Value::Array(items) => step
+                .parse::<usize>()
+                .ok()
+                .and_then(|index| items.get_mut(index))
+                .ok_or_else(|| format!("{at} has no element {step}"))?,
+            _ => return Err(format!("{at} is not a JSON object")),
+        };
     }
     here.as_object_mut()
         .ok_or_else(|| format!("{} is not a JSON object", place(&walked)))
@@ -198,7 +209,7 @@ mod tests {
             object,
             json!({"metadata": {"labels": {"a": "b"}}, "spec": {"template": {"metadata": {}}}})
         );
-        let mut odd = json!({"metadata": {"labels": ["x"]}});
+        let mut odd = json!({"metadata": {"labels": "x"}});
         assert_eq!(
             ensure_map(&mut odd, "/metadata/labels/deeper").map(|_| ()),
             Err("/metadata/labels is not a JSON object".to_string())
@@ -210,6 +221,40 @@ mod tests {
         assert_eq!(
             ensure_map(&mut json!({}), "metadata").map(|_| ()),
             Err("invalid JSON pointer \"metadata\": it must start with /".to_string())
+        );
+    }
+
+    #[test]
+    fn changes_go_through_existing_array_elements() {
+        let mut pod = json!({"spec": {"containers": [{"name": "a"}, {"name": "b", "securityContext": null}]}});
+        assert_eq!(
+            set_default(
+                &mut pod,
+                "/spec/containers/1/securityContext/runAsNonRoot",
+                json!(true)
+            ),
+            Ok(true)
+        );
+        assert_eq!(
+            set(
+                &mut pod,
+                "/spec/containers/0/imagePullPolicy",
+                json!("IfNotPresent")
+            ),
+            Ok(true)
+        );
+        assert_eq!(
+            pod["spec"]["containers"],
+            json!([{"name": "a", "imagePullPolicy": "IfNotPresent"},
+                   {"name": "b", "securityContext": {"runAsNonRoot": true}}])
+        );
+        assert_eq!(
+            set(&mut pod, "/spec/containers/2/image", json!("x")),
+            Err("/spec/containers has no element 2".to_string())
+        );
+        assert_eq!(
+            set(&mut pod, "/spec/containers/first/image", json!("x")),
+            Err("/spec/containers has no element first".to_string())
         );
     }
 

@@ -102,7 +102,12 @@ fn bad_names_and_existing_directories_are_refused() -> Result<()> {
     for (name, reason) in [
         ("Bad_Name", "invalid policy name \"Bad_Name\""),
         ("2fast", "must start with a lower-case letter"),
-        ("test", "reserved by Rust or cargo"),
+        ("test", "reserved by Rust, cargo or Portcullis"),
+        ("portcullis-sdk", "reserved by Rust, cargo or Portcullis"),
+        (
+            "settings",
+            "its type name Settings is already used by the generated code",
+        ),
     ] {
         let dir = root.path().join("x");
         let out = new_policy(&[name, "--dir", s(&dir)?])?;
@@ -110,6 +115,31 @@ fn bad_names_and_existing_directories_are_refused() -> Result<()> {
         ensure!(out.stderr.contains(reason), "{name}\n{out}");
         ensure!(!dir.exists(), "{name}: nothing written");
     }
+    Ok(())
+}
+
+#[test]
+fn a_name_the_workspace_already_has_is_refused() -> Result<()> {
+    let root = tempfile::tempdir()?;
+    fs::copy(
+        repo_root().join("Cargo.toml"),
+        root.path().join("Cargo.toml"),
+    )?;
+    let taken = root.path().join("policies/allowed-images");
+    fs::create_dir_all(&taken)?;
+    fs::write(
+        taken.join("Cargo.toml"),
+        "[package]\nname = \"allowed-images\"\n",
+    )?;
+    let dir = root.path().join("policies/other-dir");
+    let out = new_policy(&["allowed-images", "--dir", s(&dir)?])?;
+    ensure!(out.code() == Some(2), "{out}");
+    ensure!(
+        out.stderr
+            .contains("already has a package named allowed-images"),
+        "{out}"
+    );
+    ensure!(!dir.exists(), "nothing written");
     Ok(())
 }
 

@@ -55,12 +55,16 @@ impl NewPolicy {
     fn execute(self) -> Result<(), CliError> {
         scaffold::check_name(&self.name).map_err(CliError::usage)?;
         let cwd = std::env::current_dir().map_err(CliError::failure)?;
-        let dir = cwd.join(
-            self.dir
-                .clone()
-                .unwrap_or_else(|| Path::new("policies").join(&self.name)),
-        );
-        let dir = normalize(&dir);
+        let dir = match &self.dir {
+            Some(dir) => normalize(&cwd.join(dir)),
+            // `policies/NAME` of the workspace the command runs in, from
+            // any directory of it; else below the current directory.
+            None => {
+                let here = cwd.join("policies").join(&self.name);
+                let base = scaffold::find_workspace(&here).map_or(cwd, |w| w.root);
+                normalize(&base.join("policies").join(&self.name))
+            }
+        };
         let occupied = std::fs::read_dir(&dir).is_ok_and(|mut entries| entries.next().is_some());
         if occupied || dir.is_file() {
             return Err(CliError::usage(anyhow!(
@@ -69,7 +73,20 @@ impl NewPolicy {
             )));
         }
         let (layout, covered) = match scaffold::find_workspace(&dir) {
-            Some((root, covered)) => (Layout::Workspace { root }, covered),
+            Some(workspace) => {
+                if workspace.packages.contains(&self.name) {
+                    return Err(CliError::usage(anyhow!(
+                        "the workspace at {} already has a package named {}; choose another name",
+                        workspace.root.display(),
+                        self.name
+                    )));
+                }
+                let layout = Layout::Workspace {
+                    root: workspace.root,
+                    lints: workspace.lints,
+                };
+                (layout, workspace.covers)
+            }
             None => (
                 Layout::Standalone {
                     source: self.source_tree()?,
@@ -132,7 +149,7 @@ impl NewPolicy {
         };
         println!("created {kind} policy {} in {}", self.name, dir.display());
         let (build, test) = match layout {
-            Layout::Workspace { root } => {
+            Layout::Workspace { root, .. } => {
                 if !covered {
                     println!(
                         "note: add its directory to [workspace] members in {}",
@@ -149,16 +166,14 @@ impl NewPolicy {
             }
             Layout::Standalone { .. } => (
                 format!(
-                    "cd {} && cargo build --target wasm32-wasip1 --profile policy",
-                    dir.display()
+                    "cd {:?} && cargo build --target wasm32-wasip1 --profile policy",
+                    dir.display().to_string()
                 ),
                 "cargo test --release".to_string(),
             ),
         };
-        println!(
-            "next:\n  {build}\n  {test}\n  portcullis test {}",
-            dir.join("suite.yaml").display()
-        );
+        let suite = dir.join("suite.yaml").display().to_string();
+        println!("next:\n  {build}\n  {test}\n  portcullis test {suite:?}");
     }
 }
 

@@ -66,3 +66,22 @@ fn settings_are_checked_by_the_module_when_it_loads() {
         "{message}"
     );
 }
+
+#[test]
+fn a_request_the_policy_does_not_match_is_an_error_not_an_allow() {
+    let policy = policy(&["*"]).expect("loads");
+    let mut review = deployment();
+    review["kind"] = json!({"group": "networking.k8s.io", "version": "v1", "kind": "Ingress"});
+    review["resource"] =
+        json!({"group": "networking.k8s.io", "version": "v1", "resource": "ingresses"});
+    let result = policy.review(review).map(|outcome| outcome.response());
+    let Err(TestingError::Evaluate(message)) = result else {
+        panic!(
+            "the policy is not written for ingresses, so it must not seem to allow one: {result:?}"
+        );
+    };
+    assert!(
+        message.starts_with("policy allowed-images did not run"),
+        "{message}"
+    );
+}

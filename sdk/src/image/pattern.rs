@@ -19,15 +19,21 @@ use crate::glob;
 ///   or digest;
 /// - with a tag (`nginx:1.27`): exactly that tag;
 /// - with a digest (`nginx@sha256:…`): exactly that digest;
-/// - `*` anywhere but the digest matches any run of characters, `/`
-///   included (`ghcr.io/acme/*`, `nginx:1.*`); `*` alone allows every image.
+/// - `*` anywhere but the digest matches any run of characters: within the
+///   registry it stays within the registry (`*.gcr.io/x` never matches
+///   `evil.io/eu.gcr.io/x`); in the repository it crosses `/`
+///   (`ghcr.io/acme/*` matches `ghcr.io/acme/team/app`); `nginx:1.*` globs
+///   the tag; `*` alone allows every image.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "String")]
 pub struct ImagePattern {
     /// As written in the settings; shown in messages.
     text: String,
-    /// Glob over the normalized `registry/repository`.
-    name: String,
+    /// Glob over the normalized registry. Matched on its own so that a `*`
+    /// in it cannot swallow a `/` and match a path on another registry.
+    registry: String,
+    /// Glob over the normalized repository.
+    repository: String,
     /// Glob over the tag, when the pattern gives one.
     tag: Option<String>,
     /// The exact digest, when the pattern gives one.
@@ -45,7 +51,8 @@ impl ImagePattern {
         if text == "*" {
             return Ok(ImagePattern {
                 text: text.to_string(),
-                name: "*".to_string(),
+                registry: "*".to_string(),
+                repository: "*".to_string(),
                 tag: None,
                 digest: None,
             });
@@ -65,7 +72,8 @@ impl ImagePattern {
             }
             return Ok(ImagePattern {
                 text: text.to_string(),
-                name: format!("{}/{below}*", probe.registry()),
+                registry: probe.registry().to_string(),
+                repository: format!("{below}*"),
                 tag: None,
                 digest: None,
             });
@@ -73,7 +81,8 @@ impl ImagePattern {
         let image = ImageRef::parse_glob(text).map_err(|e| invalid(e.reason()))?;
         Ok(ImagePattern {
             text: text.to_string(),
-            name: image.name(),
+            registry: image.registry().to_string(),
+            repository: image.repository().to_string(),
             tag: if image.tag_is_implicit() {
                 None
             } else {
@@ -85,7 +94,8 @@ impl ImagePattern {
 
     /// Whether `image` matches this pattern.
     pub fn matches(&self, image: &ImageRef) -> bool {
-        glob::matches(&self.name, &image.name())
+        glob::matches(&self.registry, image.registry())
+            && glob::matches(&self.repository, image.repository())
             && self
                 .tag
                 .as_deref()

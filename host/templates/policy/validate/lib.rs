@@ -5,7 +5,7 @@
 //! `validate` with yours; README.md says how to build, test and serve it.
 
 use portcullis_sdk::image::DEFAULT_TAG;
-use portcullis_sdk::pods::{self, ContainerRef, WORKLOAD_RESOURCES};
+use portcullis_sdk::pods::{self, CONTAINER_RESOURCES, ContainerRef};
 use portcullis_sdk::{Metadata, Policy, Request, Verdict};
 use serde::Deserialize;
 
@@ -28,8 +28,9 @@ impl Policy for {{type_name}} {
 
     /// Name and version from Cargo.toml, what the policy implements, and
     /// the resources it is written for (a config's `match` can narrow
-    /// them): Pods and every workload that makes Pods.
-    const METADATA: Metadata = portcullis_sdk::metadata!(validate, WORKLOAD_RESOURCES);
+    /// them): Pods, every workload that makes Pods, and
+    /// `pods/ephemeralcontainers`, where `kubectl debug` adds containers.
+    const METADATA: Metadata = portcullis_sdk::metadata!(validate, CONTAINER_RESOURCES);
 
     /// Called when the host loads the module; an error keeps the module
     /// (and the config naming it) from serving.
@@ -41,14 +42,24 @@ impl Policy for {{type_name}} {
     }
 
     /// Judges CREATE and UPDATE; every problem is reported in one denial.
+    /// On UPDATE only new or changed images are judged: an unchanged one
+    /// was admitted before (perhaps before this policy was installed), and
+    /// blocking an unrelated update such as `kubectl label` for it would
+    /// help nobody.
     fn validate(request: &Request, settings: &Settings) -> Result<Verdict, String> {
         if settings.exempt_namespaces.contains(&request.namespace) {
             return Ok(Verdict::allow());
         }
+        let before = pods::containers_before(request);
+        let unchanged = |c: &&ContainerRef<'_>| {
+            let same = |b: &ContainerRef<'_>| {
+                (b.kind, b.name(), b.image()) == (c.kind, c.name(), c.image())
+            };
+            before.iter().any(same)
+        };
         let containers = pods::written_containers(request);
-        Ok(Verdict::from_problems(
-            containers.iter().filter_map(problem),
-        ))
+        let judged = containers.iter().filter(|c| !unchanged(c));
+        Ok(Verdict::from_problems(judged.filter_map(problem)))
     }
 }
 

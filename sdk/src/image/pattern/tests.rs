@@ -95,6 +95,16 @@ fn globs() {
         "eu.gcr.io/distroless/static:nonroot"
     ));
     assert!(!allows("*.gcr.io/distroless/*", "gcr.io/distroless/static"));
+    // A `*` in the registry stays in the registry: another registry's path
+    // that spells the trusted one is not the trusted registry.
+    for image in [
+        "attacker.example/eu.gcr.io/distroless/x",
+        "evil.io/x.gcr.io/distroless/static",
+        "eu.gcr.io.evil.io/distroless/static",
+    ] {
+        assert!(!allows("*.gcr.io/distroless/*", image), "{image}");
+    }
+    assert!(!allows("ghcr.io*/acme/*", "ghcr.io.evil.io/x/acme/app"));
     assert!(allows("nginx:1.*", "nginx:1.27"));
     assert!(!allows("nginx:1.*", "nginx:2.0"));
     assert!(!allows("nginx:1.*", "nginx"));

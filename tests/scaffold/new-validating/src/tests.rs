@@ -46,6 +46,38 @@ fn latest_written_or_implied_is_denied() {
 }
 
 #[test]
+fn an_update_judges_only_new_or_changed_images() {
+    let mut relabel = testing::request("UPDATE", "shop", pod("nginx"));
+    relabel["oldObject"] = pod("nginx");
+    relabel["object"]["metadata"]["labels"] = json!({"team": "shop"});
+    assert!(
+        validate(&relabel, json!({})).allowed,
+        "unchanged image, admitted before"
+    );
+
+    let mut downgrade = testing::request("UPDATE", "shop", pod("nginx"));
+    downgrade["oldObject"] = pod("nginx:1.27");
+    assert!(
+        !validate(&downgrade, json!({})).allowed,
+        "changed to latest"
+    );
+
+    // `kubectl debug`: an ephemeral container added through its subresource.
+    let mut debug = testing::request("UPDATE", "shop", pod("nginx:1.27"));
+    debug["subResource"] = json!("ephemeralcontainers");
+    debug["oldObject"] = pod("nginx:1.27");
+    debug["object"]["spec"]["ephemeralContainers"] =
+        json!([{"name": "debugger", "image": "busybox"}]);
+    let verdict = validate(&debug, json!({}));
+    assert_eq!(
+        verdict.message.as_deref(),
+        Some(
+            "ephemeralContainer \"debugger\" uses image \"busybox\" without a version; use a tag other than latest or a digest"
+        )
+    );
+}
+
+#[test]
 fn exempt_namespaces_and_deletes_are_allowed() {
     let request = testing::request("CREATE", "dev", pod("nginx"));
     assert!(validate(&request, json!({"exemptNamespaces": ["dev"]})).allowed);
