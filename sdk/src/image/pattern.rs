@@ -24,6 +24,13 @@ use crate::glob;
 ///   `evil.io/eu.gcr.io/x`); in the repository it crosses `/`
 ///   (`ghcr.io/acme/*` matches `ghcr.io/acme/team/app`); `nginx:1.*` globs
 ///   the tag; `*` alone allows every image.
+///
+/// Patterns are normalized like references, `*` or not: a single-component
+/// Docker Hub pattern gets `library/` (`*nginx*` is
+/// `docker.io/library/*nginx*`, so it does not match `bitnami/nginx`). For
+/// every repository of a registry write the prefix form (`docker.io/`).
+/// In an allow-list that only ever allows less; a deny-list should use
+/// prefixes or full names.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "String")]
 pub struct ImagePattern {
