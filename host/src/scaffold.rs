@@ -423,9 +423,23 @@ mod tests {
         assert!(!member_matches("policies/p-*", "policies/q-x"));
     }
 
+    /// The generated files by path, checking that every placeholder is
+    /// filled.
+    fn generate(scaffold: &Scaffold) -> std::collections::HashMap<String, String> {
+        let files: std::collections::HashMap<String, String> = scaffold
+            .files()
+            .into_iter()
+            .map(|(path, text)| (slash(&path), text))
+            .collect();
+        for (path, text) in &files {
+            assert!(!text.contains("{{"), "{path}: a placeholder is left");
+        }
+        files
+    }
+
     #[test]
     fn workspace_crates_point_at_the_workspace_target() {
-        let scaffold = Scaffold {
+        let files = generate(&Scaffold {
             name: "no-latest".into(),
             kind: Kind::Validating,
             dir: PathBuf::from("/repo/policies/no-latest"),
@@ -433,62 +447,39 @@ mod tests {
                 root: PathBuf::from("/repo"),
                 lints: true,
             },
-        };
-        let files = scaffold.files();
-        let suite = &files
-            .iter()
-            .find(|(p, _)| p == Path::new("suite.yaml"))
-            .unwrap()
-            .1;
+        });
+        let suite = &files["suite.yaml"];
         assert!(
             suite.contains("module: ../../target/wasm32-wasip1/policy/no_latest.wasm"),
             "{suite}"
         );
-        let manifest = &files[0].1;
+        let manifest = &files["Cargo.toml"];
         assert!(manifest.contains("portcullis-sdk.workspace = true"));
         assert!(manifest.contains("[lints]\nworkspace = true"), "{manifest}");
         assert!(!manifest.contains("[workspace]"));
-        let lib = &files
-            .iter()
-            .find(|(p, _)| p == Path::new("src/lib.rs"))
-            .unwrap()
-            .1;
-        assert!(lib.contains("pub struct NoLatest;"));
-        assert!(
-            !files.iter().any(|(_, text)| text.contains("{{")),
-            "every placeholder is filled"
-        );
+        assert!(files["src/lib.rs"].contains("pub struct NoLatest;"));
     }
 
     #[test]
     fn standalone_crates_are_their_own_workspace() {
-        let scaffold = Scaffold {
+        let files = generate(&Scaffold {
             name: "add-team".into(),
             kind: Kind::Mutating,
             dir: PathBuf::from("/home/me/add-team"),
             layout: Layout::Standalone {
                 source: PathBuf::from("/src/portcullis"),
             },
-        };
-        let files = scaffold.files();
-        let manifest = &files[0].1;
+        });
+        let manifest = &files["Cargo.toml"];
         assert!(
             manifest.contains("portcullis-sdk = { path = \"/src/portcullis/sdk\" }"),
             "{manifest}"
         );
         assert!(manifest.contains("[workspace]") && manifest.contains("[profile.policy]"));
-        let suite = &files
-            .iter()
-            .find(|(p, _)| p == Path::new("suite.yaml"))
-            .unwrap()
-            .1;
+        let suite = &files["suite.yaml"];
         assert!(
             suite.contains("module: target/wasm32-wasip1/policy/add_team.wasm"),
             "{suite}"
-        );
-        assert!(
-            !files.iter().any(|(_, text)| text.contains("{{")),
-            "every placeholder is filled"
         );
     }
 }
