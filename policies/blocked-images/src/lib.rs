@@ -24,13 +24,7 @@ pub struct BlockedImages;
 impl Policy for BlockedImages {
     type Settings = Settings;
 
-    const METADATA: Metadata = Metadata {
-        name: "blocked-images",
-        version: env!("CARGO_PKG_VERSION"),
-        resources: portcullis_sdk::pods::CONTAINER_RESOURCES,
-        validates: true,
-        mutates: false,
-    };
+    const METADATA: Metadata = portcullis_sdk::metadata!(validate, pods::CONTAINER_RESOURCES);
 
     fn validate_settings(settings: &Settings) -> Result<(), String> {
         settings.check()

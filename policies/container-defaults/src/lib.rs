@@ -29,13 +29,7 @@ pub struct ContainerDefaults;
 impl Policy for ContainerDefaults {
     type Settings = Settings;
 
-    const METADATA: Metadata = Metadata {
-        name: "container-defaults",
-        version: env!("CARGO_PKG_VERSION"),
-        resources: portcullis_sdk::pods::CONTAINER_RESOURCES,
-        validates: false,
-        mutates: true,
-    };
+    const METADATA: Metadata = portcullis_sdk::metadata!(mutate, pods::CONTAINER_RESOURCES);
 
     fn validate_settings(settings: &Settings) -> Result<(), String> {
         settings.check()

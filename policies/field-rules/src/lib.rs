@@ -23,13 +23,7 @@ pub struct FieldRules;
 impl Policy for FieldRules {
     type Settings = Settings;
 
-    const METADATA: Metadata = Metadata {
-        name: "field-rules",
-        version: env!("CARGO_PKG_VERSION"),
-        resources: &["*"],
-        validates: true,
-        mutates: false,
-    };
+    const METADATA: Metadata = portcullis_sdk::metadata!(validate, &["*"]);
 
     fn validate_settings(settings: &Settings) -> Result<(), String> {
         settings.compile().map(|_| ())

@@ -31,13 +31,7 @@ pub struct ImageDigests;
 impl Policy for ImageDigests {
     type Settings = Settings;
 
-    const METADATA: Metadata = Metadata {
-        name: "image-digests",
-        version: env!("CARGO_PKG_VERSION"),
-        resources: portcullis_sdk::pods::CONTAINER_RESOURCES,
-        validates: false,
-        mutates: true,
-    };
+    const METADATA: Metadata = portcullis_sdk::metadata!(mutate, pods::CONTAINER_RESOURCES);
 
     fn validate_settings(settings: &Settings) -> Result<(), String> {
         settings.check()

@@ -23,13 +23,7 @@ pub struct NamespaceReservation;
 impl Policy for NamespaceReservation {
     type Settings = Settings;
 
-    const METADATA: Metadata = Metadata {
-        name: "namespace-reservation",
-        version: env!("CARGO_PKG_VERSION"),
-        resources: &["namespaces"],
-        validates: true,
-        mutates: false,
-    };
+    const METADATA: Metadata = portcullis_sdk::metadata!(validate, &["namespaces"]);
 
     fn validate_settings(settings: &Settings) -> Result<(), String> {
         settings.check()

@@ -38,13 +38,7 @@ const EVALUATED_SUBRESOURCES: &[&str] = &["", "ephemeralcontainers"];
 impl Policy for PodSecurity {
     type Settings = Settings;
 
-    const METADATA: Metadata = Metadata {
-        name: "pod-security",
-        version: env!("CARGO_PKG_VERSION"),
-        resources: portcullis_sdk::pods::CONTAINER_RESOURCES,
-        validates: true,
-        mutates: false,
-    };
+    const METADATA: Metadata = portcullis_sdk::metadata!(validate, pods::CONTAINER_RESOURCES);
 
     fn validate_settings(settings: &Settings) -> Result<(), String> {
         settings.check()

@@ -26,13 +26,7 @@ pub struct Settings {
 impl Policy for RequiredLabels {
     type Settings = Settings;
 
-    const METADATA: Metadata = Metadata {
-        name: "required-labels",
-        version: env!("CARGO_PKG_VERSION"),
-        resources: &["*"],
-        validates: true,
-        mutates: false,
-    };
+    const METADATA: Metadata = portcullis_sdk::metadata!(validate, &["*"]);
 
     fn validate_settings(settings: &Settings) -> Result<(), String> {
         if settings.labels.0.is_empty() {

@@ -25,13 +25,7 @@ pub struct SidecarInjector;
 impl Policy for SidecarInjector {
     type Settings = Settings;
 
-    const METADATA: Metadata = Metadata {
-        name: "sidecar-injector",
-        version: env!("CARGO_PKG_VERSION"),
-        resources: portcullis_sdk::pods::WORKLOAD_RESOURCES,
-        validates: false,
-        mutates: true,
-    };
+    const METADATA: Metadata = portcullis_sdk::metadata!(mutate, pods::WORKLOAD_RESOURCES);
 
     fn validate_settings(settings: &Settings) -> Result<(), String> {
         settings.check()

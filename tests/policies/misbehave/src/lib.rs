@@ -109,13 +109,7 @@ pub const INVALID_JSON: &str = r#"{"apiVersion": "v1", "kind": "Pod", "metadata"
 impl Policy for Misbehave {
     type Settings = Settings;
 
-    const METADATA: Metadata = Metadata {
-        name: "misbehave",
-        version: env!("CARGO_PKG_VERSION"),
-        resources: &["*"],
-        validates: true,
-        mutates: true,
-    };
+    const METADATA: Metadata = portcullis_sdk::metadata!(validate, mutate, &["*"]);
 
     fn validate_settings(settings: &Settings) -> Result<(), String> {
         let b = settings.behaviour;
