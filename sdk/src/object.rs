@@ -11,6 +11,8 @@
 //! host sends no patch. Paths are JSON pointers (RFC 6901) such as
 //! `/metadata/labels`; use [`escape_key`] for keys containing `/` or `~`.
 
+use std::borrow::Cow;
+
 use serde_json::{Map, Value};
 
 /// The object's `kind`, e.g. `"Pod"`.
@@ -54,18 +56,35 @@ pub fn escape_key(key: &str) -> String {
     key.replace('~', "~0").replace('/', "~1")
 }
 
-/// The steps of a JSON pointer, unescaped; `""` (the whole object) has none.
-fn steps(pointer: &str) -> Result<Vec<String>, String> {
-    if pointer.is_empty() {
-        return Ok(Vec::new());
+/// One step of a JSON pointer, unescaped (`~1` is `/`, `~0` is `~`);
+/// borrowed when there is nothing to unescape, as in almost every path.
+fn unescape(step: &str) -> Cow<'_, str> {
+    if step.contains('~') {
+        Cow::Owned(step.replace("~1", "/").replace("~0", "~"))
+    } else {
+        Cow::Borrowed(step)
     }
-    let rest = pointer
-        .strip_prefix('/')
-        .ok_or_else(|| format!("invalid JSON pointer {pointer:?}: it must start with /"))?;
+}
+
+/// The raw (still escaped) steps of a JSON pointer with the pointer up to
+/// each step's parent, for errors; `""` (the whole object) has none.
+fn steps(pointer: &str) -> Result<impl Iterator<Item = (&str, &str)>, String> {
+    let rest =
+        match pointer {
+            "" => None,
+            _ => Some(pointer.strip_prefix('/').ok_or_else(|| {
+                format!("invalid JSON pointer {pointer:?}: it must start with /")
+            })?),
+        };
+    let mut parent_end = 0;
     Ok(rest
-        .split('/')
-        .map(|step| step.replace("~1", "/").replace("~0", "~"))
-        .collect())
+        .into_iter()
+        .flat_map(|rest| rest.split('/'))
+        .map(move |step| {
+            let parent = &pointer[..parent_end];
+            parent_end += 1 + step.len();
+            (parent, step)
+        }))
 }
 
 /// What a path is called in errors: `the object` for the root.
@@ -87,14 +106,11 @@ pub fn ensure_map<'a>(
     pointer: &str,
 ) -> Result<&'a mut Map<String, Value>, String> {
     let mut here = object;
-    let mut walked = String::new();
-    for step in steps(pointer)? {
-        let at = place(&walked).to_string();
-        walked.push('/');
-        walked.push_str(&escape_key(&step));
+    for (parent, step) in steps(pointer)? {
+        let at = place(parent);
         here = match here {
             Value::Object(map) => {
-                let slot = map.entry(step).or_insert(Value::Null);
+                let slot = map.entry(unescape(step)).or_insert(Value::Null);
                 if slot.is_null() {
                     *slot = Value::Object(Map::new());
                 }
@@ -109,7 +125,7 @@ pub fn ensure_map<'a>(
         };
     }
     here.as_object_mut()
-        .ok_or_else(|| format!("{} is not a JSON object", place(&walked)))
+        .ok_or_else(|| format!("{} is not a JSON object", place(pointer)))
 }
 
 /// Adds each `(key, value)` to the map at `pointer` when the key is absent,
@@ -184,9 +200,7 @@ pub fn remove(object: &mut Value, pointer: &str, key: &str) -> bool {
 /// A pointer's parent and last key: `/a/b` is `/a` and `b`.
 fn split_last(pointer: &str) -> Result<(&str, String), String> {
     match pointer.rsplit_once('/') {
-        Some((parent, key)) if pointer.starts_with('/') => {
-            Ok((parent, key.replace("~1", "/").replace("~0", "~")))
-        }
+        Some((parent, key)) if pointer.starts_with('/') => Ok((parent, unescape(key).into_owned())),
         _ => Err(format!(
             "invalid JSON pointer {pointer:?}: it must name a member, e.g. /metadata/labels/app"
         )),
@@ -205,6 +219,9 @@ mod tests {
             .unwrap()
             .insert("a".into(), json!("b"));
         ensure_map(&mut object, "/spec/template/metadata").unwrap();
+        let mut escaped = json!({});
+        ensure_map(&mut escaped, "/a~1b/c~0d").unwrap();
+        assert_eq!(escaped, json!({"a/b": {"c~d": {}}}));
         assert_eq!(
             object,
             json!({"metadata": {"labels": {"a": "b"}}, "spec": {"template": {"metadata": {}}}})

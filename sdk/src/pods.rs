@@ -210,13 +210,15 @@ impl<'a> ContainerRef<'a> {
     /// `container "web" uses image "Nginx", which is not a valid image
     /// reference (repository name must be lowercase)`.
     pub fn image_ref(&self) -> Result<ImageRef, String> {
-        let who = self.describe();
+        // The description is built only for a message: most containers
+        // have a valid image, and this runs for each on every request.
         let Some(text) = self.image().filter(|image| !image.is_empty()) else {
-            return Err(format!("{who} has no image"));
+            return Err(format!("{} has no image", self.describe()));
         };
         ImageRef::parse(text).map_err(|e| {
             format!(
-                "{who} uses image {text:?}, which is not a valid image reference ({})",
+                "{} uses image {text:?}, which is not a valid image reference ({})",
+                self.describe(),
                 e.reason()
             )
         })
