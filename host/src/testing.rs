@@ -86,14 +86,7 @@ static SHARED: LazyLock<Result<Shared, String>> = LazyLock::new(|| {
         .enable_all()
         .build()
         .map_err(|err| err.to_string())?;
-    // As the CLI reads them: `PORTCULLIS_CACHE_DIR`, `PORTCULLIS_NO_MODULE_CACHE`.
-    let disabled = std::env::var_os("PORTCULLIS_NO_MODULE_CACHE")
-        .is_some_and(|v| !v.is_empty() && v != "false" && v != "0");
-    let cache_dir = std::env::var_os("PORTCULLIS_CACHE_DIR")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .or_else(crate::artifact_cache::default_dir)
-        .filter(|_| !disabled);
+    let cache_dir = crate::commands::ModuleCacheArgs::from_env()?.dir();
     let engine = PolicyEngine::with_cache(cache_dir.as_deref()).map_err(|err| err.to_string())?;
     Ok(Shared {
         runtime,

@@ -27,7 +27,27 @@ pub struct ModuleCacheArgs {
     pub no_module_cache: bool,
 }
 
+/// The cache flags alone, so a caller without a command line (the
+/// `testing` harness) reads their environment variables exactly as the CLI.
+#[derive(Debug, clap::Parser)]
+struct CacheEnv {
+    #[command(flatten)]
+    cache: ModuleCacheArgs,
+}
+
 impl ModuleCacheArgs {
+    /// The settings `PORTCULLIS_CACHE_DIR` and `PORTCULLIS_NO_MODULE_CACHE`
+    /// give, as they would for `serve`, `eval` or `test`.
+    ///
+    /// # Errors
+    /// The CLI's message for a value it would refuse.
+    pub fn from_env() -> Result<Self, String> {
+        use clap::Parser as _;
+        CacheEnv::try_parse_from(["portcullis"])
+            .map(|env| env.cache)
+            .map_err(|err| err.to_string())
+    }
+
     /// The cache directory to use, if any.
     pub fn dir(&self) -> Option<PathBuf> {
         if self.no_module_cache {

@@ -102,11 +102,11 @@ impl NewPolicy {
         let scaffold = Scaffold {
             name: self.name.clone(),
             kind,
-            dir: dir.clone(),
-            layout: layout.clone(),
+            dir,
+            layout,
         };
         for (path, text) in scaffold.files() {
-            let path = dir.join(path);
+            let path = scaffold.dir.join(path);
             if let Some(parent) = path.parent() {
                 std::fs::create_dir_all(parent)
                     .with_context(|| format!("creating {}", parent.display()))
@@ -116,7 +116,7 @@ impl NewPolicy {
                 .with_context(|| format!("writing {}", path.display()))
                 .map_err(CliError::failure)?;
         }
-        self.report(&dir, &layout, covered);
+        report(&scaffold, covered);
         Ok(())
     }
 
@@ -140,41 +140,43 @@ impl NewPolicy {
         }
         Ok(source)
     }
+}
 
-    fn report(&self, dir: &Path, layout: &Layout, covered: bool) {
-        let kind = if self.mutating {
-            "mutating"
-        } else {
-            "validating"
-        };
-        println!("created {kind} policy {} in {}", self.name, dir.display());
-        let (build, test) = match layout {
-            Layout::Workspace { root, .. } => {
-                if !covered {
-                    println!(
-                        "note: add its directory to [workspace] members in {}",
-                        root.join("Cargo.toml").display()
-                    );
-                }
-                (
-                    format!(
-                        "cargo build --target wasm32-wasip1 --profile policy -p {}",
-                        self.name
-                    ),
-                    format!("cargo test --release -p {}", self.name),
-                )
+/// What was made, and the commands to build and test it.
+fn report(scaffold: &Scaffold, covered: bool) {
+    let (dir, name) = (&scaffold.dir, &scaffold.name);
+    let kind = if scaffold.kind == Kind::Mutating {
+        "mutating"
+    } else {
+        "validating"
+    };
+    println!("created {kind} policy {} in {}", name, dir.display());
+    let (build, test) = match &scaffold.layout {
+        Layout::Workspace { root, .. } => {
+            if !covered {
+                println!(
+                    "note: add its directory to [workspace] members in {}",
+                    root.join("Cargo.toml").display()
+                );
             }
-            Layout::Standalone { .. } => (
+            (
                 format!(
-                    "cd {:?} && cargo build --target wasm32-wasip1 --profile policy",
-                    dir.display().to_string()
+                    "cargo build --target wasm32-wasip1 --profile policy -p {}",
+                    name
                 ),
-                "cargo test --release".to_string(),
+                format!("cargo test --release -p {}", name),
+            )
+        }
+        Layout::Standalone { .. } => (
+            format!(
+                "cd {:?} && cargo build --target wasm32-wasip1 --profile policy",
+                dir.display().to_string()
             ),
-        };
-        let suite = dir.join("suite.yaml").display().to_string();
-        println!("next:\n  {build}\n  {test}\n  portcullis test {suite:?}");
-    }
+            "cargo test --release".to_string(),
+        ),
+    };
+    let suite = dir.join("suite.yaml").display().to_string();
+    println!("next:\n  {build}\n  {test}\n  portcullis test {suite:?}");
 }
 
 /// `path` without `.` and `..` components (the directory may not exist
