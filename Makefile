@@ -1,6 +1,6 @@
 # Portcullis: build, run and test.
-#   make run    build everything and serve policies/standard.yaml on https://127.0.0.1:8443
-#   make test   build everything once and run every test (unit and end-to-end)
+#   make run    build the server and the policies, serve policies/standard.yaml on https://127.0.0.1:8443
+#   make test   build everything once and run every test (unit, end-to-end, fuzz replays), then lint
 #   make bench  the server under load, standard policy set against no policies
 #   make deploy-render   render the Kubernetes manifests into target/deploy/
 
@@ -8,17 +8,18 @@ CARGO    ?= cargo
 # What `portcullis new policy` generates, kept in tests/scaffold/ and built
 # and tested like any policy (tests/tests/scaffold.rs checks it is current).
 SCAFFOLDS := new-validating new-mutating
-# Every crate under policies/ (so a new one needs no edit here), the
-# misbehaving test policy, and the scaffold's output.
-POLICIES := $(notdir $(patsubst %/Cargo.toml,%,$(wildcard policies/*/Cargo.toml))) \
-            misbehave $(SCAFFOLDS)
+# Every crate under policies/ (so a new one needs no edit here): what
+# policies/standard.yaml serves.
+LIBRARY  := $(notdir $(patsubst %/Cargo.toml,%,$(wildcard policies/*/Cargo.toml)))
+# Those, the misbehaving test policy, and the scaffold's output.
+POLICIES := $(LIBRARY) misbehave $(SCAFFOLDS)
 ADDR     ?= 127.0.0.1:8443
 CONFIG   ?= policies/standard.yaml
 KUBECTL  ?= kubectl
 DEPLOY   := deploy/kubernetes
 OVERLAYS := cert-manager self-signed
 
-.PHONY: all setup build policies components host run test suites scaffold-examples bench bench-engine lint fmt clean \
+.PHONY: all setup build policies library components host server run test suites scaffold-examples bench bench-engine lint fmt clean \
         deploy-policies deploy-render deploy-self-signed
 
 all: build
@@ -65,15 +66,25 @@ host:
 
 build: policies host
 
-run: build
+# Only what serving needs: the binary and the policies standard.yaml names
+# (no tests, benchmarks or test policies), for a first start that is quick.
+server: setup
+	$(CARGO) build --locked --release -p portcullis --bin portcullis
+
+library: setup
+	$(CARGO) build --locked --target wasm32-wasip1 --profile policy $(addprefix -p ,$(LIBRARY))
+
+run: server library
 	./target/release/portcullis serve --config $(CONFIG) --addr $(ADDR)
 
 # One native profile (release) for the host, the SDK, the policies' unit
-# tests and the end-to-end tests, so everything is compiled once; then
-# every policy's test suite through `portcullis test`.
+# tests, the fuzz regression replays and the end-to-end tests, so
+# everything is compiled once; then every policy's test suite through
+# `portcullis test`; then fmt and clippy.
 test: build components
 	$(CARGO) test --locked --release --workspace
 	$(MAKE) --no-print-directory suites
+	$(MAKE) --no-print-directory lint
 
 # The policy test suites shipped with each policy (policies/*/suite.yaml).
 suites: build components
@@ -93,7 +104,7 @@ bench: build
 
 # Engine micro-benchmarks (criterion): evaluation per policy, compile, cache.
 bench-engine: build
-	$(CARGO) bench --locked -p portcullis --bench engine
+	$(CARGO) bench --locked -p portcullis-engine --bench engine
 
 lint: setup
 	$(CARGO) fmt --all -- --check

@@ -9,6 +9,9 @@
 //! Figures on a shared machine are noisy: compare the ratios, which come
 //! from one run, not absolute numbers across runs.
 
+// A benchmark run stops at the first thing that does not work.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 mod configs;
 mod load;
 mod server;

@@ -1,5 +1,12 @@
-//! Wiring: config -> engine -> policy set -> TLS -> server, and the drain
-//! on shutdown. The only place that knows every layer.
+//! The one owner of the server's lifecycle: start-up, the control loop
+//! (reloads and certificate rotation) and the drain that joins every task.
+//!
+//! The caller binds the sockets and says when to stop:
+//! [`start`]`(listeners, options, shutdown)` loads everything, spawns the
+//! tasks and returns a [`Server`]; [`Server::wait`] returns once the
+//! shutdown future has resolved, in-flight reviews have drained and every
+//! task has ended. The binary passes SIGTERM/SIGINT as the shutdown future;
+//! tests bind port 0 and pass a channel.
 
 use std::future::IntoFuture as _;
 use std::net::SocketAddr;
@@ -7,19 +14,18 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
+use axum_server::tls_rustls::RustlsConfig;
+use portcullis_engine::{EngineError, PolicyEngine, PolicySet, PolicyStore};
+use tokio::task::JoinHandle;
 
-use crate::cert_reload::{self, CertReloader};
-use crate::engine::{EngineError, PolicyEngine};
+use crate::cert_reload::CertReloader;
+use crate::control::{ControlHandle, ControlLoop, Debounce};
 use crate::limits::{ConnectionLimit, EvalLimiter};
 use crate::metrics::Metrics;
-use crate::policy_set::PolicySet;
-use crate::policy_store::PolicyStore;
-use crate::reload::{self, Debounce, ReloadError, Reloader};
+use crate::reload::{ReloadError, Reloader};
 use crate::server::{self, ServerState};
-use crate::shutdown;
 use crate::tls::{self, TlsError, TlsFiles};
-use crate::watch::{FileWatcher, WatchError};
+use crate::watch::WatchError;
 
 /// Where the serving certificate comes from.
 #[derive(Debug, Clone)]
@@ -59,19 +65,15 @@ impl TlsSource {
     }
 }
 
-/// Everything `serve` needs.
+/// Everything the server needs besides its sockets.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
     pub config: PathBuf,
-    pub addr: SocketAddr,
     pub tls: TlsSource,
     /// Where compiled modules are cached across starts; `None`: no cache.
     pub cache_dir: Option<PathBuf>,
     /// Require client certificates signed by this CA on the HTTPS listener.
     pub client_ca: Option<PathBuf>,
-    /// A plain-HTTP listener for `/metrics`, `/healthz` and `/readyz`, so
-    /// the kubelet and Prometheus need no client certificate.
-    pub metrics_addr: Option<SocketAddr>,
     pub body_limit: usize,
     pub shutdown_grace: Duration,
     /// Start serving with no policies when the config is broken at
@@ -96,24 +98,73 @@ pub struct EdgeLimits {
     pub body_read_timeout: Duration,
 }
 
+/// The bound sockets: HTTPS for the API server, and optionally plain HTTP
+/// for probes and metrics.
+#[derive(Debug)]
+pub struct Listeners {
+    pub https: std::net::TcpListener,
+    /// `/metrics`, `/healthz` and `/readyz` over plain HTTP, so the kubelet
+    /// and Prometheus need no client certificate.
+    pub operations: Option<std::net::TcpListener>,
+}
+
+impl Listeners {
+    /// Binds both addresses (port 0 picks a free port).
+    ///
+    /// # Errors
+    /// [`AppError::Bind`] naming the address that could not be bound.
+    pub fn bind(https: SocketAddr, operations: Option<SocketAddr>) -> Result<Self, AppError> {
+        Ok(Self {
+            https: bind(https)?,
+            operations: operations.map(bind).transpose()?,
+        })
+    }
+}
+
+/// A non-blocking listening socket on `addr`.
+fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, AppError> {
+    let bind_error = |source| AppError::Bind { addr, source };
+    let listener = std::net::TcpListener::bind(addr).map_err(bind_error)?;
+    listener.set_nonblocking(true).map_err(bind_error)?;
+    Ok(listener)
+}
+
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
-    #[error(transparent)]
+    /// The first policy load failed (and `allow_empty` is off).
+    #[error("cannot load the policies")]
     Load(#[from] ReloadError),
+    /// A file watcher could not start.
     #[error(transparent)]
     Watch(#[from] WatchError),
-    #[error(transparent)]
+    /// The serving certificate could not be loaded.
+    #[error("cannot load the serving certificate")]
     Tls(#[from] TlsError),
+    /// The WebAssembly engine could not start.
     #[error(transparent)]
     Engine(#[from] EngineError),
-    #[error("cannot listen on {addr}: {cause}")]
+    /// A socket could not be bound or used.
+    #[error("cannot listen on {addr}")]
     Bind {
         addr: SocketAddr,
-        cause: std::io::Error,
+        #[source]
+        source: std::io::Error,
     },
-    #[error("server error: {0}")]
-    Serve(std::io::Error),
+    /// A listener failed while serving.
+    #[error("the {listener} listener failed")]
+    Serve {
+        listener: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A server task panicked or was cancelled.
+    #[error("the {task} task ended abnormally")]
+    Task {
+        task: &'static str,
+        #[source]
+        source: tokio::task::JoinError,
+    },
 }
 
 impl AppError {
@@ -121,29 +172,176 @@ impl AppError {
     pub fn exit_code(&self) -> u8 {
         match self {
             Self::Load(_) | Self::Tls(_) | Self::Bind { .. } => 2,
-            Self::Engine(_) | Self::Watch(_) | Self::Serve(_) => 1,
+            Self::Engine(_) | Self::Watch(_) | Self::Serve { .. } | Self::Task { .. } => 1,
         }
     }
 }
 
-/// A non-blocking listening socket on `addr`.
-fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, AppError> {
-    let listener =
-        std::net::TcpListener::bind(addr).map_err(|cause| AppError::Bind { addr, cause })?;
-    listener
-        .set_nonblocking(true)
-        .map_err(|cause| AppError::Bind { addr, cause })?;
-    Ok(listener)
+/// A running server. Dropping it does not stop it: resolve the shutdown
+/// future given to [`start`], then [`Server::wait`].
+pub struct Server {
+    https_addr: SocketAddr,
+    operations_addr: Option<SocketAddr>,
+    control: ControlHandle,
+    https: JoinHandle<std::io::Result<()>>,
+    operations: Option<JoinHandle<std::io::Result<()>>>,
+    control_loop: JoinHandle<()>,
+    drain: JoinHandle<()>,
+    /// Kept until every task has ended: its epoch ticker thread is joined
+    /// when the last reference goes.
+    engine: Arc<PolicyEngine>,
 }
 
-/// Loads everything, serves until SIGTERM/SIGINT, then drains.
+impl Server {
+    /// Where the HTTPS listener is.
+    pub fn https_addr(&self) -> SocketAddr {
+        self.https_addr
+    }
+
+    /// Where the plain-HTTP operations listener is, if there is one.
+    pub fn operations_addr(&self) -> Option<SocketAddr> {
+        self.operations_addr
+    }
+
+    /// Sends requests (e.g. reload) to the control loop.
+    pub fn control(&self) -> ControlHandle {
+        self.control.clone()
+    }
+
+    /// Waits for the drain: returns once the shutdown future has resolved,
+    /// in-flight reviews have finished (or the grace period has passed)
+    /// and every task has ended.
+    ///
+    /// # Errors
+    /// The first listener failure or task panic.
+    pub async fn wait(self) -> Result<(), AppError> {
+        let https = joined("https", self.https)
+            .await
+            .and_then(|served| served.map_err(|source| serve_error("https", source)));
+        // The HTTPS listener ends only on shutdown or failure: stop the
+        // others either way.
+        self.drain.abort();
+        let _ = self.drain.await;
+        let operations = match self.operations {
+            Some(task) => joined("operations", task)
+                .await
+                .and_then(|served| served.map_err(|source| serve_error("operations", source))),
+            None => Ok(()),
+        };
+        let control = joined("control", self.control_loop).await;
+        drop(self.engine);
+        tracing::info!("stopped");
+        https.and(operations).and(control)
+    }
+}
+
+fn serve_error(listener: &'static str, source: std::io::Error) -> AppError {
+    AppError::Serve { listener, source }
+}
+
+async fn joined<T>(task: &'static str, handle: JoinHandle<T>) -> Result<T, AppError> {
+    handle
+        .await
+        .map_err(|source| AppError::Task { task, source })
+}
+
+/// Loads policies and the certificate, then serves on `listeners` until
+/// `shutdown` resolves.
 ///
 /// # Errors
 /// An [`AppError`] for what went wrong at start-up.
-pub async fn serve(options: ServeOptions) -> Result<(), AppError> {
+pub async fn start(
+    listeners: Listeners,
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<Server, AppError> {
     let started = Instant::now();
-    let engine = PolicyEngine::with_cache(options.cache_dir.as_deref())?;
     let metrics = Metrics::new();
+    let engine = PolicyEngine::with_cache(options.cache_dir.as_deref())?;
+    let (reloader, store) = load_policies(&engine, &options, &metrics).await?;
+    let (rustls, cert_reloader) = load_certificate(&options, &metrics)?;
+    let (control_loop, control) = ControlLoop::new(reloader, cert_reloader, options.debounce)?;
+
+    let state = server_state(store, metrics, &options);
+    let https_addr = local_addr(&listeners.https)?;
+    let operations_addr = listeners.operations.as_ref().map(local_addr).transpose()?;
+
+    // Stopping: the drain task flips `stop` when `shutdown` resolves; every
+    // other task watches it.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut stop_rx = stop_rx.clone();
+        async move {
+            let _ = stop_rx.wait_for(|stop| *stop).await;
+        }
+    };
+    let handle = axum_server::Handle::new();
+    let drain = tokio::spawn(drain(
+        shutdown,
+        stop_tx,
+        handle.clone(),
+        options.shutdown_grace,
+    ));
+    let control_loop = tokio::spawn(control_loop.run(stopped()));
+    // Stops with the HTTPS server, after the drain starts: the kubelet
+    // sees the pod unready while it drains.
+    let operations = listeners
+        .operations
+        .map(|listener| serve_operations(listener, state.clone(), stopped()))
+        .transpose()?;
+    let https = serve_https(listeners.https, rustls, state, options.limits, handle)?;
+    tracing::info!(
+        address = %https_addr,
+        operations = ?operations_addr,
+        pooling = engine.is_pooling(),
+        startup_ms = started.elapsed().as_millis() as u64,
+        "listening on https://{https_addr}"
+    );
+    Ok(Server {
+        https_addr,
+        operations_addr,
+        control,
+        https,
+        operations,
+        control_loop,
+        drain,
+        engine,
+    })
+}
+
+/// [`start`], then [`Server::wait`].
+///
+/// # Errors
+/// As [`start`] and [`Server::wait`].
+pub async fn run(
+    listeners: Listeners,
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), AppError> {
+    start(listeners, options, shutdown).await?.wait().await
+}
+
+/// The webhook's router over the policies `options.config` names, loaded
+/// once: the whole request path (body checks, parsing, admission to
+/// evaluation, the chains, the answer) without sockets, TLS, reloading or
+/// a process. What the in-process request-path tests drive with
+/// `tower::ServiceExt::oneshot`.
+///
+/// # Errors
+/// When the engine cannot start or the policies do not load.
+pub async fn router(options: &ServeOptions) -> Result<axum::Router, AppError> {
+    let metrics = Metrics::new();
+    let engine = PolicyEngine::with_cache(options.cache_dir.as_deref())?;
+    let (_reloader, store) = load_policies(&engine, options, &metrics).await?;
+    Ok(server::router(server_state(store, metrics, options)))
+}
+
+/// The first load, through the same path a running server reloads by.
+async fn load_policies(
+    engine: &Arc<PolicyEngine>,
+    options: &ServeOptions,
+    metrics: &Arc<Metrics>,
+) -> Result<(Reloader, Arc<PolicyStore>), AppError> {
     // Generation 0 is "nothing loaded yet": not ready.
     let store = PolicyStore::new(PolicySet::empty(0));
     let mut reloader = Reloader::new(
@@ -152,7 +350,6 @@ pub async fn serve(options: ServeOptions) -> Result<(), AppError> {
         store.clone(),
         metrics.clone(),
     );
-    // Start-up is the first reload: the same path a running server uses.
     if let Err(error) = reloader.reload().await {
         if !options.allow_empty {
             return Err(error.into());
@@ -162,33 +359,29 @@ pub async fn serve(options: ServeOptions) -> Result<(), AppError> {
             "--allow-empty: serving no policies until the config loads"
         );
     }
-    let hangup = reload::hangup_signal();
-    let (file_events_tx, file_events) = mpsc::unbounded_channel();
-    let mut watcher = FileWatcher::new(file_events_tx)?;
-    watcher.watch(reloader.watched());
+    Ok((reloader, store))
+}
 
-    let tls_files = options.tls.files(options.client_ca.clone())?;
-    let identity = tls::load(&tls_files)?;
-    let rustls = axum_server::tls_rustls::RustlsConfig::from_config(identity.config.clone());
-    let cert_reloader = CertReloader::new(tls_files, &identity, rustls.clone(), metrics.clone());
-    let (cert_events_tx, cert_events) = mpsc::unbounded_channel();
-    let cert_watcher = FileWatcher::new(cert_events_tx)?;
+/// The serving identity, and the reloader that keeps it in step with its
+/// files.
+fn load_certificate(
+    options: &ServeOptions,
+    metrics: &Arc<Metrics>,
+) -> Result<(RustlsConfig, CertReloader), AppError> {
+    let files = options.tls.files(options.client_ca.clone())?;
+    let identity = tls::load(&files)?;
+    let rustls = RustlsConfig::from_config(identity.config.clone());
+    let reloader = CertReloader::new(files, &identity, rustls.clone(), metrics.clone());
+    Ok((rustls, reloader))
+}
 
-    let listener = bind(options.addr)?;
-    let local = listener.local_addr().map_err(|cause| AppError::Bind {
-        addr: options.addr,
-        cause,
-    })?;
-    let metrics_listener = match options.metrics_addr {
-        Some(addr) => Some(
-            tokio::net::TcpListener::from_std(bind(addr)?)
-                .map_err(|cause| AppError::Bind { addr, cause })?,
-        ),
-        None => None,
-    };
-
+fn server_state(
+    store: Arc<PolicyStore>,
+    metrics: Arc<Metrics>,
+    options: &ServeOptions,
+) -> ServerState {
     let edge = options.limits;
-    let state = ServerState {
+    ServerState {
         policies: store,
         limiter: Arc::new(EvalLimiter::new(
             edge.max_concurrent_reviews,
@@ -198,65 +391,41 @@ pub async fn serve(options: ServeOptions) -> Result<(), AppError> {
         metrics,
         body_limit: options.body_limit,
         body_timeout: edge.body_read_timeout,
-    };
-    let router = server::router(state.clone());
-    let handle = axum_server::Handle::new();
-    // The control loop: SIGTERM/SIGINT drain the server and stop the
-    // reloader; file changes and SIGHUP reload.
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let drain = {
-        let handle = handle.clone();
-        let grace = options.shutdown_grace;
-        tokio::spawn(async move {
-            shutdown::signal().await;
-            let _ = stop_tx.send(true);
-            handle.graceful_shutdown(Some(grace));
-        })
-    };
-    let stopped = move || {
-        let mut stop_rx = stop_rx.clone();
-        async move {
-            let _ = stop_rx.wait_for(|stop| *stop).await;
-        }
-    };
-    let reloading = tokio::spawn(reload::run(
-        reloader,
-        watcher,
-        file_events,
-        hangup,
-        options.debounce,
-        stopped(),
-    ));
-    let rotating = tokio::spawn(cert_reload::run(
-        cert_reloader,
-        cert_watcher,
-        cert_events,
-        options.debounce,
-        stopped(),
-    ));
-    let operations = match metrics_listener {
-        Some(listener) => {
-            let address = listener.local_addr().ok();
-            tracing::info!(
-                ?address,
-                "serving /metrics, /healthz and /readyz over plain HTTP"
-            );
-            let router = server::operations_router(state);
-            // Stops with the HTTPS server, after the drain starts: the
-            // kubelet sees the pod unready while it drains.
-            Some(tokio::spawn(
-                axum::serve(listener, router)
-                    .with_graceful_shutdown(stopped())
-                    .into_future(),
-            ))
-        }
-        None => None,
-    };
+    }
+}
+
+fn local_addr(listener: &std::net::TcpListener) -> Result<SocketAddr, AppError> {
+    listener.local_addr().map_err(|source| AppError::Bind {
+        addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+        source,
+    })
+}
+
+/// Waits for `shutdown`, then tells every task to stop and lets in-flight
+/// requests finish within `grace`.
+async fn drain(
+    shutdown: impl Future<Output = ()>,
+    stop: tokio::sync::watch::Sender<bool>,
+    handle: axum_server::Handle<SocketAddr>,
+    grace: Duration,
+) {
+    shutdown.await;
+    tracing::info!("draining");
+    let _ = stop.send(true);
+    handle.graceful_shutdown(Some(grace));
+}
+
+/// The webhook over HTTPS, behind the connection cap and edge timeouts.
+fn serve_https(
+    listener: std::net::TcpListener,
+    rustls: RustlsConfig,
+    state: ServerState,
+    edge: EdgeLimits,
+    handle: axum_server::Handle<SocketAddr>,
+) -> Result<JoinHandle<std::io::Result<()>>, AppError> {
+    let addr = local_addr(&listener)?;
     let mut server = axum_server::from_tcp_rustls(listener, rustls)
-        .map_err(|cause| AppError::Bind {
-            addr: options.addr,
-            cause,
-        })?
+        .map_err(|source| AppError::Bind { addr, source })?
         .handle(handle);
     // Slow clients (slowloris) must not hold connections open for free.
     server
@@ -264,21 +433,24 @@ pub async fn serve(options: ServeOptions) -> Result<(), AppError> {
         .http1()
         .header_read_timeout(edge.header_read_timeout);
     server.http_builder().http2().max_concurrent_streams(256);
-    tracing::info!(
-        address = %local,
-        pooling = engine.is_pooling(),
-        startup_ms = started.elapsed().as_millis() as u64,
-        "listening on https://{local}"
-    );
-    let result = server
-        .serve(ConnectionLimit::new(router, edge.max_connections))
-        .await;
-    drain.abort();
-    reloading.abort();
-    rotating.abort();
-    if let Some(operations) = operations {
-        operations.abort();
-    }
-    tracing::info!("stopped");
-    result.map_err(AppError::Serve)
+    let service = ConnectionLimit::new(server::router(state), edge.max_connections);
+    Ok(tokio::spawn(server.serve(service)))
+}
+
+/// Probes and metrics over plain HTTP, until `stopped` resolves.
+fn serve_operations(
+    listener: std::net::TcpListener,
+    state: ServerState,
+    stopped: impl Future<Output = ()> + Send + 'static,
+) -> Result<JoinHandle<std::io::Result<()>>, AppError> {
+    let addr = local_addr(&listener)?;
+    let listener = tokio::net::TcpListener::from_std(listener)
+        .map_err(|source| AppError::Bind { addr, source })?;
+    tracing::info!(address = %addr, "serving /metrics, /healthz and /readyz over plain HTTP");
+    let router = server::operations_router(state);
+    Ok(tokio::spawn(
+        axum::serve(listener, router)
+            .with_graceful_shutdown(stopped)
+            .into_future(),
+    ))
 }

@@ -12,12 +12,9 @@ use std::sync::Arc;
 
 use axum_server::tls_rustls::RustlsConfig;
 use sha2::{Digest as _, Sha256};
-use tokio::sync::mpsc;
 
 use crate::metrics::Metrics;
-use crate::reload::{Debounce, settle};
 use crate::tls::{self, TlsError, TlsFiles, TlsIdentity};
-use crate::watch::FileWatcher;
 
 /// What a rotation attempt did.
 #[derive(Debug)]
@@ -108,28 +105,6 @@ fn contents_digest(files: &TlsFiles) -> Option<[u8; 32]> {
         hasher.update(&bytes);
     }
     Some(hasher.finalize().into())
-}
-
-/// Rotates on debounced file changes until `shutdown` resolves.
-pub async fn run(
-    mut reloader: CertReloader,
-    mut watcher: FileWatcher,
-    mut file_events: mpsc::UnboundedReceiver<()>,
-    debounce: Debounce,
-    shutdown: impl std::future::Future<Output = ()>,
-) {
-    tokio::pin!(shutdown);
-    watcher.watch(&reloader.watched());
-    loop {
-        tokio::select! {
-            () = &mut shutdown => return,
-            Some(()) = file_events.recv() => settle(&mut file_events, debounce).await,
-        }
-        let _ = reloader.rotate();
-        // A Secret volume swap replaces the directories the files resolve
-        // to: watch where they lead now.
-        watcher.watch(&reloader.watched());
-    }
 }
 
 #[cfg(test)]

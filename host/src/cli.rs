@@ -57,29 +57,3 @@ impl Cli {
         }
     }
 }
-
-/// How a command failed, and the exit code that says so.
-#[derive(Debug)]
-pub struct CliError {
-    /// 1: a failure found or a runtime error; 2: usage or config error.
-    pub code: u8,
-    pub error: anyhow::Error,
-}
-
-impl CliError {
-    /// A usage or configuration error (exit code 2).
-    pub fn usage(error: impl Into<anyhow::Error>) -> Self {
-        Self {
-            code: 2,
-            error: error.into(),
-        }
-    }
-
-    /// A runtime failure (exit code 1).
-    pub fn failure(error: impl Into<anyhow::Error>) -> Self {
-        Self {
-            code: 1,
-            error: error.into(),
-        }
-    }
-}

@@ -8,7 +8,7 @@ use portcullis::cli::{Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Err(message) = portcullis::telemetry::init(cli.log_format, cli.log_filter()) {
+    if let Err(message) = portcullis::init_logs(cli.log_format, cli.log_filter()) {
         eprintln!("error: {message}");
         return ExitCode::from(2);
     }

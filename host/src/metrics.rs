@@ -10,7 +10,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::chain::Evaluation;
+use portcullis_engine::Evaluation;
 
 /// Duration buckets: 100 us to ~3.3 s, doubling. Policy calls take tens of
 /// microseconds; deadlines are hundreds of milliseconds.

@@ -4,19 +4,16 @@
 //!
 //! Start-up uses the same path: the first reload.
 
-use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
-use tokio::sync::mpsc;
-
-use crate::config::{Config, ConfigError};
-use crate::engine::PolicyEngine;
 use crate::metrics::Metrics;
-use crate::policy_set::{ModuleCache, PolicySet, SetError};
-use crate::policy_store::{LoadFailure, PolicyStore};
-use crate::watch::{FileWatcher, Fingerprint};
+use crate::watch::Fingerprint;
+use portcullis_engine::PolicyEngine;
+use portcullis_engine::{Config, ConfigError};
+use portcullis_engine::{LoadFailure, PolicyStore};
+use portcullis_engine::{ModuleCache, PolicySet, SetError};
 
 /// Compiled modules kept beyond those in service, for rollbacks.
 const SPARE_MODULES: usize = 16;
@@ -197,165 +194,5 @@ impl Reloader {
         self.store.swap(set);
         self.cache.prune(&in_use);
         Ok(ReloadOutcome::Swapped { generation })
-    }
-}
-
-/// What wakes the control loop.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Trigger {
-    /// A watched file changed (already debounced).
-    FilesChanged,
-    /// SIGHUP.
-    Signal,
-    /// A watched file changed while the previous reload ran.
-    MissedChange,
-}
-
-/// How long file events must be quiet before a reload starts, and the
-/// longest a burst may delay it.
-#[derive(Debug, Clone, Copy)]
-pub struct Debounce {
-    pub quiet: Duration,
-    pub max: Duration,
-}
-
-/// Runs reloads until `shutdown` resolves: on debounced file changes and
-/// on SIGHUP. The watcher only reports; it never reloads by itself.
-pub async fn run(
-    mut reloader: Reloader,
-    mut watcher: FileWatcher,
-    mut file_events: mpsc::UnboundedReceiver<()>,
-    mut hangup: Option<tokio::signal::unix::Signal>,
-    debounce: Debounce,
-    shutdown: impl std::future::Future<Output = ()>,
-) {
-    tokio::pin!(shutdown);
-    let mut missed = false;
-    loop {
-        let trigger = if missed {
-            Trigger::MissedChange
-        } else {
-            tokio::select! {
-                () = &mut shutdown => return,
-                Some(()) = file_events.recv() => {
-                    settle(&mut file_events, debounce).await;
-                    Trigger::FilesChanged
-                }
-                Some(()) = recv_signal(&mut hangup) => Trigger::Signal,
-            }
-        };
-        tracing::info!(?trigger, "reloading policies");
-        let _ = reloader.reload().await;
-        watcher.watch(reloader.watched());
-        // A change made while the reload ran, in a directory not yet
-        // watched, raised no event: catch it by comparing the files.
-        missed = reloader.changed_since_read();
-    }
-}
-
-/// Listens for SIGHUP. Installed before serving starts, so an early
-/// SIGHUP reloads instead of killing the process.
-pub fn hangup_signal() -> Option<tokio::signal::unix::Signal> {
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-        Ok(stream) => Some(stream),
-        Err(error) => {
-            tracing::warn!(%error, "cannot listen for SIGHUP; reloads on file changes only");
-            None
-        }
-    }
-}
-
-async fn recv_signal(signal: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
-    match signal {
-        Some(signal) => signal.recv().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Waits until events have been quiet for `debounce.quiet` (at most
-/// `debounce.max` in all), swallowing the burst.
-pub(crate) async fn settle(events: &mut mpsc::UnboundedReceiver<()>, debounce: Debounce) {
-    let hard_deadline = tokio::time::Instant::now() + debounce.max;
-    loop {
-        let quiet_deadline = (tokio::time::Instant::now() + debounce.quiet).min(hard_deadline);
-        tokio::select! {
-            event = events.recv() => {
-                if event.is_none() || tokio::time::Instant::now() >= hard_deadline {
-                    return;
-                }
-            }
-            () = tokio::time::sleep_until(quiet_deadline) => return,
-        }
-    }
-}
-
-/// The directories to watch for `files`: each file's parent.
-pub fn directories(files: &[PathBuf]) -> HashSet<PathBuf> {
-    files
-        .iter()
-        .map(|file| {
-            file.parent()
-                .filter(|dir| !dir.as_os_str().is_empty())
-                .unwrap_or(Path::new("."))
-                .to_path_buf()
-        })
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test(start_paused = true)]
-    async fn settle_waits_for_quiet_and_caps_a_burst() {
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let debounce = Debounce {
-            quiet: Duration::from_millis(100),
-            max: Duration::from_millis(500),
-        };
-        // A burst that never goes quiet ends at the cap.
-        let feeder = tokio::spawn(async move {
-            for _ in 0..100 {
-                if tx.send(()).is_err() {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        });
-        let started = tokio::time::Instant::now();
-        settle(&mut rx, debounce).await;
-        let waited = started.elapsed();
-        assert!(waited >= Duration::from_millis(500), "{waited:?}");
-        assert!(waited < Duration::from_millis(600), "{waited:?}");
-        feeder.abort();
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn settle_returns_after_the_quiet_period() {
-        let (tx, mut rx) = mpsc::unbounded_channel::<()>();
-        let debounce = Debounce {
-            quiet: Duration::from_millis(100),
-            max: Duration::from_secs(5),
-        };
-        tx.send(()).expect("send");
-        let started = tokio::time::Instant::now();
-        settle(&mut rx, debounce).await;
-        let waited = started.elapsed();
-        // The queued event is swallowed, then 100 ms of quiet.
-        assert_eq!(waited, Duration::from_millis(100));
-    }
-
-    #[test]
-    fn watches_each_files_directory_once() {
-        let dirs = directories(&[
-            PathBuf::from("/etc/portcullis/config.yaml"),
-            PathBuf::from("/etc/portcullis/a.wasm"),
-            PathBuf::from("/opt/policies/b.wasm"),
-            PathBuf::from("relative.wasm"),
-        ]);
-        assert_eq!(dirs.len(), 3);
-        assert!(dirs.contains(Path::new("/etc/portcullis")));
-        assert!(dirs.contains(Path::new("/opt/policies")));
-        assert!(dirs.contains(Path::new(".")));
     }
 }

@@ -1,5 +1,6 @@
 //! Logs: `tracing` to stderr, text for people or JSON for machines.
 
+use std::io::IsTerminal as _;
 use std::time::SystemTime;
 
 use tracing_subscriber::EnvFilter;
@@ -19,8 +20,11 @@ pub enum LogFormat {
 pub fn init(format: LogFormat, level: &str) -> Result<(), String> {
     let filter =
         EnvFilter::try_new(level).map_err(|err| format!("invalid --log-level {level:?}: {err}"))?;
+    // Colour codes only for a person at a terminal: a log file, journald
+    // or `kubectl logs` would show them as garbage.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     // A second init (tests) keeps the first subscriber.
     let _ = match format {

@@ -10,6 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
@@ -136,11 +137,12 @@ pub fn load(files: &TlsFiles) -> Result<TlsIdentity, TlsError> {
 }
 
 /// Builds the server configuration from PEM files, without client
-/// authentication.
+/// authentication (what the tests below check `load` with).
 ///
 /// # Errors
 /// A [`TlsError`] naming the file and what was wrong with it.
-pub fn server_config(cert_path: &Path, key_path: &Path) -> Result<Arc<ServerConfig>, TlsError> {
+#[cfg(test)]
+fn server_config(cert_path: &Path, key_path: &Path) -> Result<Arc<ServerConfig>, TlsError> {
     load(&TlsFiles {
         cert: cert_path.to_path_buf(),
         key: key_path.to_path_buf(),
@@ -189,7 +191,7 @@ fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
 
 fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let pem = read(path)?;
-    let certs: Vec<_> = rustls_pemfile::certs(&mut pem.as_slice())
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(&pem)
         .filter_map(Result::ok)
         .collect();
     if certs.is_empty() {
@@ -202,9 +204,8 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
 
 fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     let pem = read(path)?;
-    rustls_pemfile::private_key(&mut pem.as_slice())
+    PrivateKeyDer::from_pem_slice(&pem)
         .ok()
-        .flatten()
         .ok_or_else(|| TlsError::NoKey {
             path: path.to_path_buf(),
         })

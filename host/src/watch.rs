@@ -13,14 +13,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
-use tokio::sync::mpsc;
-
-use crate::reload::directories;
 
 /// Errors starting the watcher.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot watch policy files: {0}")]
-pub struct WatchError(notify::Error);
+#[error("cannot start a file watcher")]
+pub struct WatchError(#[source] notify::Error);
 
 /// Watches the directories of a set of files.
 pub struct FileWatcher {
@@ -32,27 +29,25 @@ pub struct FileWatcher {
 }
 
 impl FileWatcher {
-    /// Starts a watcher that sends `()` on `events` for each relevant
-    /// change.
+    /// Starts a watcher that calls `on_change` for each relevant change
+    /// (on the watcher's own thread: it should only send a message).
     ///
     /// # Errors
     /// When the platform watcher cannot be created.
-    pub fn new(events: mpsc::UnboundedSender<()>) -> Result<Self, WatchError> {
+    pub fn new(on_change: impl Fn() + Send + 'static) -> Result<Self, WatchError> {
         let names: Arc<Mutex<HashSet<OsString>>> = Arc::default();
         let filter = names.clone();
-        let watcher = notify::recommended_watcher(move |result: notify::Result<Event>| {
-            match result {
+        let watcher =
+            notify::recommended_watcher(move |result: notify::Result<Event>| match result {
                 Ok(event) => {
                     let names = filter.lock().unwrap_or_else(PoisonError::into_inner);
                     if is_relevant(&event, &names) {
-                        // The receiver is gone only at shutdown.
-                        let _ = events.send(());
+                        on_change();
                     }
                 }
                 Err(error) => tracing::warn!(%error, "file watcher error"),
-            }
-        })
-        .map_err(WatchError)?;
+            })
+            .map_err(WatchError)?;
         Ok(Self {
             watcher,
             directories: HashMap::new(),
@@ -113,6 +108,19 @@ impl FileWatcher {
             }
         }
     }
+}
+
+/// The directories to watch for `files`: each file's parent.
+pub fn directories(files: &[PathBuf]) -> HashSet<PathBuf> {
+    files
+        .iter()
+        .map(|file| {
+            file.parent()
+                .filter(|dir| !dir.as_os_str().is_empty())
+                .unwrap_or(Path::new("."))
+                .to_path_buf()
+        })
+        .collect()
 }
 
 fn inode_of(dir: &Path) -> Option<u64> {
@@ -219,13 +227,30 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let target = dir.path().join("config.yaml");
         std::fs::write(&target, "a").expect("write");
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let mut watcher = FileWatcher::new(tx).expect("watcher");
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut watcher = FileWatcher::new(move || {
+            let _ = tx.send(());
+        })
+        .expect("watcher");
         watcher.watch(std::slice::from_ref(&target));
         let temp = dir.path().join("config.yaml.tmp");
         std::fs::write(&temp, "b").expect("write temp");
         std::fs::rename(&temp, &target).expect("rename");
         let seen = tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv()).await;
         assert_eq!(seen, Ok(Some(())));
+    }
+
+    #[test]
+    fn watches_each_files_directory_once() {
+        let dirs = directories(&[
+            PathBuf::from("/etc/portcullis/config.yaml"),
+            PathBuf::from("/etc/portcullis/a.wasm"),
+            PathBuf::from("/opt/policies/b.wasm"),
+            PathBuf::from("relative.wasm"),
+        ]);
+        assert_eq!(dirs.len(), 3);
+        assert!(dirs.contains(Path::new("/etc/portcullis")));
+        assert!(dirs.contains(Path::new("/opt/policies")));
+        assert!(dirs.contains(Path::new(".")));
     }
 }

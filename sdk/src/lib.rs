@@ -33,14 +33,14 @@
 
 #![warn(missing_docs)]
 
-pub mod glob;
+pub use portcullis_kube::glob;
 pub mod image;
 #[cfg(feature = "k8s")]
 pub mod k8s;
 pub mod log;
 pub mod object;
 pub mod pods;
-pub mod quantity;
+pub use portcullis_kube::quantity;
 pub mod testing;
 
 mod guest;

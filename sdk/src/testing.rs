@@ -3,7 +3,8 @@
 //! `{}`), and for `mutate` an unchanged object reported as `None`, exactly
 //! as the host would see it.
 
-use serde_json::{Value, json};
+use portcullis_kube::review::ReviewBuilder;
+use serde_json::Value;
 
 use crate::{Mutation, Policy, Verdict, guest};
 
@@ -28,28 +29,26 @@ pub fn mutate<P: Policy>(request: &Value, settings: &Value) -> Result<Mutation, 
 }
 
 /// An AdmissionRequest for `operation` of `object` in `namespace`, shaped
-/// as the API server sends it: kind from the object's `apiVersion` and
-/// `kind`, resource its lower-case plural, user `alice` in
-/// `system:authenticated`; the object is `oldObject` for DELETE. Set
-/// `oldObject` of an UPDATE, or any other field, afterwards as a test needs.
+/// as the API server sends it (built by the same builder as `portcullis
+/// test` suites use): kind from the object's `apiVersion` and `kind`,
+/// resource the API server's plural of the kind, user `alice` in
+/// `system:authenticated`; the object is `oldObject` for DELETE. An UPDATE
+/// has no `oldObject` here: set it, or any other field, afterwards as a
+/// test needs.
+///
+/// An object without `apiVersion` is taken as `v1`.
+///
+/// # Panics
+/// When `operation` is not CREATE, UPDATE, DELETE or CONNECT: the test is
+/// wrong.
 pub fn request(operation: &str, namespace: &str, object: Value) -> Value {
     let api_version = object["apiVersion"].as_str().unwrap_or("v1").to_string();
-    let (group, version) = api_version.split_once('/').unwrap_or(("", &api_version));
     let kind = object["kind"].as_str().unwrap_or_default().to_string();
-    let resource = format!("{}s", kind.to_ascii_lowercase());
-    let (new, old) = match operation {
-        "DELETE" => (Value::Null, object),
-        _ => (object, Value::Null),
-    };
-    json!({
-        "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
-        "kind": {"group": group, "version": version, "kind": kind},
-        "resource": {"group": group, "version": version, "resource": resource},
-        "operation": operation,
-        "namespace": namespace,
-        "userInfo": {"username": "alice", "groups": ["system:authenticated"]},
-        "object": new,
-        "oldObject": old,
-        "dryRun": false
-    })
+    match ReviewBuilder::for_kind(operation, &api_version, &kind, object) {
+        Ok(builder) => builder
+            .namespace(namespace)
+            .old_object(Value::Null)
+            .request(),
+        Err(error) => panic!("testing::request: {error}"),
+    }
 }

@@ -1,10 +1,14 @@
 //! Harness for the Portcullis end-to-end tests.
 //!
-//! The tests start the real `portcullis` binary (built by `make build`, i.e.
-//! `target/release/portcullis`, or `$PORTCULLIS_BIN`) with real TLS
-//! certificates that the binary itself generates, and talk to it the way the
-//! API server does: HTTPS with a rustls client that trusts only the generated
-//! CA and checks the server name against the certificate's SANs.
+//! The tests start a real server with real TLS certificates that the
+//! binary itself generates, and talk to it the way the API server does:
+//! HTTPS with a rustls client that trusts only the generated CA and checks
+//! the server name against the certificate's SANs. A server runs in this
+//! process ([`Server::in_process`]: `portcullis::app` on port 0, the same
+//! flags and request path) unless the test needs what only a process
+//! shows (signals, exit codes, its log, resource limits): then it is the
+//! real `portcullis` binary ([`Server::start`]; built by `make build`, i.e.
+//! `target/release/portcullis`, or `$PORTCULLIS_BIN`).
 //!
 //! Everything here is synchronous: requests run on one tokio runtime owned by
 //! the harness, so plain `#[test]` functions can share one server per test
@@ -22,6 +26,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
+pub use portcullis_kube::review::{ReviewBuilder, resource_of};
 pub use reqwest::{StatusCode, Version};
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
@@ -604,22 +609,123 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 // The server
 // ---------------------------------------------------------------------------
 
-/// A running `portcullis serve`, killed on drop.
+/// A running server: `portcullis serve` as a child process (killed on
+/// drop), or the same server run in this process ([`Server::in_process`]),
+/// stopped and drained on drop.
 pub struct Server {
-    child: Mutex<Child>,
-    /// Kills the server if this process dies without dropping us (a
-    /// `static` server is never dropped).
-    watchdog: Mutex<Option<(Child, ChildStdin)>>,
+    backend: Backend,
     pub port: u16,
     pub paths: Paths,
     pub certs: Certs,
     pub config: PathBuf,
-    stdout_log: PathBuf,
-    stderr_log: PathBuf,
     h2: reqwest::Client,
     h1: reqwest::Client,
-    // Last: removed after the child is gone.
+    // Last: removed after the server is gone.
     dir: Option<tempfile::TempDir>,
+}
+
+/// Where a [`Server`] runs.
+enum Backend {
+    /// The real binary: for what only a process shows (signals, exit
+    /// codes, its log, resource limits).
+    Process(Process),
+    /// `portcullis::app` on a thread of the test process, on port 0.
+    InProcess(InProcess),
+}
+
+/// A `portcullis serve` child process.
+struct Process {
+    child: Mutex<Child>,
+    /// Kills the server if this process dies without dropping us (a
+    /// `static` server is never dropped).
+    watchdog: Mutex<Option<(Child, ChildStdin)>>,
+    stdout_log: PathBuf,
+    stderr_log: PathBuf,
+}
+
+/// An in-process server: a thread with its own runtime, running
+/// `portcullis::app::start` until `stop` fires.
+struct InProcess {
+    stop: Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
+    control: portcullis::control::ControlHandle,
+    thread: Mutex<Option<std::thread::JoinHandle<Result<()>>>>,
+}
+
+impl InProcess {
+    /// Parses `args` as `portcullis serve` would (the same flags and
+    /// defaults), binds, loads and starts serving; returns once the server
+    /// has loaded its policies and listens.
+    fn start(args: &[std::ffi::OsString]) -> Result<(Self, SocketAddr)> {
+        use clap::Parser as _;
+        let cli = portcullis::cli::Cli::try_parse_from(
+            std::iter::once(std::ffi::OsString::from("portcullis")).chain(args.iter().cloned()),
+        )
+        .context("parsing the serve flags")?;
+        let portcullis::cli::Command::Serve(serve) = cli.command else {
+            bail!("not a serve command: {args:?}");
+        };
+        let listeners = serve.listeners().context("binding")?;
+        let options = serve.options();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (started_tx, started_rx) = std::sync::mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("in-process-server".into())
+            .spawn(move || -> Result<()> {
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .thread_name("in-process-worker")
+                    .build()?;
+                runtime.block_on(async move {
+                    let shutdown = async move {
+                        let _ = stopped.await;
+                    };
+                    let server = match portcullis::app::start(listeners, options, shutdown).await {
+                        Ok(server) => server,
+                        Err(error) => {
+                            let error = anyhow::Error::new(error);
+                            let _ = started_tx.send(Err(anyhow!("{error:#}")));
+                            return Err(error);
+                        }
+                    };
+                    let _ = started_tx.send(Ok((server.https_addr(), server.control())));
+                    server.wait().await.map_err(anyhow::Error::new)
+                })
+            })
+            .context("starting the server thread")?;
+        let (addr, control) = started_rx
+            .recv_timeout(READY_TIMEOUT)
+            .context("the in-process server did not start in time")??;
+        Ok((
+            Self {
+                stop: Mutex::new(Some(stop)),
+                control,
+                thread: Mutex::new(Some(thread)),
+            },
+            addr,
+        ))
+    }
+
+    fn is_running(&self) -> bool {
+        self.thread
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .is_some_and(|thread| !thread.is_finished())
+    }
+
+    /// Stops the server and waits for its drain.
+    fn stop(&self) -> Result<()> {
+        if let Some(stop) = self.stop.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = stop.send(());
+        }
+        let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        match thread.map(std::thread::JoinHandle::join) {
+            Some(Ok(result)) => result,
+            Some(Err(_)) => bail!("the in-process server thread panicked"),
+            None => Ok(()),
+        }
+    }
 }
 
 impl Server {
@@ -688,6 +794,45 @@ impl Server {
         }
     }
 
+    /// Starts the server in this test process (see [`InProcess`]): the same
+    /// flags, start-up and request path as [`Server::start`], without a
+    /// process of its own. Signals, exit codes and the server's log are
+    /// only seen with a process: use [`Server::start`] to test those.
+    pub fn in_process(
+        write_config: impl FnOnce(&Paths, &Path) -> Result<PathBuf>,
+    ) -> Result<Server> {
+        Server::in_process_with(&[], write_config)
+    }
+
+    /// [`Server::in_process`] with extra `serve` flags.
+    pub fn in_process_with(
+        args: &[&str],
+        write_config: impl FnOnce(&Paths, &Path) -> Result<PathBuf>,
+    ) -> Result<Server> {
+        let paths = paths()?;
+        let dir = tempfile::Builder::new()
+            .prefix("portcullis-e2e-")
+            .tempdir()
+            .context("creating a temporary directory")?;
+        let certs = generate_certs(&paths.bin, &dir.path().join("certs"))?;
+        let config = write_config(&paths, dir.path())?;
+        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        // Port 0: the listener is bound before the server starts, so no
+        // other process can take the port in between.
+        let all = own_args(&config, 0, &certs, &args);
+        let (server, addr) = InProcess::start(&all)?;
+        Ok(Server {
+            backend: Backend::InProcess(server),
+            port: addr.port(),
+            h2: https_client(&certs.ca_pem, Proto::H2, &[])?,
+            h1: https_client(&certs.ca_pem, Proto::H1, &[])?,
+            paths,
+            certs,
+            config,
+            dir: Some(dir),
+        })
+    }
+
     fn spawn(
         paths: Paths,
         dir: tempfile::TempDir,
@@ -699,16 +844,7 @@ impl Server {
         let stdout_log = dir.path().join("server.stdout.log");
         let stderr_log = dir.path().join("server.stderr.log");
         let mut cmd = Command::new(&paths.bin);
-        let mut own = serve_args(&config, port, &certs);
-        if args
-            .iter()
-            .any(|a| a == "--cache-dir" || a == "--no-module-cache")
-        {
-            // The test chose the cache: drop the harness's own.
-            own.truncate(own.len() - 2);
-        }
-        cmd.args(own)
-            .args(args)
+        cmd.args(own_args(&config, port, &certs, args))
             .current_dir(dir.path())
             .stdin(Stdio::null())
             .stdout(fs::File::create(&stdout_log)?)
@@ -719,16 +855,18 @@ impl Server {
             .with_context(|| format!("starting {} serve", paths.bin.display()))?;
         let watchdog = spawn_watchdog(child.id(), dir.path()).ok();
         Ok(Server {
-            child: Mutex::new(child),
-            watchdog: Mutex::new(watchdog),
+            backend: Backend::Process(Process {
+                child: Mutex::new(child),
+                watchdog: Mutex::new(watchdog),
+                stdout_log,
+                stderr_log,
+            }),
             port,
             h2: https_client(&certs.ca_pem, Proto::H2, &[])?,
             h1: https_client(&certs.ca_pem, Proto::H1, &[])?,
             paths,
             certs,
             config,
-            stdout_log,
-            stderr_log,
             dir: Some(dir),
         })
     }
@@ -741,7 +879,7 @@ impl Server {
         });
         let mut last = String::from("no attempt");
         loop {
-            if let Some(status) = self.lock_child().try_wait()? {
+            if let Some(status) = self.exit_status()? {
                 bail!(
                     "portcullis serve exited with {status} before it was ready (last {url} attempt: {last})\n{}",
                     self.logs()
@@ -762,13 +900,20 @@ impl Server {
         }
     }
 
-    fn lock_child(&self) -> std::sync::MutexGuard<'_, Child> {
-        self.child.lock().unwrap_or_else(|p| p.into_inner())
+    fn process(&self) -> Result<&Process> {
+        match &self.backend {
+            Backend::Process(process) => Ok(process),
+            Backend::InProcess(_) => {
+                bail!("an in-process server has no process: start it with Server::start")
+            }
+        }
     }
 
     /// The server's temporary directory (config, certs, logs).
     pub fn dir(&self) -> &Path {
-        self.stdout_log.parent().unwrap_or(Path::new("."))
+        self.dir
+            .as_ref()
+            .map_or(Path::new("."), tempfile::TempDir::path)
     }
 
     /// The socket address the server listens on.
@@ -843,6 +988,9 @@ impl Server {
 
     /// The tail of the server's stdout and stderr.
     pub fn logs(&self) -> String {
+        let Backend::Process(process) = &self.backend else {
+            return "(an in-process server logs nothing of its own)".to_string();
+        };
         let read = |p: &Path| {
             fs::read(p)
                 .map(|b| String::from_utf8_lossy(&b).into_owned())
@@ -850,10 +998,10 @@ impl Server {
         };
         format!(
             "--- server stdout ({}) ---\n{}\n--- server stderr ({}) ---\n{}",
-            self.stdout_log.display(),
-            tail(&read(&self.stdout_log), 8 * 1024),
-            self.stderr_log.display(),
-            tail(&read(&self.stderr_log), 8 * 1024)
+            process.stdout_log.display(),
+            tail(&read(&process.stdout_log), 8 * 1024),
+            process.stderr_log.display(),
+            tail(&read(&process.stderr_log), 8 * 1024)
         )
     }
 
@@ -876,24 +1024,57 @@ impl Server {
         }
     }
 
-    /// Whether the server process is still running.
+    /// Whether the server is still running.
     pub fn is_running(&self) -> bool {
-        matches!(self.lock_child().try_wait(), Ok(None))
+        match &self.backend {
+            Backend::Process(process) => matches!(process.lock_child().try_wait(), Ok(None)),
+            Backend::InProcess(server) => server.is_running(),
+        }
     }
 
     /// The server's process id.
+    ///
+    /// # Panics
+    /// For an in-process server, which has none of its own.
     pub fn pid(&self) -> u32 {
-        self.lock_child().id()
+        match self.process() {
+            Ok(process) => process.lock_child().id(),
+            Err(e) => panic!("{e}"),
+        }
     }
 
-    /// The server's exit status, once it has exited.
+    /// The server's exit status, once it has exited (never, in process).
     pub fn exit_status(&self) -> Result<Option<std::process::ExitStatus>> {
-        Ok(self.lock_child().try_wait()?)
+        match &self.backend {
+            Backend::Process(process) => Ok(process.lock_child().try_wait()?),
+            Backend::InProcess(_) => Ok(None),
+        }
+    }
+
+    /// Asks an in-process server to reload, as SIGHUP asks a process.
+    pub fn reload(&self) -> Result<()> {
+        match &self.backend {
+            Backend::Process(_) => self.signal_hup(),
+            Backend::InProcess(server) => {
+                server.control.reload();
+                Ok(())
+            }
+        }
+    }
+
+    /// Stops an in-process server and waits for its drain; the server's
+    /// own error, if it stopped with one.
+    pub fn stop_in_process(&self) -> Result<()> {
+        match &self.backend {
+            Backend::InProcess(server) => server.stop(),
+            Backend::Process(_) => bail!("not an in-process server"),
+        }
     }
 
     /// Sends SIGHUP to the server (with `kill -HUP`), which reloads its
     /// policies. Fails if the server is not running.
     pub fn signal_hup(&self) -> Result<()> {
+        self.process()?;
         ensure!(
             self.is_running(),
             "cannot send SIGHUP: the server is not running\n{}",
@@ -914,8 +1095,14 @@ impl Server {
     }
 
     /// The file the server's stderr (its log) goes to.
+    ///
+    /// # Panics
+    /// For an in-process server, which has no log file.
     pub fn stderr_log(&self) -> &Path {
-        &self.stderr_log
+        match self.process() {
+            Ok(process) => &process.stderr_log,
+            Err(e) => panic!("{e}"),
+        }
     }
 
     /// `GET /policies` (HTTP 200, JSON).
@@ -946,6 +1133,21 @@ enum Readiness {
     Ready,
     /// `/healthz` answers 200: the server is up.
     Alive,
+}
+
+/// [`serve_args`] then the test's `args`; the harness's module cache is
+/// dropped when the test chose one.
+fn own_args(config: &Path, port: u16, certs: &Certs, args: &[String]) -> Vec<std::ffi::OsString> {
+    let mut own = serve_args(config, port, certs);
+    if args
+        .iter()
+        .any(|a| a == "--cache-dir" || a == "--no-module-cache")
+    {
+        // The test chose the cache: drop the harness's own.
+        own.truncate(own.len() - 2);
+    }
+    own.extend(args.iter().map(std::ffi::OsString::from));
+    own
 }
 
 /// `serve --config CONFIG --addr 127.0.0.1:PORT --tls-cert .. --tls-key ..`.
@@ -1004,8 +1206,27 @@ pub fn metric_value(text: &str, series: &str) -> Option<f64> {
         })
 }
 
+impl Process {
+    fn lock_child(&self) -> std::sync::MutexGuard<'_, Child> {
+        self.child.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
+        match &mut self.backend {
+            Backend::Process(process) => process.kill(),
+            Backend::InProcess(server) => {
+                if let Err(e) = server.stop() {
+                    eprintln!("the in-process server stopped with an error: {e:#}");
+                }
+            }
+        }
+    }
+}
+
+impl Process {
+    fn kill(&mut self) {
         // Disarm the watchdog first, so it neither kills nor deletes anything.
         if let Some((mut dog, mut stdin)) = self
             .watchdog
@@ -1044,21 +1265,25 @@ fn spawn_watchdog(pid: u32, dir: &Path) -> Result<(Child, ChildStdin)> {
     Ok((child, stdin))
 }
 
-/// One server per test binary with the standard config, started on first
-/// use. It is never dropped: a watchdog kills it when the process exits.
+/// One in-process server per test binary with the standard config,
+/// started on first use. It is never dropped: it ends with the process.
 pub fn shared() -> &'static Server {
     static SERVER: OnceLock<Result<Server, String>> = OnceLock::new();
-    match SERVER.get_or_init(|| Server::start_default().map_err(|e| format!("{e:?}"))) {
+    match SERVER
+        .get_or_init(|| Server::in_process(write_default_config).map_err(|e| format!("{e:?}")))
+    {
         Ok(server) => server,
         Err(e) => panic!("could not start the shared server:\n{e}"),
     }
 }
 
-/// One server per test binary with the policy library's config
+/// One in-process server per test binary with the policy library's config
 /// ([`write_library_config`]), started on first use, never dropped.
 pub fn library() -> &'static Server {
     static SERVER: OnceLock<Result<Server, String>> = OnceLock::new();
-    match SERVER.get_or_init(|| Server::start(write_library_config).map_err(|e| format!("{e:?}"))) {
+    match SERVER
+        .get_or_init(|| Server::in_process(write_library_config).map_err(|e| format!("{e:?}")))
+    {
         Ok(server) => server,
         Err(e) => panic!("could not start the policy library server:\n{e}"),
     }
@@ -1362,17 +1587,6 @@ pub fn tail(s: &str, max: usize) -> String {
 // Reviews built from bare objects
 // ---------------------------------------------------------------------------
 
-/// The resource (plural, lower case) the API server names a kind by, for
-/// the kinds the tests use; other kinds get the usual `<kind>s`.
-pub fn resource_of(kind: &str) -> String {
-    match kind {
-        "Ingress" => "ingresses".to_string(),
-        "NetworkPolicy" => "networkpolicies".to_string(),
-        "PodSecurityPolicy" => "podsecuritypolicies".to_string(),
-        other => format!("{}s", other.to_ascii_lowercase()),
-    }
-}
-
 /// An AdmissionReview v1 for `operation` (`CREATE`, `UPDATE`, `DELETE`,
 /// `CONNECT`) of `object`, as the API server would send it: kind and
 /// resource from the object's `apiVersion` and `kind`, name and namespace
@@ -1381,46 +1595,12 @@ pub fn resource_of(kind: &str) -> String {
 /// carries it as `oldObject` only. Change fields afterwards as needed, e.g.
 /// `review["request"]["userInfo"] = json!({...})`.
 pub fn review_of(object: &Json, operation: &str) -> Json {
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let api_version = object["apiVersion"].as_str().unwrap_or("v1");
-    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
     let kind = object["kind"].as_str().unwrap_or_default();
-    let gvk = json!({ "group": group, "version": version, "kind": kind });
-    let gvr = json!({ "group": group, "version": version, "resource": resource_of(kind) });
-    let mut request = json!({
-        "uid": format!("00000000-0000-4000-8000-{n:012}"),
-        "kind": gvk,
-        "resource": gvr,
-        "requestKind": gvk,
-        "requestResource": gvr,
-        "operation": operation,
-        "userInfo": { "username": "alice", "groups": ["system:authenticated"] },
-        "dryRun": false,
-        "options": null,
-    });
-    if let Some(name) = object["metadata"]["name"].as_str() {
-        request["name"] = json!(name);
+    match ReviewBuilder::for_kind(operation, api_version, kind, object.clone()) {
+        Ok(builder) => builder.review(),
+        Err(e) => panic!("review_of: {e}"),
     }
-    if let Some(namespace) = object["metadata"]["namespace"].as_str() {
-        request["namespace"] = json!(namespace);
-    } else if kind == "Namespace" {
-        // The API server sets a Namespace's own name as its namespace.
-        request["namespace"] = object["metadata"]["name"].clone();
-    }
-    match operation {
-        "DELETE" => request["oldObject"] = object.clone(),
-        "UPDATE" => {
-            request["object"] = object.clone();
-            request["oldObject"] = object.clone();
-        }
-        _ => request["object"] = object.clone(),
-    }
-    json!({
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": request,
-    })
 }
 
 /// A Deployment `name` in namespace `shop`: 2 replicas, selector and pod

@@ -6,6 +6,9 @@
 //! waits for readiness over plain HTTP, so the HTTPS side can require client
 //! certificates or change its certificate without the harness knowing.
 
+// Test helpers: a panic is the test failing.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;

@@ -27,7 +27,11 @@ const DEADLINE_MS: u64 = 100;
 /// `slow`'s deadline.
 const SLOW_DEADLINE_MS: u64 = 200;
 /// How late past its deadline a decision may come (median of 5 calls).
-const LATENESS: Duration = Duration::from_millis(20);
+/// Generous on purpose: what this proves is that the deadline stops a
+/// policy (without one, a loop runs until the client gives up), not how
+/// tightly, which two loaded cores cannot promise a test; `make bench`
+/// measures the tails.
+const LATENESS: Duration = Duration::from_millis(250);
 /// The memory limit in the config, in bytes.
 const MEMORY_LIMIT: u64 = 32 << 20;
 /// What the host keeps of a policy's message.

@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use clap::Args;
 
 use crate::certs::{self, CertRequest, ExistingCa, KeyType};
-use crate::cli::CliError;
+use crate::commands::CliError;
 
 #[derive(Debug, Args)]
 pub struct CertsCommand {

@@ -6,11 +6,11 @@ use std::path::PathBuf;
 use anyhow::{Context as _, anyhow};
 use clap::Args;
 
-use crate::cli::CliError;
-use crate::config::Config;
-use crate::engine::PolicyEngine;
-use crate::offline::{self, OfflineError};
-use crate::policy_set::{ModuleCache, PolicySet};
+use crate::commands::CliError;
+use portcullis_engine::Config;
+use portcullis_engine::OfflineError;
+use portcullis_engine::PolicyEngine;
+use portcullis_engine::{ModuleCache, PolicySet};
 
 #[derive(Debug, Args)]
 pub struct EvalCommand {
@@ -74,7 +74,7 @@ impl EvalCommand {
             let (set, _) = PolicySet::build(&engine, &config, 1, &mut ModuleCache::new(0))
                 .await
                 .map_err(CliError::usage)?;
-            offline::evaluate(&set, body, self.policy.as_deref())
+            portcullis_engine::evaluate(&set, body, self.policy.as_deref())
                 .await
                 .map_err(|err| match err {
                     OfflineError::Failed(_) | OfflineError::Patch(_) => CliError::failure(err),
@@ -84,7 +84,7 @@ impl EvalCommand {
                 })
         })?;
         let value = match self.print {
-            Print::Response => answer.response(),
+            Print::Response => answer.response().map_err(CliError::failure)?,
             Print::Patched => answer.object.clone().ok_or_else(|| {
                 CliError::usage(anyhow!(
                     "the review has no object to print (e.g. a DELETE); use --print response"

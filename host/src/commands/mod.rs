@@ -10,6 +10,32 @@ use std::path::PathBuf;
 
 use clap::Args;
 
+/// How a command failed, and the exit code that says so.
+#[derive(Debug)]
+pub struct CliError {
+    /// 1: a failure found or a runtime error; 2: usage or config error.
+    pub code: u8,
+    pub error: anyhow::Error,
+}
+
+impl CliError {
+    /// A usage or configuration error (exit code 2).
+    pub fn usage(error: impl Into<anyhow::Error>) -> Self {
+        Self {
+            code: 2,
+            error: error.into(),
+        }
+    }
+
+    /// A runtime failure (exit code 1).
+    pub fn failure(error: impl Into<anyhow::Error>) -> Self {
+        Self {
+            code: 1,
+            error: error.into(),
+        }
+    }
+}
+
 /// Where compiled modules are kept between runs; shared by the commands
 /// that load policies, so `serve`, `eval` and `test` reuse each other's
 /// compilations.
@@ -19,35 +45,15 @@ pub struct ModuleCacheArgs {
     /// reloads (default: `$XDG_CACHE_HOME/portcullis/modules` or
     /// `~/.cache/portcullis/modules`). Created owner-only; a directory
     /// others can write to is not used.
-    #[arg(long, env = "PORTCULLIS_CACHE_DIR", value_name = "DIR")]
+    #[arg(long, env = portcullis_testing::CACHE_DIR_ENV, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
 
     /// Compile every module; use no cache directory.
-    #[arg(long, env = "PORTCULLIS_NO_MODULE_CACHE", conflicts_with = "cache_dir")]
+    #[arg(long, env = portcullis_testing::NO_MODULE_CACHE_ENV, conflicts_with = "cache_dir")]
     pub no_module_cache: bool,
 }
 
-/// The cache flags alone, so a caller without a command line (the
-/// `testing` harness) reads their environment variables exactly as the CLI.
-#[derive(Debug, clap::Parser)]
-struct CacheEnv {
-    #[command(flatten)]
-    cache: ModuleCacheArgs,
-}
-
 impl ModuleCacheArgs {
-    /// The settings `PORTCULLIS_CACHE_DIR` and `PORTCULLIS_NO_MODULE_CACHE`
-    /// give, as they would for `serve`, `eval` or `test`.
-    ///
-    /// # Errors
-    /// The CLI's message for a value it would refuse.
-    pub fn from_env() -> Result<Self, String> {
-        use clap::Parser as _;
-        CacheEnv::try_parse_from(["portcullis"])
-            .map(|env| env.cache)
-            .map_err(|err| err.to_string())
-    }
-
     /// The cache directory to use, if any.
     pub fn dir(&self) -> Option<PathBuf> {
         if self.no_module_cache {
@@ -55,7 +61,7 @@ impl ModuleCacheArgs {
         } else {
             self.cache_dir
                 .clone()
-                .or_else(crate::artifact_cache::default_dir)
+                .or_else(portcullis_engine::default_cache_dir)
         }
     }
 }

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, anyhow};
 use clap::{Args, Subcommand};
 
-use crate::cli::CliError;
-use crate::scaffold::{self, Kind, Layout, Scaffold};
+use crate::commands::CliError;
+use portcullis_testing::scaffold::{self, Kind, Layout, Scaffold};
 
 #[derive(Debug, Args)]
 pub struct NewCommand {
@@ -131,9 +131,10 @@ impl NewPolicy {
                 .map_err(CliError::failure)?
                 .join(source),
         );
-        if !source.join("sdk/Cargo.toml").is_file() || !source.join("host/Cargo.toml").is_file() {
+        if !source.join("sdk/Cargo.toml").is_file() || !source.join("testing/Cargo.toml").is_file()
+        {
             return Err(CliError::usage(anyhow!(
-                "{} is not a Portcullis source tree (no sdk/ and host/): the crate is outside \
+                "{} is not a Portcullis source tree (no sdk/ and testing/): the crate is outside \
                  a workspace that declares portcullis-sdk, so give --source DIR",
                 source.display()
             )));

@@ -6,10 +6,11 @@ use std::time::Duration;
 
 use clap::Args;
 
-use crate::app::{self, EdgeLimits, ServeOptions, TlsSource};
-use crate::cli::CliError;
-use crate::reload::Debounce;
+use crate::app::{self, EdgeLimits, Listeners, ServeOptions, TlsSource};
+use crate::commands::CliError;
+use crate::control::Debounce;
 use crate::server::DEFAULT_BODY_LIMIT;
+use crate::signals;
 
 #[derive(Debug, Args)]
 pub struct ServeCommand {
@@ -102,19 +103,38 @@ impl ServeCommand {
     /// # Errors
     /// Exit 2 for a bad config, policies or certificate; 1 otherwise.
     pub fn execute(self) -> Result<(), CliError> {
-        let tls = match (self.tls_cert, self.tls_key) {
-            (Some(cert), Some(key)) => TlsSource::Files { cert, key },
+        let options = self.options();
+        let listeners = self.listeners().map_err(app_error)?;
+        let runtime = serving_runtime().map_err(CliError::failure)?;
+        runtime
+            .block_on(serve(listeners, options))
+            .map_err(app_error)
+    }
+
+    /// The sockets the flags name, bound.
+    ///
+    /// # Errors
+    /// When an address cannot be bound.
+    pub fn listeners(&self) -> Result<Listeners, app::AppError> {
+        Listeners::bind(self.addr, self.metrics_addr)
+    }
+
+    /// What the flags ask of the server, besides its sockets.
+    pub fn options(&self) -> ServeOptions {
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => TlsSource::Files {
+                cert: cert.clone(),
+                key: key.clone(),
+            },
             _ => TlsSource::Development {
-                dir: self.dev_cert_dir,
+                dir: self.dev_cert_dir.clone(),
             },
         };
-        let options = ServeOptions {
-            config: self.config,
-            addr: self.addr,
+        ServeOptions {
+            config: self.config.clone(),
             tls,
             cache_dir: self.module_cache.dir(),
-            client_ca: self.client_ca,
-            metrics_addr: self.metrics_addr,
+            client_ca: self.client_ca.clone(),
             body_limit: self.body_limit,
             shutdown_grace: Duration::from_secs(self.shutdown_grace),
             allow_empty: self.allow_empty,
@@ -132,15 +152,25 @@ impl ServeCommand {
                 // A steady stream of events must not postpone a reload forever.
                 max: Duration::from_millis(self.reload_debounce_ms.saturating_mul(10).max(1000)),
             },
-        };
-        let runtime = serving_runtime().map_err(CliError::failure)?;
-        runtime.block_on(app::serve(options)).map_err(|err| {
-            let code = err.exit_code();
-            CliError {
-                code,
-                error: err.into(),
-            }
-        })
+        }
+    }
+}
+
+/// Serves until SIGTERM or SIGINT, reloading on SIGHUP.
+async fn serve(listeners: Listeners, options: ServeOptions) -> Result<(), app::AppError> {
+    let hangups = signals::hangups();
+    let server = app::start(listeners, options, signals::terminate()).await?;
+    let control = server.control();
+    tokio::select! {
+        result = server.wait() => result,
+        () = signals::forward_hangups(hangups, control) => Ok(()),
+    }
+}
+
+fn app_error(error: app::AppError) -> CliError {
+    CliError {
+        code: error.exit_code(),
+        error: error.into(),
     }
 }
 

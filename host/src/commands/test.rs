@@ -9,11 +9,11 @@ use std::time::Instant;
 use clap::Args;
 use serde_json::Value;
 
-use crate::cli::CliError;
-use crate::engine::PolicyEngine;
-use crate::offline::{self, Answer};
-use crate::policy_set::{ModuleCache, PolicySet};
-use crate::suite::{Case, Expect, Suite};
+use crate::commands::CliError;
+use portcullis_engine::Answer;
+use portcullis_engine::PolicyEngine;
+use portcullis_engine::{ModuleCache, PolicySet};
+use portcullis_testing::{Case, Expect, Suite};
 
 #[derive(Debug, Args)]
 pub struct TestCommand {
@@ -130,7 +130,7 @@ impl TestCommand {
 
 /// What is wrong with the answer to `case`; empty when it passes.
 async fn run_case(set: &PolicySet, case: &Case) -> Vec<String> {
-    match offline::evaluate(set, case.review.clone(), case.policy.as_deref()).await {
+    match portcullis_engine::evaluate(set, case.review.clone(), case.policy.as_deref()).await {
         Ok(answer) => check(&answer, &case.expect),
         Err(err) => vec![err.to_string()],
     }

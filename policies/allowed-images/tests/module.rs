@@ -1,7 +1,7 @@
 //! The built `allowed_images.wasm` through the real engine: what the
 //! server answers, not only what the Rust code computes natively.
 
-use portcullis::testing::{TestPolicy, TestingError, fixture};
+use portcullis_testing::{TestPolicy, TestingError, fixture};
 use serde_json::{Value, json};
 
 const DIR: &str = env!("CARGO_MANIFEST_DIR");
@@ -11,7 +11,7 @@ fn policy(allowed: &[&str]) -> Result<TestPolicy, TestingError> {
 }
 
 fn deployment() -> Value {
-    fixture(DIR, "tests/fixtures/deployment-request.yaml").expect("fixture")
+    fixture(DIR, "tests/fixtures/deployment-request.yaml").unwrap_or_else(|e| panic!("{e}"))
 }
 
 #[test]

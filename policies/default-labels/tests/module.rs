@@ -1,7 +1,7 @@
 //! The built `default_labels.wasm` through the real engine: the patch the
 //! server would send, and that applying it leaves nothing more to add.
 
-use portcullis::testing::{TestPolicy, fixture};
+use portcullis_testing::{TestPolicy, fixture};
 use serde_json::{Value, json};
 
 const DIR: &str = env!("CARGO_MANIFEST_DIR");
@@ -11,11 +11,11 @@ fn policy() -> TestPolicy {
         "labels": {"team": "platform", "cost-center": "cc-1234"},
         "annotations": {"owner": "platform@example.com"}
     });
-    TestPolicy::built(DIR, env!("CARGO_PKG_NAME"), settings).expect("loads")
+    TestPolicy::built(DIR, env!("CARGO_PKG_NAME"), settings).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn review() -> Value {
-    fixture(DIR, "tests/fixtures/pod-review.json").expect("fixture")
+    fixture(DIR, "tests/fixtures/pod-review.json").unwrap_or_else(|e| panic!("{e}"))
 }
 
 #[test]

@@ -3,18 +3,18 @@
 //! `portcullis serve` runs it. Build it first (`make policies`, or
 //! `cargo build --target wasm32-wasip1 --profile policy -p new-mutating`).
 
-use portcullis::testing::{TestPolicy, TestingError, fixture};
+use portcullis_testing::{TestPolicy, TestingError, fixture};
 use serde_json::{Value, json};
 
 const DIR: &str = env!("CARGO_MANIFEST_DIR");
 
 fn policy() -> TestPolicy {
     let settings = json!({"labels": {"team": "unassigned", "tier": "web"}});
-    TestPolicy::built(DIR, env!("CARGO_PKG_NAME"), settings).expect("loads")
+    TestPolicy::built(DIR, env!("CARGO_PKG_NAME"), settings).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn review() -> Value {
-    fixture(DIR, "tests/fixtures/deployment.yaml").expect("fixture")
+    fixture(DIR, "tests/fixtures/deployment.yaml").unwrap_or_else(|e| panic!("{e}"))
 }
 
 #[test]

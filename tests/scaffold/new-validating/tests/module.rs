@@ -3,7 +3,7 @@
 //! `portcullis serve` runs it. Build it first (`make policies`, or
 //! `cargo build --target wasm32-wasip1 --profile policy -p new-validating`).
 
-use portcullis::testing::{TestPolicy, TestingError, fixture};
+use portcullis_testing::{TestPolicy, TestingError, fixture};
 use serde_json::{Value, json};
 
 const DIR: &str = env!("CARGO_MANIFEST_DIR");

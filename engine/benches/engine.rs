@@ -1,0 +1,120 @@
+//! Engine micro-benchmarks (criterion): one evaluation of each standard
+//! policy on the API server's 3 KB pod review (a fresh instance and the
+//! call, as the server does it), componentizing and compiling a module,
+//! and loading a compiled module from the on-disk cache.
+//!
+//! `cargo bench -p portcullis --bench engine` after `make build` (the
+//! policies must be built).
+
+// A benchmark stops at the first thing that does not work.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use portcullis_engine::ArtifactCache;
+use portcullis_engine::CompiledModule;
+use portcullis_engine::Config;
+use portcullis_engine::PolicyEngine;
+use portcullis_engine::{ModuleCache, PolicySet};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+fn modules() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|t| if t.is_absolute() { t } else { root().join(t) })
+        .unwrap_or_else(|| root().join("target"))
+        .join("wasm32-wasip1/policy")
+}
+
+/// `request` of a review the API server sent, as the text policies get.
+fn request(name: &str) -> String {
+    let path = root()
+        .join("../shared/corpus/kube-apiserver-v1.36")
+        .join(name);
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (the shared corpus)", path.display()));
+    let review: serde_json::Value = serde_json::from_str(&text).expect("a review");
+    review["request"].to_string()
+}
+
+fn standard_set(runtime: &tokio::runtime::Runtime, engine: &Arc<PolicyEngine>) -> PolicySet {
+    let shipped = root().join("policies/standard.yaml");
+    let text = std::fs::read_to_string(&shipped)
+        .expect("policies/standard.yaml")
+        .replace(
+            "../target/wasm32-wasip1/policy/",
+            &format!("{}/", modules().display()),
+        );
+    let config = Config::parse(&shipped, &text).expect("the standard config");
+    runtime
+        .block_on(PolicySet::build(
+            engine,
+            &config,
+            1,
+            &mut ModuleCache::new(0),
+        ))
+        .unwrap_or_else(|e| panic!("{e}: run `make build` first"))
+        .0
+}
+
+fn evaluation(c: &mut Criterion) {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let engine = PolicyEngine::new().expect("engine");
+    let set = standard_set(&runtime, &engine);
+    let mutate = request("003-mutate-CREATE-Pod-allowed-pod.json");
+    let validate = request("004-validate-CREATE-Pod-allowed-pod.json");
+    let mut group = c.benchmark_group("evaluate (fresh instance + call, 3 KB pod review)");
+    for policy in set.policies() {
+        if policy.metadata.mutates {
+            group.bench_function(format!("{} mutate", policy.name), |b| {
+                b.iter(|| {
+                    runtime
+                        .block_on(policy.mutate(&mutate, None))
+                        .expect("mutates")
+                });
+            });
+        }
+        if policy.metadata.validates {
+            group.bench_function(format!("{} validate", policy.name), |b| {
+                b.iter(|| {
+                    runtime
+                        .block_on(policy.validate(&validate, None))
+                        .expect("validates")
+                });
+            });
+        }
+    }
+    group.finish();
+}
+
+fn loading(c: &mut Criterion) {
+    let engine = PolicyEngine::new().expect("engine");
+    let path = modules().join("allowed_images.wasm");
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut group = c.benchmark_group("load allowed_images.wasm");
+    group.sample_size(10);
+    group.bench_function("componentize + compile", |b| {
+        b.iter(|| CompiledModule::compile(&engine, &bytes).expect("compiles"));
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cached = PolicyEngine::with_cache(Some(dir.path())).expect("engine");
+    CompiledModule::compile(&cached, &bytes).expect("compiles and caches");
+    let cache = ArtifactCache::open(dir.path(), cached.engine()).expect("cache");
+    let digest = portcullis_engine::module_digest(&bytes);
+    group.sample_size(50);
+    group.bench_function("deserialize from the disk cache", |b| {
+        b.iter(|| cache.load(cached.engine(), &digest).expect("a cache hit"));
+    });
+    group.finish();
+}
+
+criterion_group!(benches, evaluation, loading);
+criterion_main!(benches);

@@ -1,0 +1,501 @@
+//! The configuration file: which policies to serve, with what settings,
+//! limits and failure semantics. Parsed and validated here without touching
+//! modules or sockets.
+//!
+//! ```yaml
+//! defaults: { timeoutMs: 250, memoryLimit: 32Mi, onError: deny, mode: enforce }
+//! policies:
+//!   - name: allowed-images
+//!     module: allowed_images.wasm      # relative to this file
+//!     match:
+//!       operations: [CREATE, UPDATE]
+//!       resources: [pods, deployments.apps]
+//!       namespaces: { exclude: [kube-system] }
+//!     settings: { allowed: ["registry.k8s.io/"] }
+//! ```
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use portcullis_kube::quantity;
+
+use crate::matcher::{Matcher, Operation, ResourcePattern};
+
+/// Default deadline of one policy call.
+pub const DEFAULT_TIMEOUT_MS: u64 = 250;
+/// Default memory cap of one policy call.
+pub const DEFAULT_MEMORY: u64 = 32 << 20;
+/// Longest deadline a policy may be given: the API server waits 30 s at most.
+const MAX_TIMEOUT_MS: u64 = 30_000;
+/// Smallest memory cap: a componentized Rust policy needs a few MiB.
+const MIN_MEMORY: u64 = 2 << 20;
+
+/// Why the configuration was refused. The message names the file and,
+/// where the parser knows it, the line.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {cause}")]
+    Read {
+        path: PathBuf,
+        cause: std::io::Error,
+    },
+    /// The YAML is malformed or does not fit the schema.
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    /// The YAML parsed but a value is not acceptable.
+    #[error("invalid config file {path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+/// What a denial from this policy means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Mode {
+    /// A deny denies.
+    #[default]
+    Enforce,
+    /// A deny is turned into an allow with the message as a warning.
+    Warn,
+    /// A deny is allowed and recorded in audit annotations and logs.
+    Audit,
+}
+
+/// What a policy error (trap, deadline, memory, bad output) means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum OnError {
+    /// Deny the request, naming the policy and the error.
+    #[default]
+    Deny,
+    /// Allow the request with a warning saying the policy failed.
+    Allow,
+    /// Answer HTTP 500 so the API server applies the webhook's failurePolicy.
+    Fail,
+}
+
+/// The largest memory a policy may be given (pooling slots are sized for it).
+pub const MAX_POLICY_MEMORY: u64 = 1 << 30;
+
+/// Per-call limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Wall-clock deadline of one call, instantiation included.
+    pub timeout: Duration,
+    /// Largest linear memory the policy may grow to, in bytes.
+    pub memory: u64,
+}
+
+/// A memory size as Kubernetes writes quantities: `32Mi`, `1.5Gi`, `512Ki`,
+/// `64M`, or plain bytes (the API's grammar, shared with the SDK).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quantity(pub u64);
+
+impl Quantity {
+    /// Parses a quantity.
+    ///
+    /// # Errors
+    /// A message saying what was expected.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        if quantity::parse(text).is_some_and(|value| value < 0.0) {
+            return Err(format!("memory quantity {text:?} is negative"));
+        }
+        quantity::bytes(text).map(Quantity).ok_or_else(|| {
+            if quantity::parse(text).is_some() {
+                format!("memory quantity {text:?} is too large")
+            } else {
+                format!(
+                    "invalid memory quantity {text:?}: expected a number with an optional \
+                     suffix Ki, Mi, Gi, Ti, k, M or G (e.g. 32Mi or 1.5Gi)"
+                )
+            }
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for Quantity {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(u64),
+            Text(String),
+        }
+        match Raw::deserialize(deserializer)? {
+            Raw::Number(bytes) => Ok(Quantity(bytes)),
+            Raw::Text(text) => Quantity::parse(&text).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// A policy name: a DNS label, since it appears in URL paths, metrics and
+/// audit annotation keys.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PolicyName(String);
+
+impl PolicyName {
+    /// Checks a name.
+    ///
+    /// # Errors
+    /// A message saying what a name may contain.
+    pub fn parse(name: &str) -> Result<Self, String> {
+        let valid = !name.is_empty()
+            && name.len() <= 50
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !name.starts_with('-')
+            && !name.ends_with('-');
+        if valid {
+            Ok(Self(name.to_string()))
+        } else {
+            Err(format!(
+                "invalid policy name {name:?}: use 1 to 50 lowercase letters, digits and '-', \
+                 starting and ending with a letter or digit"
+            ))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for PolicyName {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        PolicyName::parse(&name).map_err(serde::de::Error::custom)
+    }
+}
+
+impl std::fmt::Display for PolicyName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RawDefaults {
+    timeout_ms: Option<u64>,
+    memory_limit: Option<Quantity>,
+    on_error: Option<OnError>,
+    mode: Option<Mode>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawNamespaces {
+    #[serde(default)]
+    include: Vec<String>,
+    #[serde(default)]
+    exclude: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawMatch {
+    operations: Option<Vec<Operation>>,
+    resources: Option<Vec<ResourcePattern>>,
+    #[serde(default)]
+    namespaces: RawNamespaces,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RawPolicy {
+    name: PolicyName,
+    module: PathBuf,
+    mode: Option<Mode>,
+    on_error: Option<OnError>,
+    timeout_ms: Option<u64>,
+    memory_limit: Option<Quantity>,
+    #[serde(rename = "match", default)]
+    matching: Option<RawMatch>,
+    #[serde(default)]
+    settings: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    defaults: RawDefaults,
+    policies: Vec<RawPolicy>,
+}
+
+/// One policy as configured.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PolicyConfig {
+    pub name: PolicyName,
+    /// Absolute (or config-relative resolved) path of the `.wasm` file.
+    pub module: PathBuf,
+    pub mode: Mode,
+    pub on_error: OnError,
+    pub limits: Limits,
+    /// The `match` block; `None` resources mean "what the policy's metadata
+    /// says it is written for".
+    pub matcher: Matcher,
+    /// Settings as JSON text (`{}` when none were given).
+    pub settings: String,
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The file it came from.
+    pub path: PathBuf,
+    pub policies: Vec<PolicyConfig>,
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the file and what was wrong.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
+            path: path.to_path_buf(),
+            cause,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses and validates config text; `path` resolves module paths and
+    /// names the file in errors.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the file and what was wrong.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let raw: RawConfig = serde_yaml_ng::from_str(text).map_err(|err| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: err.to_string(),
+        })?;
+        Self::from_parts(path, raw.defaults, raw.policies)
+    }
+
+    /// Validates `defaults` and `policies` read from `path` (a config file,
+    /// or a test suite that carries its own policies).
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the file and what was wrong.
+    pub fn from_parts(
+        path: &Path,
+        defaults: RawDefaults,
+        policies: Vec<RawPolicy>,
+    ) -> Result<Self, ConfigError> {
+        let raw = RawConfig { defaults, policies };
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        };
+        let base = path.parent().unwrap_or(Path::new("."));
+        let defaults = &raw.defaults;
+        let default_timeout = defaults.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS);
+        check_timeout(default_timeout).map_err(|m| invalid(format!("defaults.timeoutMs: {m}")))?;
+        let default_memory = defaults.memory_limit.map_or(DEFAULT_MEMORY, |q| q.0);
+        check_memory(default_memory).map_err(|m| invalid(format!("defaults.memoryLimit: {m}")))?;
+
+        let mut seen = HashSet::new();
+        let mut policies = Vec::with_capacity(raw.policies.len());
+        for (index, policy) in raw.policies.into_iter().enumerate() {
+            let at = format!("policies[{index}] ({})", policy.name);
+            if !seen.insert(policy.name.clone()) {
+                return Err(invalid(format!("{at}: duplicate policy name")));
+            }
+            let timeout = policy.timeout_ms.unwrap_or(default_timeout);
+            check_timeout(timeout).map_err(|m| invalid(format!("{at}.timeoutMs: {m}")))?;
+            let memory = policy.memory_limit.map_or(default_memory, |q| q.0);
+            check_memory(memory).map_err(|m| invalid(format!("{at}.memoryLimit: {m}")))?;
+            let settings = match policy.settings {
+                None | Some(serde_json::Value::Null) => "{}".to_string(),
+                Some(value) => value.to_string(),
+            };
+            let matching = policy.matching.unwrap_or_default();
+            policies.push(PolicyConfig {
+                name: policy.name,
+                module: base.join(policy.module),
+                mode: policy.mode.or(defaults.mode).unwrap_or_default(),
+                on_error: policy.on_error.or(defaults.on_error).unwrap_or_default(),
+                limits: Limits {
+                    timeout: Duration::from_millis(timeout),
+                    memory,
+                },
+                matcher: Matcher {
+                    operations: matching.operations,
+                    resources: matching.resources,
+                    include_namespaces: matching.namespaces.include,
+                    exclude_namespaces: matching.namespaces.exclude,
+                },
+                settings,
+            });
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+            policies,
+        })
+    }
+}
+
+fn check_timeout(ms: u64) -> Result<(), String> {
+    if (1..=MAX_TIMEOUT_MS).contains(&ms) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{ms} is out of range: expected 1 to {MAX_TIMEOUT_MS} milliseconds"
+        ))
+    }
+}
+
+fn check_memory(bytes: u64) -> Result<(), String> {
+    if (MIN_MEMORY..=MAX_POLICY_MEMORY).contains(&bytes) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{bytes} bytes is out of range: expected 2Mi to {}Mi",
+            MAX_POLICY_MEMORY >> 20
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("/etc/portcullis/config.yaml"), text)
+    }
+
+    #[test]
+    fn parses_a_full_config_with_defaults_applied() {
+        let config = parse(
+            r#"
+defaults: { timeoutMs: 100, memoryLimit: 16Mi, onError: allow }
+policies:
+  - name: allowed-images
+    module: allowed_images.wasm
+    mode: warn
+    match:
+      operations: [CREATE, UPDATE]
+      resources: [pods, deployments.apps]
+      namespaces: { exclude: [kube-system] }
+    settings: { allowed: ["registry.k8s.io/"] }
+  - name: labels
+    module: /abs/labels.wasm
+    timeoutMs: 20
+    memoryLimit: 64Mi
+    onError: fail
+"#,
+        )
+        .expect("valid config");
+        let first = &config.policies[0];
+        assert_eq!(first.name.as_str(), "allowed-images");
+        assert_eq!(
+            first.module,
+            Path::new("/etc/portcullis/allowed_images.wasm")
+        );
+        assert_eq!(first.mode, Mode::Warn);
+        assert_eq!(first.on_error, OnError::Allow);
+        assert_eq!(first.limits.timeout, Duration::from_millis(100));
+        assert_eq!(first.limits.memory, 16 << 20);
+        assert_eq!(first.settings, r#"{"allowed":["registry.k8s.io/"]}"#);
+        assert_eq!(first.matcher.exclude_namespaces, vec!["kube-system"]);
+        let second = &config.policies[1];
+        assert_eq!(second.module, Path::new("/abs/labels.wasm"));
+        assert_eq!(second.on_error, OnError::Fail);
+        assert_eq!(second.mode, Mode::Enforce);
+        assert_eq!(second.limits.timeout, Duration::from_millis(20));
+        assert_eq!(second.limits.memory, 64 << 20);
+        assert_eq!(second.settings, "{}");
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_file_and_line() {
+        let err = parse("policies:\n  - name: a\n    module: a.wasm\n    colour: blue\n")
+            .expect_err("unknown key");
+        let message = err.to_string();
+        assert!(message.contains("/etc/portcullis/config.yaml"), "{message}");
+        assert!(message.contains("unknown field `colour`"), "{message}");
+        assert!(message.contains("line 4"), "{message}");
+    }
+
+    #[test]
+    fn bad_values_name_what_was_expected_and_where() {
+        let err = parse("policies:\n  - name: a\n    module: a.wasm\n    mode: loud\n")
+            .expect_err("bad mode");
+        let message = err.to_string();
+        assert!(message.contains("unknown variant `loud`"), "{message}");
+        assert!(message.contains("enforce"), "{message}");
+        assert!(message.contains("line 4"), "{message}");
+
+        let err =
+            parse("policies:\n  - name: Bad_Name\n    module: a.wasm\n").expect_err("bad name");
+        assert!(
+            err.to_string().contains("invalid policy name \"Bad_Name\""),
+            "{err}"
+        );
+        assert!(err.to_string().contains("line 2"), "{err}");
+
+        let err =
+            parse("policies:\n  - name: a\n    module: a.wasm\n    memoryLimit: 12 parsecs\n")
+                .expect_err("bad quantity");
+        assert!(err.to_string().contains("invalid memory quantity"), "{err}");
+
+        let err = parse(
+            "policies:\n  - name: a\n    module: a.wasm\n    match: { operations: [EXPLODE] }\n",
+        )
+        .expect_err("bad operation");
+        assert!(
+            err.to_string().contains("unknown variant `EXPLODE`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn out_of_range_limits_and_duplicates_are_rejected() {
+        let err = parse("policies:\n  - name: a\n    module: a.wasm\n    timeoutMs: 0\n")
+            .expect_err("zero timeout");
+        assert!(
+            err.to_string().contains("policies[0] (a).timeoutMs"),
+            "{err}"
+        );
+        let err = parse("policies:\n  - name: a\n    module: a.wasm\n    memoryLimit: 2Gi\n")
+            .expect_err("too much memory");
+        assert!(err.to_string().contains("memoryLimit"), "{err}");
+        let err =
+            parse("policies:\n  - {name: a, module: a.wasm}\n  - {name: a, module: b.wasm}\n")
+                .expect_err("duplicate");
+        assert!(
+            err.to_string()
+                .contains("policies[1] (a): duplicate policy name"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn quantities() {
+        assert_eq!(Quantity::parse("32Mi"), Ok(Quantity(32 << 20)));
+        assert_eq!(Quantity::parse("1Gi"), Ok(Quantity(1 << 30)));
+        assert_eq!(Quantity::parse("64M"), Ok(Quantity(64_000_000)));
+        assert_eq!(Quantity::parse("4096"), Ok(Quantity(4096)));
+        assert_eq!(Quantity::parse("1.5Gi"), Ok(Quantity(3 << 29)));
+        assert_eq!(Quantity::parse("1Ti"), Ok(Quantity(1 << 40)));
+        assert!(Quantity::parse("Mi").is_err());
+        assert!(Quantity::parse("-1Mi").is_err());
+        assert!(Quantity::parse("99999999999999999999Gi").is_err());
+    }
+
+    #[test]
+    fn empty_and_missing_files_are_errors() {
+        assert!(parse("").is_err());
+        let err = Config::load(Path::new("/nonexistent/portcullis.yaml")).expect_err("missing");
+        assert!(
+            err.to_string().contains("/nonexistent/portcullis.yaml"),
+            "{err}"
+        );
+    }
+}

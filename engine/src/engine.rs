@@ -1,0 +1,196 @@
+//! The WebAssembly engine: one wasmtime `Engine` for the process, the linker
+//! every policy is instantiated against, and the epoch ticker that enforces
+//! call deadlines.
+//!
+//! This layer knows nothing of HTTP or AdmissionReview envelopes: it turns
+//! bytes into compiled components and hands out sandboxed stores.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Config, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig};
+
+use crate::artifact_cache::ArtifactCache;
+use crate::bindings::AdmissionPolicy;
+use crate::config::MAX_POLICY_MEMORY;
+use crate::sandbox::StoreState;
+
+/// How often the epoch advances. Deadlines are checked on every tick, so
+/// this is the resolution of a policy's deadline.
+pub const EPOCH_TICK: Duration = Duration::from_millis(1);
+
+/// How many policy instances may be alive at once across all requests.
+/// Each request instantiates its policies fresh, so this bounds concurrent
+/// evaluations, not loaded policies.
+const POOLED_INSTANCES: u32 = 512;
+
+/// Errors building the engine.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// wasmtime refused the configuration.
+    #[error("cannot create the WebAssembly engine: {0}")]
+    Create(wasmtime::Error),
+    /// The host functions could not be linked.
+    #[error("cannot set up host functions for policies: {0}")]
+    Link(wasmtime::Error),
+    /// The epoch ticker thread could not be started.
+    #[error("cannot start the epoch ticker thread: {0}")]
+    Ticker(std::io::Error),
+}
+
+/// The process-wide engine, linker and epoch ticker. Cheap to share: clone
+/// the `Arc`.
+pub struct PolicyEngine {
+    engine: wasmtime::Engine,
+    /// Compiled modules on disk, when a cache directory is in use.
+    artifacts: Option<ArtifactCache>,
+    linker: Linker<StoreState>,
+    ticker: Option<JoinHandle<()>>,
+    stop: Arc<AtomicBool>,
+    pooling: bool,
+}
+
+impl PolicyEngine {
+    /// Builds the engine. Tries the pooling allocator first (fresh instances
+    /// are then ~2x cheaper); falls back to on-demand allocation where the
+    /// address space cannot be reserved (e.g. under `ulimit -v`).
+    ///
+    /// # Errors
+    /// When wasmtime rejects the configuration or the ticker cannot start.
+    pub fn new() -> Result<Arc<Self>, EngineError> {
+        Self::with_cache(None)
+    }
+
+    /// Builds the engine with compiled modules cached in `cache_dir`. A
+    /// directory that cannot be used is logged and no cache is used: the
+    /// cache only saves time.
+    ///
+    /// # Errors
+    /// When wasmtime rejects the configuration or the ticker cannot start.
+    pub fn with_cache(cache_dir: Option<&Path>) -> Result<Arc<Self>, EngineError> {
+        let (engine, pooling) = match wasmtime::Engine::new(&engine_config(true)) {
+            Ok(engine) => (engine, true),
+            Err(error) => {
+                tracing::warn!(%error, "pooling allocator unavailable; using on-demand allocation");
+                let engine =
+                    wasmtime::Engine::new(&engine_config(false)).map_err(EngineError::Create)?;
+                (engine, false)
+            }
+        };
+        let linker = build_linker(&engine)?;
+        let artifacts = cache_dir.and_then(|dir| match ArtifactCache::open(dir, &engine) {
+            Ok(cache) => Some(cache),
+            Err(error) => {
+                tracing::warn!(%error, "compiling every module at start and on reload");
+                None
+            }
+        });
+        let stop = Arc::new(AtomicBool::new(false));
+        let ticker = spawn_ticker(engine.clone(), stop.clone())?;
+        Ok(Arc::new(Self {
+            engine,
+            artifacts,
+            linker,
+            ticker: Some(ticker),
+            stop,
+            pooling,
+        }))
+    }
+
+    /// The wasmtime engine.
+    pub fn engine(&self) -> &wasmtime::Engine {
+        &self.engine
+    }
+
+    /// The linker holding the host functions a policy may import.
+    pub fn linker(&self) -> &Linker<StoreState> {
+        &self.linker
+    }
+
+    /// The on-disk cache of compiled modules, if one is in use.
+    pub fn artifact_cache(&self) -> Option<&ArtifactCache> {
+        self.artifacts.as_ref()
+    }
+
+    /// Whether instances come from the pooling allocator.
+    pub fn is_pooling(&self) -> bool {
+        self.pooling
+    }
+
+    /// Compiles a component (already componentized) with Cranelift.
+    ///
+    /// # Errors
+    /// When the bytes are not a valid component.
+    pub fn compile(&self, component: &[u8]) -> wasmtime::Result<Component> {
+        Component::from_binary(&self.engine, component)
+    }
+}
+
+impl Drop for PolicyEngine {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(ticker) = self.ticker.take() {
+            // The ticker sleeps one tick at a time, so this returns promptly.
+            let _ = ticker.join();
+        }
+    }
+}
+
+fn engine_config(pooling: bool) -> Config {
+    let mut config = Config::new();
+    config.wasm_component_model(true);
+    config.epoch_interruption(true);
+    config.cranelift_opt_level(OptLevel::Speed);
+    // Deep recursion in a policy must trap, not overflow the host's stack.
+    config.max_wasm_stack(512 * 1024);
+    config.async_stack_size(1024 * 1024);
+    if pooling {
+        let mut pool = PoolingAllocationConfig::new();
+        pool.total_component_instances(POOLED_INSTANCES);
+        // A componentized wasip1 module is several core instances (the
+        // policy, the WASI adapter and shims), each with a memory or table.
+        pool.max_core_instances_per_component(16);
+        pool.total_core_instances(POOLED_INSTANCES * 8);
+        pool.max_memories_per_component(4);
+        pool.total_memories(POOLED_INSTANCES * 2);
+        pool.total_tables(POOLED_INSTANCES * 4);
+        pool.total_stacks(POOLED_INSTANCES);
+        pool.max_memory_size(MAX_POLICY_MEMORY as usize);
+        // Keeping a few MiB of each slot resident is what lets fresh
+        // instances scale across cores: without it every drop unmaps memory
+        // and the cores fight over TLB shootdowns.
+        pool.linear_memory_keep_resident(4 << 20);
+        pool.table_keep_resident(64 << 10);
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    }
+    config
+}
+
+fn build_linker(engine: &wasmtime::Engine) -> Result<Linker<StoreState>, EngineError> {
+    let mut linker = Linker::new(engine);
+    // WASI is linked so that modules built for wasip1/wasip2 instantiate, but
+    // each store's WasiCtx grants nothing (see `sandbox::wasi_context`).
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(EngineError::Link)?;
+    AdmissionPolicy::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
+        .map_err(EngineError::Link)?;
+    Ok(linker)
+}
+
+fn spawn_ticker(
+    engine: wasmtime::Engine,
+    stop: Arc<AtomicBool>,
+) -> Result<JoinHandle<()>, EngineError> {
+    std::thread::Builder::new()
+        .name("portcullis-epoch".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(EPOCH_TICK);
+                engine.increment_epoch();
+            }
+        })
+        .map_err(EngineError::Ticker)
+}

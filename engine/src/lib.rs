@@ -1,0 +1,77 @@
+//! The Portcullis policy engine: everything that turns a config and module
+//! bytes into admission decisions. No HTTP, TLS, file watching or CLI: the
+//! server (`portcullis`), the offline commands, the policy test harness
+//! (`portcullis-testing`), the fuzz targets and the benchmarks all drive
+//! it the same way.
+//!
+//! # The path of one review
+//! ```text
+//! Review::parse(body)                      admission: AdmissionReview in (raw pass-through)
+//!   -> PolicyStore::current()              policy_store: one immutable PolicySet per request
+//!   -> mutate(..) / validate(..)           chain: match, mutate in order, then validate
+//!        -> Policy::{mutate, validate}     policy: a module bound to settings, limits, match
+//!        -> invoke                         invoke: one sandboxed call with a deadline
+//!   -> admission_response(.., &Decision)   admission: AdmissionReview out (uid, patch, warnings)
+//! ```
+//!
+//! # Layout
+//! Each module imports only modules above it in this list:
+//! - `config`: the YAML config, typed and validated; per-call [`Limits`].
+//! - `matcher`: which policies apply to a request.
+//! - `admission`: AdmissionReview parsing and response building.
+//! - `contract`: the WIT contract version and the check that a module fits.
+//! - `bindings`: host bindings generated from `wit/`.
+//! - `sandbox`: a call's store state: memory cap, bounded log, empty WASI.
+//! - `componentize`: core module or component in, component out.
+//! - `artifact_cache`: compiled modules on disk, checked before use.
+//! - `engine`: the wasmtime engine, linker and epoch ticker.
+//! - `module`: compile (or load from the cache) and pre-instantiate.
+//! - `invoke`: one call into a policy with a deadline; typed errors.
+//! - `policy`: a module bound to its settings, limits and match rules.
+//! - `policy_set`: the immutable snapshot of all policies, and the
+//!   compiled-module cache that reloads share.
+//! - `policy_store`: the snapshot in service (swapped whole) and reload
+//!   status.
+//! - `chain`: the mutate chain and validation over a snapshot; modes and
+//!   onError.
+//! - `offline`: the server's answer to a review, computed without a server.
+//!
+//! Modules are private; what other crates use is re-exported here.
+
+mod admission;
+mod artifact_cache;
+mod bindings;
+mod chain;
+mod componentize;
+mod config;
+mod contract;
+mod engine;
+mod invoke;
+mod matcher;
+mod module;
+mod offline;
+mod policy;
+mod policy_set;
+mod policy_store;
+mod sandbox;
+
+pub use admission::{
+    ApiVersion, DENIED_CODE, Decision, Review, ReviewError, request_with_object,
+    response as admission_response,
+};
+pub use artifact_cache::{ArtifactCache, CacheError, default_dir as default_cache_dir};
+pub use chain::{ChainFailure, Evaluation, Selection, mutate, validate};
+pub use componentize::{ComponentizeError, ModuleFormat};
+pub use config::{
+    Config, ConfigError, DEFAULT_MEMORY, DEFAULT_TIMEOUT_MS, Limits, MAX_POLICY_MEMORY, Mode,
+    OnError, PolicyConfig, PolicyName, Quantity, RawDefaults, RawPolicy,
+};
+pub use contract::{ContractError, VERSION as CONTRACT_VERSION, Version};
+pub use engine::{EPOCH_TICK, EngineError, PolicyEngine};
+pub use invoke::{Metadata, MutationOutput, PolicyError, Verdict};
+pub use matcher::{Matcher, Operation, ResourcePattern};
+pub use module::{CompiledModule, ModuleError, digest as module_digest};
+pub use offline::{Answer, OfflineError, PatchError, as_review, evaluate};
+pub use policy::{LoadError, Policy};
+pub use policy_set::{BuildStats, ModuleCache, PolicySet, SetError};
+pub use policy_store::{LoadFailure, PolicyStore, ReloadStatus};

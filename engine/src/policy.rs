@@ -1,0 +1,161 @@
+//! One configured policy: a compiled module plus the settings, limits,
+//! match rules and failure semantics the config gives it.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::config::Limits;
+use crate::config::{Mode, OnError, PolicyConfig};
+use crate::invoke::{Metadata, MutationOutput, PolicyError, Verdict};
+use crate::matcher::{Matcher, RequestFacts};
+use crate::module::{CompiledModule, ModuleError};
+
+/// Why one policy could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The module file could not be read.
+    #[error("cannot read module: {0}")]
+    Read(std::io::Error),
+    /// The module could not be compiled or does not fit the contract.
+    #[error(transparent)]
+    Module(#[from] ModuleError),
+    /// Calling `metadata` failed.
+    #[error("metadata call failed: {0}")]
+    Metadata(PolicyError),
+    /// The module neither validates nor mutates.
+    #[error("module says it neither validates nor mutates")]
+    NoCapability,
+    /// The module names resources that are not valid patterns.
+    #[error("module metadata declares an invalid resource: {0}")]
+    Resources(String),
+    /// `validate-settings` rejected the settings.
+    #[error("settings rejected: {0}")]
+    SettingsRejected(String),
+    /// Calling `validate-settings` failed.
+    #[error("validate-settings call failed: {0}")]
+    SettingsCall(PolicyError),
+    /// The compile task died (a panic inside the compiler).
+    #[error("compilation task failed: {0}")]
+    Task(String),
+}
+
+/// A policy ready to serve.
+#[derive(Debug)]
+pub struct Policy {
+    pub name: Arc<str>,
+    pub module_path: PathBuf,
+    pub module: Arc<CompiledModule>,
+    pub metadata: Metadata,
+    pub mode: Mode,
+    pub on_error: OnError,
+    pub limits: Limits,
+    pub matcher: Matcher,
+    /// Settings as JSON text, passed on every call.
+    pub settings: String,
+}
+
+impl Policy {
+    /// Binds a compiled module to its config: asks for its metadata and
+    /// has it check its settings. A policy that rejects its settings is
+    /// never returned.
+    ///
+    /// # Errors
+    /// A [`LoadError`] saying which step failed.
+    pub async fn bind(
+        config: &PolicyConfig,
+        module: Arc<CompiledModule>,
+    ) -> Result<Self, LoadError> {
+        let name: Arc<str> = config.name.as_str().into();
+        let metadata = module
+            .metadata(&name, config.limits)
+            .await
+            .map_err(LoadError::Metadata)?;
+        if !metadata.validates && !metadata.mutates {
+            return Err(LoadError::NoCapability);
+        }
+        let matcher = config
+            .matcher
+            .clone()
+            .with_default_resources(&metadata.resources)
+            .map_err(LoadError::Resources)?;
+        module
+            .validate_settings(&name, config.limits, &config.settings)
+            .await
+            .map_err(LoadError::SettingsCall)?
+            .map_err(LoadError::SettingsRejected)?;
+        Ok(Self {
+            name,
+            module_path: config.module.clone(),
+            module,
+            metadata,
+            mode: config.mode,
+            on_error: config.on_error,
+            limits: config.limits,
+            matcher,
+            settings: config.settings.clone(),
+        })
+    }
+
+    /// Whether `other` is the same policy with the same code and config.
+    pub fn same_as(&self, other: &Policy) -> bool {
+        self.name == other.name
+            && self.module_path == other.module_path
+            && self.module.digest == other.module.digest
+            && self.mode == other.mode
+            && self.on_error == other.on_error
+            && self.limits == other.limits
+            && self.matcher == other.matcher
+            && self.settings == other.settings
+    }
+
+    /// Whether this policy applies to a request.
+    pub fn matches(&self, request: &RequestFacts<'_>) -> bool {
+        self.matcher.matches(request)
+    }
+
+    /// The policy's limits, its deadline shortened to the review's.
+    fn limits_before(&self, deadline: Option<Instant>) -> Result<Limits, PolicyError> {
+        let Some(deadline) = deadline else {
+            return Ok(self.limits);
+        };
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return Err(PolicyError::NoTimeLeft);
+        }
+        Ok(Limits {
+            timeout: self.limits.timeout.min(remaining),
+            ..self.limits
+        })
+    }
+
+    /// Runs `validate` on a request (JSON text), finishing by `deadline`.
+    ///
+    /// # Errors
+    /// A [`PolicyError`] when the call fails.
+    pub async fn validate(
+        &self,
+        request: &str,
+        deadline: Option<Instant>,
+    ) -> Result<Verdict, PolicyError> {
+        let limits = self.limits_before(deadline)?;
+        self.module
+            .validate(&self.name, limits, request, &self.settings)
+            .await
+    }
+
+    /// Runs `mutate` on a request (JSON text), finishing by `deadline`.
+    ///
+    /// # Errors
+    /// A [`PolicyError`] when the call fails.
+    pub async fn mutate(
+        &self,
+        request: &str,
+        deadline: Option<Instant>,
+    ) -> Result<MutationOutput, PolicyError> {
+        let limits = self.limits_before(deadline)?;
+        self.module
+            .mutate(&self.name, limits, request, &self.settings)
+            .await
+    }
+}

@@ -1,0 +1,116 @@
+//! The HTTP surface: routes, the review body extractor, and handlers that
+//! turn a review into a chain run and a chain run into a response.
+//!
+//! Never names a wasmtime type: it sees policies only through the policy
+//! set and the chain.
+//!
+
+//! # Layout
+//! - `body`: the review body extractor (content type, size, read timeout).
+//! - `review`: `/mutate`, `/validate` and their per-policy forms: one
+//!   snapshot, parse, admission to evaluation, the chain, the answer.
+//! - `status`: `/healthz`, `/readyz`, `/metrics`, `/policies`.
+
+mod body;
+mod review;
+mod status;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::Request;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use portcullis_engine::PolicyStore;
+
+use crate::limits::EvalLimiter;
+use crate::metrics::Metrics;
+
+/// Largest review body accepted: an UPDATE carries object and oldObject,
+/// up to about 6 MiB together.
+pub const DEFAULT_BODY_LIMIT: usize = 8 << 20;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct ServerState {
+    pub policies: Arc<PolicyStore>,
+    pub metrics: Arc<Metrics>,
+    pub body_limit: usize,
+    /// How long a client may take to send its body.
+    pub body_timeout: Duration,
+    pub limiter: Arc<EvalLimiter>,
+}
+
+/// The webhook router.
+pub fn router(state: ServerState) -> Router {
+    Router::new()
+        .route("/mutate", post(review::mutate_all))
+        .route("/validate", post(review::validate_all))
+        .route("/mutate/{policy}", post(review::mutate_one))
+        .route("/validate/{policy}", post(review::validate_one))
+        .route("/healthz", get(status::healthz))
+        .route("/readyz", get(status::readyz))
+        .route("/policies", get(status::policies))
+        .route("/metrics", get(status::metrics))
+        .fallback(not_found)
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            panic_response,
+        ))
+        .with_state(state)
+}
+
+/// The operations router for the plain-HTTP listener: probes and metrics
+/// only, never the webhook endpoints.
+pub fn operations_router(state: ServerState) -> Router {
+    Router::new()
+        .route("/healthz", get(status::healthz))
+        .route("/readyz", get(status::readyz))
+        .route("/metrics", get(status::metrics))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+/// A plain-text answer: every error this server gives has this shape.
+fn plain(status: StatusCode, message: impl Into<String>) -> Response {
+    let mut message = message.into();
+    message.push('\n');
+    (
+        status,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        )],
+        message,
+    )
+        .into_response()
+}
+
+/// A JSON answer (`/policies`, review responses).
+fn json(body: Vec<u8>) -> Response {
+    (
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
+}
+
+fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    tracing::error!("a request handler panicked; answered 500");
+    plain(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal error while handling the review",
+    )
+}
+
+async fn not_found(request: Request) -> Response {
+    plain(
+        StatusCode::NOT_FOUND,
+        format!("no route for {} {}", request.method(), request.uri().path()),
+    )
+}

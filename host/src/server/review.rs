@@ -1,0 +1,356 @@
+//! `/mutate`, `/validate`, `/mutate/{policy}` and `/validate/{policy}`:
+//! one review in, one AdmissionReview (or a plain-text error) out.
+//!
+//! Each step is its own function: take one snapshot of the policies,
+//! resolve the route to a selection, parse the review, wait for an
+//! evaluation slot, run the chain, then log the decision and answer. The
+//! handler records the request's metrics around all of it.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::Response;
+use portcullis_engine::{
+    ChainFailure, Decision, Evaluation, Operation, Policy, PolicySet, Review, Selection,
+};
+
+use super::body::ReviewBody;
+use super::{ServerState, json, plain};
+use crate::limits::{self, Busy};
+use crate::metrics::RequestLabels;
+
+/// Which chain a route runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Endpoint {
+    Mutate,
+    Validate,
+}
+
+impl Endpoint {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Mutate => "mutate",
+            Self::Validate => "validate",
+        }
+    }
+
+    fn serves(self, policy: &Policy) -> bool {
+        match self {
+            Self::Mutate => policy.metadata.mutates,
+            Self::Validate => policy.metadata.validates,
+        }
+    }
+}
+
+/// The route a review came in on: a chain, and maybe one policy.
+#[derive(Debug, Clone, Copy)]
+struct Route<'a> {
+    endpoint: Endpoint,
+    policy: Option<&'a str>,
+}
+
+impl Route<'_> {
+    /// The route's label in metrics (never the policy name from the path,
+    /// which a client chooses).
+    fn label(self) -> &'static str {
+        match (self.endpoint, self.policy) {
+            (Endpoint::Mutate, None) => "/mutate",
+            (Endpoint::Validate, None) => "/validate",
+            (Endpoint::Mutate, Some(_)) => "/mutate/{policy}",
+            (Endpoint::Validate, Some(_)) => "/validate/{policy}",
+        }
+    }
+}
+
+pub(super) async fn mutate_all(
+    State(state): State<ServerState>,
+    RawQuery(query): RawQuery,
+    body: ReviewBody,
+) -> Response {
+    let route = Route {
+        endpoint: Endpoint::Mutate,
+        policy: None,
+    };
+    handle(&state, route, query.as_deref(), body.bytes()).await
+}
+
+pub(super) async fn validate_all(
+    State(state): State<ServerState>,
+    RawQuery(query): RawQuery,
+    body: ReviewBody,
+) -> Response {
+    let route = Route {
+        endpoint: Endpoint::Validate,
+        policy: None,
+    };
+    handle(&state, route, query.as_deref(), body.bytes()).await
+}
+
+pub(super) async fn mutate_one(
+    State(state): State<ServerState>,
+    Path(policy): Path<String>,
+    RawQuery(query): RawQuery,
+    body: ReviewBody,
+) -> Response {
+    let route = Route {
+        endpoint: Endpoint::Mutate,
+        policy: Some(&policy),
+    };
+    handle(&state, route, query.as_deref(), body.bytes()).await
+}
+
+pub(super) async fn validate_one(
+    State(state): State<ServerState>,
+    Path(policy): Path<String>,
+    RawQuery(query): RawQuery,
+    body: ReviewBody,
+) -> Response {
+    let route = Route {
+        endpoint: Endpoint::Validate,
+        policy: Some(&policy),
+    };
+    handle(&state, route, query.as_deref(), body.bytes()).await
+}
+
+/// An answer and the labels its request is counted under.
+struct Answered {
+    response: Response,
+    operation: &'static str,
+    result: &'static str,
+}
+
+impl Answered {
+    /// Refused before evaluation: not a review, or no such policy.
+    fn rejected(refusal: Refusal) -> Self {
+        Self {
+            response: plain(refusal.status, refusal.message),
+            operation: "",
+            result: "rejected",
+        }
+    }
+}
+
+/// Why a review was refused before evaluation.
+struct Refusal {
+    status: StatusCode,
+    message: String,
+}
+
+async fn handle(
+    state: &ServerState,
+    route: Route<'_>,
+    query: Option<&str>,
+    body: &[u8],
+) -> Response {
+    let started = Instant::now();
+    let mut evaluations = Vec::new();
+    let answered = answer(state, route, query, body, started, &mut evaluations).await;
+    let labels = RequestLabels {
+        endpoint: route.label(),
+        operation: answered.operation,
+        result: answered.result,
+    };
+    state
+        .metrics
+        .request(labels, started.elapsed(), &evaluations);
+    answered.response
+}
+
+/// The answer to one review; every policy call made is left in
+/// `evaluations`.
+async fn answer(
+    state: &ServerState,
+    route: Route<'_>,
+    query: Option<&str>,
+    body: &[u8],
+    started: Instant,
+    evaluations: &mut Vec<Evaluation>,
+) -> Answered {
+    // Answer before the API server gives up (`?timeout=`); work past that
+    // point could not be used.
+    let deadline = limits::review_deadline(started, query);
+    // One snapshot for the whole request: it is answered by one generation.
+    let set: Arc<PolicySet> = state.policies.current();
+    let selection = match select(&set, route) {
+        Ok(selection) => selection,
+        Err(refusal) => return Answered::rejected(refusal),
+    };
+    let review = match parse(body) {
+        Ok(review) => review,
+        Err(refusal) => return Answered::rejected(refusal),
+    };
+    let operation = review.operation().map_or("", Operation::as_str);
+    let _slot = match state.limiter.acquire(deadline).await {
+        Ok(slot) => slot,
+        Err(busy) => return refuse_busy(&review, operation, busy),
+    };
+    let result = match route.endpoint {
+        Endpoint::Mutate => {
+            portcullis_engine::mutate(&set, &review, selection, deadline, evaluations).await
+        }
+        Endpoint::Validate => {
+            portcullis_engine::validate(&set, &review, selection, deadline, evaluations).await
+        }
+    };
+    let decision_log = DecisionLog {
+        review: &review,
+        endpoint: route.endpoint,
+        operation,
+        evaluations,
+        generation: set.generation,
+        started,
+    };
+    match result {
+        Ok(decision) => decided(&decision_log, &decision),
+        Err(failure) => failed(&decision_log, &failure),
+    }
+}
+
+/// The policies a route asks for, or a 404 saying why there are none.
+fn select<'a>(set: &'a PolicySet, route: Route<'_>) -> Result<Selection<'a>, Refusal> {
+    let Some(name) = route.policy else {
+        return Ok(Selection::All);
+    };
+    let Some(policy) = set.get(name) else {
+        return Err(Refusal {
+            status: StatusCode::NOT_FOUND,
+            message: format!("no policy named {name:?} is loaded"),
+        });
+    };
+    if !route.endpoint.serves(policy) {
+        let kind = match route.endpoint {
+            Endpoint::Mutate => "validating",
+            Endpoint::Validate => "mutating",
+        };
+        return Err(Refusal {
+            status: StatusCode::NOT_FOUND,
+            message: format!(
+                "policy {name:?} does not {} (it is a {kind} policy)",
+                route.endpoint.as_str()
+            ),
+        });
+    }
+    Ok(Selection::One(policy))
+}
+
+/// The review, or the 4xx its body deserves.
+fn parse(body: &[u8]) -> Result<Review<'_>, Refusal> {
+    Review::parse(body).map_err(|err| {
+        let status = StatusCode::from_u16(err.status()).unwrap_or(StatusCode::BAD_REQUEST);
+        tracing::debug!(status = status.as_u16(), error = %err, "rejecting a body that is not a review");
+        Refusal {
+            status,
+            message: err.to_string(),
+        }
+    })
+}
+
+/// 503 with `Retry-After`: no evaluation slot in time.
+fn refuse_busy(review: &Review<'_>, operation: &'static str, busy: Busy) -> Answered {
+    tracing::warn!(uid = %review.uid, %busy, "refusing review");
+    let mut response = plain(StatusCode::SERVICE_UNAVAILABLE, busy.to_string());
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    Answered {
+        response,
+        operation,
+        result: "busy",
+    }
+}
+
+/// What the decision log says about one review. Never the object itself:
+/// it can hold Secret data.
+struct DecisionLog<'a> {
+    review: &'a Review<'a>,
+    endpoint: Endpoint,
+    operation: &'static str,
+    evaluations: &'a [Evaluation],
+    generation: u64,
+    started: Instant,
+}
+
+impl DecisionLog<'_> {
+    /// `name=outcome` of every policy call.
+    fn outcomes(&self) -> String {
+        self.evaluations
+            .iter()
+            .map(|e| format!("{}={}", e.policy, e.outcome))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn elapsed_ms(&self) -> f64 {
+        self.started.elapsed().as_secs_f64() * 1000.0
+    }
+}
+
+/// HTTP 200 with the AdmissionReview response.
+fn decided(log: &DecisionLog<'_>, decision: &Decision) -> Answered {
+    let review = log.review;
+    tracing::info!(
+        uid = %review.uid,
+        endpoint = log.endpoint.as_str(),
+        operation = log.operation,
+        kind = review.kind(),
+        resource = review.resource(),
+        namespace = review.namespace(),
+        name = review.name(),
+        allowed = decision.allowed,
+        patched = decision.patch.is_some(),
+        policies = %log.outcomes(),
+        generation = log.generation,
+        elapsed_ms = log.elapsed_ms(),
+        "admission decision"
+    );
+    let result = if decision.allowed {
+        "allowed"
+    } else {
+        "denied"
+    };
+    let response =
+        match portcullis_engine::admission_response(review.api_version, &review.uid, decision) {
+            Ok(body) => json(body),
+            Err(error) => {
+                tracing::error!(uid = %review.uid, %error, "cannot serialize the response");
+                return Answered {
+                    response: plain(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        format!("cannot serialize the response: {error}"),
+                    ),
+                    operation: log.operation,
+                    result: "error",
+                };
+            }
+        };
+    Answered {
+        response,
+        operation: log.operation,
+        result,
+    }
+}
+
+/// HTTP 500: a policy with `onError: fail` failed, so the API server
+/// applies the webhook's failurePolicy.
+fn failed(log: &DecisionLog<'_>, failure: &ChainFailure) -> Answered {
+    let review = log.review;
+    tracing::warn!(
+        uid = %review.uid,
+        endpoint = log.endpoint.as_str(),
+        operation = log.operation,
+        kind = review.kind(),
+        namespace = review.namespace(),
+        name = review.name(),
+        policies = %log.outcomes(),
+        %failure,
+        elapsed_ms = log.elapsed_ms(),
+        "answering 500 (onError: fail)"
+    );
+    Answered {
+        response: plain(StatusCode::INTERNAL_SERVER_ERROR, failure.to_string()),
+        operation: log.operation,
+        result: "error",
+    }
+}
