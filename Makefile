@@ -91,7 +91,7 @@ suites: build components
 	./target/release/portcullis test policies/*/suite.yaml tests/scaffold/*/suite.yaml \
 	    tests/policies/required-labels-py/suite.yaml
 
-# Regenerates tests/scaffold/ after a change to host/templates/policy/.
+# Regenerates tests/scaffold/ after a change to testing/templates/policy/.
 scaffold-examples: host
 	rm -rf $(addprefix tests/scaffold/,$(SCAFFOLDS))
 	./target/release/portcullis new policy new-validating --dir tests/scaffold/new-validating

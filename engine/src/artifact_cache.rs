@@ -22,6 +22,7 @@ use sha2::{Digest as _, Sha256};
 use wasmtime::component::Component;
 
 use crate::componentize::ModuleFormat;
+use crate::report::Report;
 
 /// First bytes of every entry: the format of this file, not wasmtime's.
 const MAGIC: &[u8; 16] = b"PORTCULLIS-CWASM";
@@ -31,10 +32,11 @@ const HEADER_LEN: usize = MAGIC.len() + 1 + 32;
 /// Why the cache directory cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
-    #[error("cannot create the module cache directory {path}: {cause}")]
+    #[error("cannot create the module cache directory {path}")]
     Create {
         path: PathBuf,
-        cause: std::io::Error,
+        #[source]
+        source: std::io::Error,
     },
     #[error(
         "the module cache directory {path} is writable by others (mode {mode:o}); \
@@ -68,14 +70,14 @@ impl ArtifactCache {
             .recursive(true)
             .mode(0o700)
             .create(dir)
-            .map_err(|cause| CacheError::Create {
+            .map_err(|source| CacheError::Create {
                 path: dir.to_path_buf(),
-                cause,
+                source,
             })?;
         let mode = std::fs::metadata(dir)
-            .map_err(|cause| CacheError::Create {
+            .map_err(|source| CacheError::Create {
                 path: dir.to_path_buf(),
-                cause,
+                source,
             })?
             .permissions()
             .mode();
@@ -120,7 +122,7 @@ impl ArtifactCache {
     /// only saves time.
     pub fn store(&self, digest: &str, component: &Component, format: ModuleFormat) {
         if let Err(error) = self.try_store(digest, component, format) {
-            tracing::warn!(dir = %self.dir.display(), %error, "cannot write a compiled module to the cache");
+            tracing::warn!(dir = %self.dir.display(), error = %Report(&error), "cannot write a compiled module to the cache");
         }
     }
 

@@ -38,10 +38,11 @@ const MIN_MEMORY: u64 = 2 << 20;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("cannot read config file {path}: {cause}")]
+    #[error("cannot read config file {path}")]
     Read {
         path: PathBuf,
-        cause: std::io::Error,
+        #[source]
+        source: std::io::Error,
     },
     /// The YAML is malformed or does not fit the schema.
     #[error("invalid config file {path}: {message}")]
@@ -258,9 +259,9 @@ impl Config {
     /// # Errors
     /// A [`ConfigError`] naming the file and what was wrong.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
-            cause,
+            source,
         })?;
         Self::parse(path, &text)
     }

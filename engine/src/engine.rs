@@ -17,6 +17,7 @@ use wasmtime::{Config, InstanceAllocationStrategy, OptLevel, PoolingAllocationCo
 use crate::artifact_cache::ArtifactCache;
 use crate::bindings::AdmissionPolicy;
 use crate::config::MAX_POLICY_MEMORY;
+use crate::report::Report;
 use crate::sandbox::StoreState;
 
 /// How often the epoch advances. Deadlines are checked on every tick, so
@@ -85,7 +86,7 @@ impl PolicyEngine {
         let artifacts = cache_dir.and_then(|dir| match ArtifactCache::open(dir, &engine) {
             Ok(cache) => Some(cache),
             Err(error) => {
-                tracing::warn!(%error, "compiling every module at start and on reload");
+                tracing::warn!(error = %Report(&error), "compiling every module at start and on reload");
                 None
             }
         });

@@ -35,6 +35,7 @@
 //! - `chain`: the mutate chain and validation over a snapshot; modes and
 //!   onError.
 //! - `offline`: the server's answer to a review, computed without a server.
+//! - `report`: an error with its causes, on one line.
 //!
 //! Modules are private; what other crates use is re-exported here.
 
@@ -53,6 +54,7 @@ mod offline;
 mod policy;
 mod policy_set;
 mod policy_store;
+mod report;
 mod sandbox;
 
 pub use admission::{
@@ -75,3 +77,4 @@ pub use offline::{Answer, OfflineError, PatchError, as_review, evaluate};
 pub use policy::{LoadError, Policy};
 pub use policy_set::{BuildStats, ModuleCache, PolicySet, SetError};
 pub use policy_store::{LoadFailure, PolicyStore, ReloadStatus};
+pub use report::Report;

@@ -15,14 +15,14 @@ use crate::module::{CompiledModule, ModuleError};
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     /// The module file could not be read.
-    #[error("cannot read module: {0}")]
-    Read(std::io::Error),
+    #[error("cannot read module")]
+    Read(#[source] std::io::Error),
     /// The module could not be compiled or does not fit the contract.
     #[error(transparent)]
     Module(#[from] ModuleError),
     /// Calling `metadata` failed.
-    #[error("metadata call failed: {0}")]
-    Metadata(PolicyError),
+    #[error("metadata call failed")]
+    Metadata(#[source] PolicyError),
     /// The module neither validates nor mutates.
     #[error("module says it neither validates nor mutates")]
     NoCapability,
@@ -33,11 +33,14 @@ pub enum LoadError {
     #[error("settings rejected: {0}")]
     SettingsRejected(String),
     /// Calling `validate-settings` failed.
-    #[error("validate-settings call failed: {0}")]
-    SettingsCall(PolicyError),
+    #[error("validate-settings call failed")]
+    SettingsCall(#[source] PolicyError),
     /// The compile task died (a panic inside the compiler).
-    #[error("compilation task failed: {0}")]
-    Task(String),
+    #[error("compilation task failed")]
+    Task(#[source] tokio::task::JoinError),
+    /// A compiled module went missing between compiling and binding (a bug).
+    #[error("the compiled module went missing")]
+    Missing,
 }
 
 /// A policy ready to serve.

@@ -23,10 +23,11 @@ pub struct PolicySet {
 
 /// A policy that failed to load, with its name and module path.
 #[derive(Debug, thiserror::Error)]
-#[error("policy {policy:?} (module {}): {error}", module.display())]
+#[error("policy {policy:?} (module {})", module.display())]
 pub struct SetError {
     pub policy: String,
     pub module: PathBuf,
+    #[source]
     pub error: LoadError,
 }
 
@@ -84,8 +85,7 @@ impl PolicySet {
             digests.push(digest);
         }
         while let Some(joined) = compiling.join_next().await {
-            let (index, result) =
-                joined.map_err(|err| fail(0, LoadError::Task(err.to_string())))?;
+            let (index, result) = joined.map_err(|err| fail(0, LoadError::Task(err)))?;
             let module = result.map_err(|err| fail(index, LoadError::Module(err)))?;
             if module.from_disk_cache {
                 stats.from_disk += 1;
@@ -97,12 +97,9 @@ impl PolicySet {
 
         let mut policies = Vec::with_capacity(config.policies.len());
         for (index, policy_config) in config.policies.iter().enumerate() {
-            let module = cache.get(&digests[index], generation).ok_or_else(|| {
-                fail(
-                    index,
-                    LoadError::Task("module missing after compile".into()),
-                )
-            })?;
+            let module = cache
+                .get(&digests[index], generation)
+                .ok_or_else(|| fail(index, LoadError::Missing))?;
             let policy = Policy::bind(policy_config, module)
                 .await
                 .map_err(|err| fail(index, err))?;

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum_server::tls_rustls::RustlsConfig;
-use portcullis_engine::{EngineError, PolicyEngine, PolicySet, PolicyStore};
+use portcullis_engine::{EngineError, PolicyEngine, PolicySet, PolicyStore, Report};
 use tokio::task::JoinHandle;
 
 use crate::cert_reload::CertReloader;
@@ -355,7 +355,7 @@ async fn load_policies(
             return Err(error.into());
         }
         tracing::warn!(
-            %error,
+            error = %Report(&error),
             "--allow-empty: serving no policies until the config loads"
         );
     }

@@ -13,6 +13,8 @@ use std::sync::Arc;
 use axum_server::tls_rustls::RustlsConfig;
 use sha2::{Digest as _, Sha256};
 
+use portcullis_engine::Report;
+
 use crate::metrics::Metrics;
 use crate::tls::{self, TlsError, TlsFiles, TlsIdentity};
 
@@ -88,7 +90,7 @@ impl CertReloader {
             Err(error) => {
                 self.metrics.tls_reload("failure");
                 self.metrics.tls_last_reload_failed.set(1);
-                tracing::error!(%error, "new certificate refused; the previous one keeps serving");
+                tracing::error!(error = %Report(&error), "new certificate refused; the previous one keeps serving");
                 Err(error)
             }
         }

@@ -21,10 +21,11 @@ pub enum CertError {
     #[error("invalid DNS name {name:?} for a certificate: {reason}")]
     DnsName { name: String, reason: String },
     /// A file could not be written.
-    #[error("cannot write {path}: {cause}")]
+    #[error("cannot write {path}")]
     Write {
         path: PathBuf,
-        cause: std::io::Error,
+        #[source]
+        source: std::io::Error,
     },
     /// No names at all were given.
     #[error("a server certificate needs at least one --dns name or --ip address")]
@@ -270,9 +271,9 @@ fn distinguished_name(common_name: &str) -> DistinguishedName {
 /// # Errors
 /// [`CertError::Write`] naming the file.
 pub fn write(bundle: &CertBundle, dir: &Path) -> Result<(), CertError> {
-    std::fs::create_dir_all(dir).map_err(|cause| CertError::Write {
+    std::fs::create_dir_all(dir).map_err(|source| CertError::Write {
         path: dir.to_path_buf(),
-        cause,
+        source,
     })?;
     let files = [
         (CA_CERT, Some(&bundle.ca_cert), false),
@@ -283,9 +284,9 @@ pub fn write(bundle: &CertBundle, dir: &Path) -> Result<(), CertError> {
     for (name, contents, private) in files {
         let Some(contents) = contents else { continue };
         let path = dir.join(name);
-        write_file(&path, contents.as_bytes(), private).map_err(|cause| CertError::Write {
+        write_file(&path, contents.as_bytes(), private).map_err(|source| CertError::Write {
             path: path.clone(),
-            cause,
+            source,
         })?;
     }
     Ok(())

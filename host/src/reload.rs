@@ -11,7 +11,7 @@ use std::time::{Instant, SystemTime};
 use crate::metrics::Metrics;
 use crate::watch::Fingerprint;
 use portcullis_engine::PolicyEngine;
-use portcullis_engine::{Config, ConfigError};
+use portcullis_engine::{Config, ConfigError, Report};
 use portcullis_engine::{LoadFailure, PolicyStore};
 use portcullis_engine::{ModuleCache, PolicySet, SetError};
 
@@ -104,7 +104,7 @@ impl Reloader {
                 self.metrics.reload("unchanged");
             }
             Err(error) => {
-                tracing::error!(%error, elapsed_ms, "reload failed; the previous policy set keeps serving");
+                tracing::error!(error = %Report(error), elapsed_ms, "reload failed; the previous policy set keeps serving");
                 self.metrics.reload("failure");
             }
         }
@@ -130,7 +130,7 @@ impl Reloader {
                             ReloadError::Policies(set) => Some(set.policy.clone()),
                             ReloadError::Config(_) => None,
                         },
-                        message: error.to_string(),
+                        message: Report(error).to_string(),
                     });
                 }
             }

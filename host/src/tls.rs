@@ -20,10 +20,11 @@ use crate::certs::{self, CertRequest};
 /// Errors loading the serving certificate.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("cannot read {path}: {cause}")]
+    #[error("cannot read {path}")]
     Read {
         path: PathBuf,
-        cause: std::io::Error,
+        #[source]
+        source: std::io::Error,
     },
     #[error("{path} holds no PEM certificate")]
     NoCertificate { path: PathBuf },
@@ -45,11 +46,12 @@ pub enum TlsError {
         not_before: i64,
         now: i64,
     },
-    #[error("certificate {cert} and key {key} do not make a valid TLS identity: {cause}")]
+    #[error("certificate {cert} and key {key} do not make a valid TLS identity")]
     Config {
         cert: PathBuf,
         key: PathBuf,
-        cause: rustls::Error,
+        #[source]
+        source: rustls::Error,
     },
     #[error("client CA {path} cannot verify client certificates: {reason}")]
     ClientCa { path: PathBuf, reason: String },
@@ -97,10 +99,10 @@ pub fn load(files: &TlsFiles) -> Result<TlsIdentity, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|cause| TlsError::Config {
+        .map_err(|source| TlsError::Config {
             cert: files.cert.clone(),
             key: files.key.clone(),
-            cause,
+            source,
         })?;
     let builder = match &files.client_ca {
         None => builder.with_no_client_auth(),
@@ -124,10 +126,10 @@ pub fn load(files: &TlsFiles) -> Result<TlsIdentity, TlsError> {
     // `with_single_cert` also checks that the key is the certificate's.
     let mut config = builder
         .with_single_cert(certs, key)
-        .map_err(|cause| TlsError::Config {
+        .map_err(|source| TlsError::Config {
             cert: files.cert.clone(),
             key: files.key.clone(),
-            cause,
+            source,
         })?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(TlsIdentity {
@@ -183,9 +185,9 @@ fn check_validity(path: &Path, leaf: &CertificateDer<'_>) -> Result<i64, TlsErro
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|cause| TlsError::Read {
+    std::fs::read(path).map_err(|source| TlsError::Read {
         path: path.to_path_buf(),
-        cause,
+        source,
     })
 }
 

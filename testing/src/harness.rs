@@ -39,10 +39,7 @@ use base64::Engine as _;
 use serde_json::{Value, json};
 use tokio::runtime::Runtime;
 
-use portcullis_engine::Answer;
-use portcullis_engine::Config;
-use portcullis_engine::PolicyEngine;
-use portcullis_engine::{ModuleCache, PolicySet};
+use portcullis_engine::{Answer, Config, ModuleCache, PolicyEngine, PolicySet, Report};
 
 /// The target and profile `make policies` builds modules with.
 pub const TARGET: &str = "wasm32-wasip1";
@@ -119,7 +116,8 @@ static SHARED: LazyLock<Result<Shared, String>> = LazyLock::new(|| {
         .build()
         .map_err(|err| err.to_string())?;
     let cache_dir = module_cache_dir_from_env()?;
-    let engine = PolicyEngine::with_cache(cache_dir.as_deref()).map_err(|err| err.to_string())?;
+    let engine =
+        PolicyEngine::with_cache(cache_dir.as_deref()).map_err(|err| Report(&err).to_string())?;
     Ok(Shared {
         runtime,
         engine,
@@ -177,12 +175,12 @@ impl TestPolicy {
             }]
         });
         let config = Config::parse(module, &entry.to_string())
-            .map_err(|err| TestingError::Load(err.to_string()))?;
+            .map_err(|err| TestingError::Load(Report(&err).to_string()))?;
         let set = shared.runtime.block_on(async {
             let mut modules = shared.modules.lock().await;
             PolicySet::build(&shared.engine, &config, 1, &mut modules).await
         });
-        let (set, _) = set.map_err(|err| TestingError::Load(err.to_string()))?;
+        let (set, _) = set.map_err(|err| TestingError::Load(Report(&err).to_string()))?;
         Ok(TestPolicy { set, name })
     }
 
@@ -212,12 +210,12 @@ impl TestPolicy {
     /// the policy having run.
     pub fn review(&self, review: Value) -> Result<Outcome, TestingError> {
         let shared = shared()?;
-        let body =
-            serde_json::to_vec(&review).map_err(|err| TestingError::Evaluate(err.to_string()))?;
+        let body = serde_json::to_vec(&review)
+            .map_err(|err| TestingError::Evaluate(Report(&err).to_string()))?;
         let answer = shared
             .runtime
             .block_on(portcullis_engine::evaluate(&self.set, body, None))
-            .map_err(|err| TestingError::Evaluate(err.to_string()))?;
+            .map_err(|err| TestingError::Evaluate(Report(&err).to_string()))?;
         if answer.evaluations.is_empty() {
             let resources = self.metadata().map(|m| m.resources.join(", "));
             return Err(TestingError::Evaluate(format!(
