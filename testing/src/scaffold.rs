@@ -11,6 +11,8 @@
 
 use std::path::{Component, Path, PathBuf};
 
+use portcullis_kube::glob;
+
 use crate::harness::{PROFILE, TARGET};
 use portcullis_engine::PolicyName;
 
@@ -340,7 +342,7 @@ fn member_packages(root: &Path, members: &[&str]) -> Vec<String> {
                 dirs.extend(entries.map(|e| e.path()).filter(|p| {
                     p.file_name()
                         .and_then(|n| n.to_str())
-                        .is_some_and(|n| component_matches(last, n))
+                        .is_some_and(|n| glob::matches(last, n))
                 }));
             }
             _ => dirs.push(root.join(member)),
@@ -360,26 +362,7 @@ fn member_packages(root: &Path, members: &[&str]) -> Vec<String> {
 fn member_matches(pattern: &str, path: &str) -> bool {
     let pattern: Vec<&str> = pattern.trim_end_matches('/').split('/').collect();
     let path: Vec<&str> = path.split('/').collect();
-    pattern.len() == path.len()
-        && pattern
-            .iter()
-            .zip(&path)
-            .all(|(p, c)| component_matches(p, c))
-}
-
-/// `*` in `pattern` matches any run of characters of one path component.
-fn component_matches(pattern: &str, text: &str) -> bool {
-    match pattern.split_once('*') {
-        None => pattern == text,
-        Some((prefix, rest)) => {
-            let Some(after) = text.strip_prefix(prefix) else {
-                return false;
-            };
-            (0..=after.len())
-                .filter(|&i| after.is_char_boundary(i))
-                .any(|i| component_matches(rest, &after[i..]))
-        }
-    }
+    pattern.len() == path.len() && pattern.iter().zip(&path).all(|(p, c)| glob::matches(p, c))
 }
 
 #[cfg(test)]

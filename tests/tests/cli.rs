@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, ensure};
 use base64::Engine as _;
 use portcullis_e2e::{
-    CLI_TIMEOUT, CliOutput, Json, Paths, decode_patch, fixture, fixtures_dir, free_port,
+    CLI_TIMEOUT, CliOutput, Json, Paths, Server, decode_patch, fixture, fixtures_dir, free_port,
     generate_certs, paths, run_cli, write_default_config,
 };
 
@@ -380,6 +380,24 @@ fn test_command_passes_good_suites_and_fails_a_wrong_expectation() -> Result<()>
     ensure!(
         out.stdout.contains("unknown field `objet`") && out.stdout.contains("line 4"),
         "the error names the field and line\n{out}"
+    );
+    Ok(())
+}
+
+#[test]
+fn logs_to_a_file_carry_no_colour_codes() -> Result<()> {
+    // The server's stderr is a file here, as under systemd or in a pod.
+    let server = Server::start_default()?;
+    let answer = server.review("/validate", &fixture("pod-allowed.json")?)?;
+    ensure!(answer.allowed(), "{answer}");
+    let log = fs::read_to_string(server.stderr_log())?;
+    ensure!(
+        log.contains("listening on https://") && log.contains("admission decision"),
+        "the log lacks the start-up and decision lines:\n{log}"
+    );
+    ensure!(
+        !log.contains('\u{1b}'),
+        "the log has ANSI escape codes:\n{log:?}"
     );
     Ok(())
 }
