@@ -43,7 +43,9 @@ policies:
 
 fn server() -> &'static Server {
     static SERVER: OnceLock<Result<Server, String>> = OnceLock::new();
-    match SERVER.get_or_init(|| Server::start(write_modes_config).map_err(|e| format!("{e:?}"))) {
+    match SERVER
+        .get_or_init(|| Server::in_process(write_modes_config).map_err(|e| format!("{e:?}")))
+    {
         Ok(s) => s,
         Err(e) => panic!("could not start the server:\n{e}"),
     }

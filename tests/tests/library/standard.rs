@@ -12,7 +12,8 @@ use portcullis_e2e::{Json, Paths, Server, json, repo_root, review_of};
 /// pointed at the modules this build made.
 fn standard() -> &'static Server {
     static SERVER: OnceLock<Result<Server, String>> = OnceLock::new();
-    let server = SERVER.get_or_init(|| Server::start(write_standard).map_err(|e| format!("{e:?}")));
+    let server =
+        SERVER.get_or_init(|| Server::in_process(write_standard).map_err(|e| format!("{e:?}")));
     match server {
         Ok(server) => server,
         Err(e) => panic!("could not start a server with policies/standard.yaml:\n{e}"),
