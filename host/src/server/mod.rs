@@ -25,6 +25,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use portcullis_engine::PolicyStore;
 
+use self::review::Endpoint;
 use crate::limits::EvalLimiter;
 use crate::metrics::Metrics;
 
@@ -46,10 +47,22 @@ pub struct ServerState {
 /// The webhook router.
 pub fn router(state: ServerState) -> Router {
     Router::new()
-        .route("/mutate", post(review::mutate_all))
-        .route("/validate", post(review::validate_all))
-        .route("/mutate/{policy}", post(review::mutate_one))
-        .route("/validate/{policy}", post(review::validate_one))
+        .route(
+            "/mutate",
+            post(|s, q, b| review::whole_chain(Endpoint::Mutate, s, q, b)),
+        )
+        .route(
+            "/validate",
+            post(|s, q, b| review::whole_chain(Endpoint::Validate, s, q, b)),
+        )
+        .route(
+            "/mutate/{policy}",
+            post(|s, p, q, b| review::one_policy(Endpoint::Mutate, s, p, q, b)),
+        )
+        .route(
+            "/validate/{policy}",
+            post(|s, p, q, b| review::one_policy(Endpoint::Validate, s, p, q, b)),
+        )
         .route("/healthz", get(status::healthz))
         .route("/readyz", get(status::readyz))
         .route("/policies", get(status::policies))

@@ -23,7 +23,7 @@ use crate::metrics::RequestLabels;
 
 /// Which chain a route runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Endpoint {
+pub(super) enum Endpoint {
     Mutate,
     Validate,
 }
@@ -64,51 +64,30 @@ impl Route<'_> {
     }
 }
 
-pub(super) async fn mutate_all(
+/// `/mutate` or `/validate`: the whole chain.
+pub(super) async fn whole_chain(
+    endpoint: Endpoint,
     State(state): State<ServerState>,
     RawQuery(query): RawQuery,
     body: ReviewBody,
 ) -> Response {
     let route = Route {
-        endpoint: Endpoint::Mutate,
+        endpoint,
         policy: None,
     };
     handle(&state, route, query.as_deref(), body.bytes()).await
 }
 
-pub(super) async fn validate_all(
-    State(state): State<ServerState>,
-    RawQuery(query): RawQuery,
-    body: ReviewBody,
-) -> Response {
-    let route = Route {
-        endpoint: Endpoint::Validate,
-        policy: None,
-    };
-    handle(&state, route, query.as_deref(), body.bytes()).await
-}
-
-pub(super) async fn mutate_one(
+/// `/mutate/{policy}` or `/validate/{policy}`: one policy.
+pub(super) async fn one_policy(
+    endpoint: Endpoint,
     State(state): State<ServerState>,
     Path(policy): Path<String>,
     RawQuery(query): RawQuery,
     body: ReviewBody,
 ) -> Response {
     let route = Route {
-        endpoint: Endpoint::Mutate,
-        policy: Some(&policy),
-    };
-    handle(&state, route, query.as_deref(), body.bytes()).await
-}
-
-pub(super) async fn validate_one(
-    State(state): State<ServerState>,
-    Path(policy): Path<String>,
-    RawQuery(query): RawQuery,
-    body: ReviewBody,
-) -> Response {
-    let route = Route {
-        endpoint: Endpoint::Validate,
+        endpoint,
         policy: Some(&policy),
     };
     handle(&state, route, query.as_deref(), body.bytes()).await
