@@ -35,6 +35,7 @@
 //! - `chain`: the mutate chain and validation over a snapshot; modes and
 //!   onError.
 //! - `offline`: the server's answer to a review, computed without a server.
+//! - `pool`: the threads policy evaluations run on, apart from the network.
 //! - `report`: an error with its causes, on one line.
 //!
 //! Modules are private; what other crates use is re-exported here.
@@ -54,6 +55,7 @@ mod offline;
 mod policy;
 mod policy_set;
 mod policy_store;
+mod pool;
 mod report;
 mod sandbox;
 
@@ -77,4 +79,5 @@ pub use offline::{Answer, OfflineError, PatchError, as_review, evaluate};
 pub use policy::{LoadError, Policy};
 pub use policy_set::{BuildStats, ModuleCache, PolicySet, SetError};
 pub use policy_store::{LoadFailure, PolicyStore, ReloadStatus};
+pub use pool::{EvalPool, Evaluating, PoolError, TaskError};
 pub use report::Report;

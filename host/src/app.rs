@@ -15,7 +15,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum_server::tls_rustls::RustlsConfig;
-use portcullis_engine::{EngineError, PolicyEngine, PolicySet, PolicyStore, Report};
+use portcullis_engine::{
+    EngineError, EvalPool, PolicyEngine, PolicySet, PolicyStore, PoolError, Report,
+};
 use tokio::task::JoinHandle;
 
 use crate::cert_reload::CertReloader;
@@ -144,6 +146,9 @@ pub enum AppError {
     /// The WebAssembly engine could not start.
     #[error(transparent)]
     Engine(#[from] EngineError),
+    /// The evaluation threads could not start.
+    #[error(transparent)]
+    Pool(#[from] PoolError),
     /// A socket could not be bound or used.
     #[error("cannot listen on {addr}")]
     Bind {
@@ -172,7 +177,11 @@ impl AppError {
     pub fn exit_code(&self) -> u8 {
         match self {
             Self::Load(_) | Self::Tls(_) | Self::Bind { .. } => 2,
-            Self::Engine(_) | Self::Watch(_) | Self::Serve { .. } | Self::Task { .. } => 1,
+            Self::Engine(_)
+            | Self::Pool(_)
+            | Self::Watch(_)
+            | Self::Serve { .. }
+            | Self::Task { .. } => 1,
         }
     }
 }
@@ -262,7 +271,8 @@ pub async fn start(
     let (rustls, cert_reloader) = load_certificate(&options, &metrics)?;
     let (control_loop, control) = ControlLoop::new(reloader, cert_reloader, options.debounce)?;
 
-    let state = server_state(store, metrics, &options);
+    let pool = Arc::new(EvalPool::per_core()?);
+    let state = server_state(store, pool, metrics, &options);
     let https_addr = local_addr(&listeners.https)?;
     let operations_addr = listeners.operations.as_ref().map(local_addr).transpose()?;
 
@@ -333,7 +343,8 @@ pub async fn router(options: &ServeOptions) -> Result<axum::Router, AppError> {
     let metrics = Metrics::new();
     let engine = PolicyEngine::with_cache(options.cache_dir.as_deref())?;
     let (_reloader, store) = load_policies(&engine, options, &metrics).await?;
-    Ok(server::router(server_state(store, metrics, options)))
+    let pool = Arc::new(EvalPool::per_core()?);
+    Ok(server::router(server_state(store, pool, metrics, options)))
 }
 
 /// The first load, through the same path a running server reloads by.
@@ -377,12 +388,14 @@ fn load_certificate(
 
 fn server_state(
     store: Arc<PolicyStore>,
+    pool: Arc<EvalPool>,
     metrics: Arc<Metrics>,
     options: &ServeOptions,
 ) -> ServerState {
     let edge = options.limits;
     ServerState {
         policies: store,
+        pool,
         limiter: Arc::new(EvalLimiter::new(
             edge.max_concurrent_reviews,
             edge.max_queued_reviews,

@@ -174,17 +174,11 @@ fn app_error(error: app::AppError) -> CliError {
     }
 }
 
-/// The runtime that serves. Policy code runs on its workers and yields on
-/// every 1 ms epoch tick; with one worker per core and tokio's default
-/// event interval (61 polls), a core busy with policies would look at the
-/// network only every ~61 ms, delaying every other review. More workers
-/// than cores let the OS give a waiting connection a turn, and a short
-/// event interval makes a busy worker poll the network every few ticks.
+/// The runtime that serves the network: tokio's defaults (a worker per
+/// core). Policy code does not run here but on the engine's evaluation
+/// pool, so these workers are never held by a policy.
 fn serving_runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     tokio::runtime::Builder::new_multi_thread()
-        .worker_threads((4 * cores).clamp(4, 64))
-        .event_interval(4)
         .thread_name("portcullis-worker")
         .enable_all()
         .build()

@@ -23,7 +23,7 @@ use axum::extract::Request;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use portcullis_engine::PolicyStore;
+use portcullis_engine::{EvalPool, PolicyStore};
 
 use self::review::Endpoint;
 use crate::limits::EvalLimiter;
@@ -37,6 +37,9 @@ pub const DEFAULT_BODY_LIMIT: usize = 8 << 20;
 #[derive(Clone)]
 pub struct ServerState {
     pub policies: Arc<PolicyStore>,
+    /// Where reviews are parsed and policies called, apart from the
+    /// network's runtime.
+    pub pool: Arc<EvalPool>,
     pub metrics: Arc<Metrics>,
     pub body_limit: usize,
     /// How long a client may take to send its body.

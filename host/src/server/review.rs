@@ -13,7 +13,7 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
 use portcullis_engine::{
-    ChainFailure, Decision, Evaluation, Operation, Policy, PolicySet, Review, Selection,
+    ChainFailure, Decision, Evaluation, Operation, Policy, PolicySet, Report, Review, Selection,
 };
 
 use super::body::ReviewBody;
@@ -71,11 +71,7 @@ pub(super) async fn whole_chain(
     RawQuery(query): RawQuery,
     body: ReviewBody,
 ) -> Response {
-    let route = Route {
-        endpoint,
-        policy: None,
-    };
-    handle(&state, route, query.as_deref(), body.bytes()).await
+    handle(&state, endpoint, None, query, body).await
 }
 
 /// `/mutate/{policy}` or `/validate/{policy}`: one policy.
@@ -86,11 +82,7 @@ pub(super) async fn one_policy(
     RawQuery(query): RawQuery,
     body: ReviewBody,
 ) -> Response {
-    let route = Route {
-        endpoint,
-        policy: Some(&policy),
-    };
-    handle(&state, route, query.as_deref(), body.bytes()).await
+    handle(&state, endpoint, Some(policy), query, body).await
 }
 
 /// An answer and the labels its request is counted under.
@@ -117,17 +109,53 @@ struct Refusal {
     message: String,
 }
 
+/// Answers one review on the evaluation pool, then counts it. The network's
+/// runtime only waits here: parsing and every policy call run on the pool.
 async fn handle(
     state: &ServerState,
-    route: Route<'_>,
-    query: Option<&str>,
-    body: &[u8],
+    endpoint: Endpoint,
+    policy: Option<String>,
+    query: Option<String>,
+    body: ReviewBody,
 ) -> Response {
     let started = Instant::now();
-    let mut evaluations = Vec::new();
-    let answered = answer(state, route, query, body, started, &mut evaluations).await;
+    let label = Route {
+        endpoint,
+        policy: policy.as_deref(),
+    }
+    .label();
+    let task_state = state.clone();
+    let evaluated = state
+        .pool
+        .run(async move {
+            let route = Route {
+                endpoint,
+                policy: policy.as_deref(),
+            };
+            let mut evaluations = Vec::new();
+            let answered = answer(
+                &task_state,
+                route,
+                query.as_deref(),
+                body.bytes(),
+                started,
+                &mut evaluations,
+            )
+            .await;
+            (answered, evaluations)
+        })
+        .await;
+    let (answered, evaluations) = evaluated.unwrap_or_else(|error| {
+        tracing::error!(error = %Report(&error), "answering 500");
+        let answered = Answered {
+            response: plain(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()),
+            operation: "",
+            result: "error",
+        };
+        (answered, Vec::new())
+    });
     let labels = RequestLabels {
-        endpoint: route.label(),
+        endpoint: label,
         operation: answered.operation,
         result: answered.result,
     };
