@@ -13,7 +13,8 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
 use portcullis_engine::{
-    ChainFailure, Decision, Evaluation, Operation, Policy, PolicySet, Report, Review, Selection,
+    Chain, ChainFailure, Decision, Evaluation, Operation, Policy, PolicySet, Report, Review,
+    Selection,
 };
 
 use super::body::ReviewBody;
@@ -109,8 +110,10 @@ struct Refusal {
     message: String,
 }
 
-/// Answers one review on the evaluation pool, then counts it. The network's
-/// runtime only waits here: parsing and every policy call run on the pool.
+/// Answers one review, then counts it. A review that calls a policy is
+/// answered on the evaluation pool (parsing included), so the network's
+/// runtime only waits; one that calls none (a bad body, an unknown policy,
+/// nothing matching) is answered here, without the hop.
 async fn handle(
     state: &ServerState,
     endpoint: Endpoint,
@@ -124,36 +127,59 @@ async fn handle(
         policy: policy.as_deref(),
     }
     .label();
-    let task_state = state.clone();
-    let evaluated = state
-        .pool
-        .run(async move {
-            let route = Route {
-                endpoint,
-                policy: policy.as_deref(),
-            };
-            let mut evaluations = Vec::new();
-            let answered = answer(
-                &task_state,
-                route,
-                query.as_deref(),
-                body.bytes(),
-                started,
-                &mut evaluations,
-            )
-            .await;
-            (answered, evaluations)
-        })
+    // One snapshot for the whole request: it is answered by one generation.
+    let set = state.policies.current();
+    let route = Route {
+        endpoint,
+        policy: policy.as_deref(),
+    };
+    let (answered, evaluations) = if calls_policies(&set, route, body.bytes()) {
+        let state = state.clone();
+        state
+            .pool
+            .clone()
+            .run(async move {
+                let route = Route {
+                    endpoint,
+                    policy: policy.as_deref(),
+                };
+                let mut evaluations = Vec::new();
+                let answered = answer(
+                    &state,
+                    set,
+                    route,
+                    query.as_deref(),
+                    body.bytes(),
+                    started,
+                    &mut evaluations,
+                )
+                .await;
+                (answered, evaluations)
+            })
+            .await
+            .unwrap_or_else(|error| {
+                tracing::error!(error = %Report(&error), "answering 500");
+                let answered = Answered {
+                    response: plain(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()),
+                    operation: "",
+                    result: "error",
+                };
+                (answered, Vec::new())
+            })
+    } else {
+        let mut evaluations = Vec::new();
+        let answered = answer(
+            state,
+            set,
+            route,
+            query.as_deref(),
+            body.bytes(),
+            started,
+            &mut evaluations,
+        )
         .await;
-    let (answered, evaluations) = evaluated.unwrap_or_else(|error| {
-        tracing::error!(error = %Report(&error), "answering 500");
-        let answered = Answered {
-            response: plain(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()),
-            operation: "",
-            result: "error",
-        };
-        (answered, Vec::new())
-    });
+        (answered, evaluations)
+    };
     let labels = RequestLabels {
         endpoint: label,
         operation: answered.operation,
@@ -169,6 +195,7 @@ async fn handle(
 /// `evaluations`.
 async fn answer(
     state: &ServerState,
+    set: Arc<PolicySet>,
     route: Route<'_>,
     query: Option<&str>,
     body: &[u8],
@@ -178,8 +205,6 @@ async fn answer(
     // Answer before the API server gives up (`?timeout=`); work past that
     // point could not be used.
     let deadline = limits::review_deadline(started, query);
-    // One snapshot for the whole request: it is answered by one generation.
-    let set: Arc<PolicySet> = state.policies.current();
     let selection = match select(&set, route) {
         Ok(selection) => selection,
         Err(refusal) => return Answered::rejected(refusal),
@@ -213,6 +238,19 @@ async fn answer(
         Ok(decision) => decided(&decision_log, &decision),
         Err(failure) => failed(&decision_log, &failure),
     }
+}
+
+/// Whether answering `body` on `route` calls any policy: a cheap parse and
+/// match, so that only reviews with work to do go to the evaluation pool.
+fn calls_policies(set: &PolicySet, route: Route<'_>, body: &[u8]) -> bool {
+    let (Ok(selection), Ok(review)) = (select(set, route), Review::parse(body)) else {
+        return false;
+    };
+    let chain = match route.endpoint {
+        Endpoint::Mutate => Chain::Mutate,
+        Endpoint::Validate => Chain::Validate,
+    };
+    portcullis_engine::calls_any(set, &review, selection, chain)
 }
 
 /// The policies a route asks for, or a 404 saying why there are none.
