@@ -6,7 +6,6 @@
 //! evaluation slot, run the chain, then log the decision and answer. The
 //! handler records the request's metrics around all of it.
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{Path, RawQuery, State};
@@ -53,6 +52,14 @@ struct Route<'a> {
 }
 
 impl Route<'_> {
+    /// The chain the route runs.
+    fn chain(self) -> Chain {
+        match self.endpoint {
+            Endpoint::Mutate => Chain::Mutate,
+            Endpoint::Validate => Chain::Validate,
+        }
+    }
+
     /// The route's label in metrics (never the policy name from the path,
     /// which a client chooses).
     fn label(self) -> &'static str {
@@ -110,10 +117,10 @@ struct Refusal {
     message: String,
 }
 
-/// Answers one review, then counts it. A review that calls a policy is
-/// answered on the evaluation pool (parsing included), so the network's
-/// runtime only waits; one that calls none (a bad body, an unknown policy,
-/// nothing matching) is answered here, without the hop.
+/// Answers one review, then counts it. The review is parsed and matched
+/// here; one that calls no policy (or is refused) is answered here too. One
+/// that calls a policy is answered on the evaluation pool, which parses it
+/// again from the bytes it owns: the network's runtime only waits.
 async fn handle(
     state: &ServerState,
     endpoint: Endpoint,
@@ -122,63 +129,73 @@ async fn handle(
     body: ReviewBody,
 ) -> Response {
     let started = Instant::now();
-    let label = Route {
-        endpoint,
-        policy: policy.as_deref(),
-    }
-    .label();
     // One snapshot for the whole request: it is answered by one generation.
     let set = state.policies.current();
     let route = Route {
         endpoint,
         policy: policy.as_deref(),
     };
-    let (answered, evaluations) = if calls_policies(&set, route, body.bytes()) {
-        let state = state.clone();
-        state
-            .pool
-            .clone()
-            .run(async move {
+    let label = route.label();
+    let deadline = limits::review_deadline(started, query.as_deref());
+    let mut evaluations = Vec::new();
+    let here = match prepare(&set, route, body.bytes()) {
+        Err(refusal) => Some(Answered::rejected(refusal)),
+        Ok((selection, review))
+            if !portcullis_engine::calls_any(&set, &review, selection, route.chain()) =>
+        {
+            let review = Prepared {
+                set: &set,
+                route,
+                selection,
+                review: &review,
+                deadline,
+                started,
+            };
+            Some(evaluate(state, review, &mut evaluations).await)
+        }
+        Ok(_) => None,
+    };
+    let answered = match here {
+        Some(answered) => answered,
+        None => {
+            let state = state.clone();
+            let pooled = state.pool.clone().run(async move {
                 let route = Route {
                     endpoint,
                     policy: policy.as_deref(),
                 };
                 let mut evaluations = Vec::new();
-                let answered = answer(
-                    &state,
-                    set,
-                    route,
-                    query.as_deref(),
-                    body.bytes(),
-                    started,
-                    &mut evaluations,
-                )
-                .await;
-                (answered, evaluations)
-            })
-            .await
-            .unwrap_or_else(|error| {
-                tracing::error!(error = %Report(&error), "answering 500");
-                let answered = Answered {
-                    response: plain(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()),
-                    operation: "",
-                    result: "error",
+                let answered = match prepare(&set, route, body.bytes()) {
+                    Err(refusal) => Answered::rejected(refusal),
+                    Ok((selection, review)) => {
+                        let review = Prepared {
+                            set: &set,
+                            route,
+                            selection,
+                            review: &review,
+                            deadline,
+                            started,
+                        };
+                        evaluate(&state, review, &mut evaluations).await
+                    }
                 };
-                (answered, Vec::new())
-            })
-    } else {
-        let mut evaluations = Vec::new();
-        let answered = answer(
-            state,
-            set,
-            route,
-            query.as_deref(),
-            body.bytes(),
-            started,
-            &mut evaluations,
-        )
-        .await;
-        (answered, evaluations)
+                (answered, evaluations)
+            });
+            match pooled.await {
+                Ok((answered, pooled_evaluations)) => {
+                    evaluations = pooled_evaluations;
+                    answered
+                }
+                Err(error) => {
+                    tracing::error!(error = %Report(&error), "answering 500");
+                    Answered {
+                        response: plain(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()),
+                        operation: "",
+                        result: "error",
+                    }
+                }
+            }
+        }
     };
     let labels = RequestLabels {
         endpoint: label,
@@ -191,43 +208,57 @@ async fn handle(
     answered.response
 }
 
-/// The answer to one review; every policy call made is left in
-/// `evaluations`.
-async fn answer(
-    state: &ServerState,
-    set: Arc<PolicySet>,
-    route: Route<'_>,
-    query: Option<&str>,
-    body: &[u8],
+/// A review ready for its chain.
+struct Prepared<'a> {
+    set: &'a PolicySet,
+    route: Route<'a>,
+    selection: Selection<'a>,
+    review: &'a Review<'a>,
+    /// Answer before the API server gives up (`?timeout=`); work past that
+    /// point could not be used.
+    deadline: Option<Instant>,
     started: Instant,
+}
+
+/// The route's selection and the parsed review, or why there are none.
+fn prepare<'a>(
+    set: &'a PolicySet,
+    route: Route<'_>,
+    body: &'a [u8],
+) -> Result<(Selection<'a>, Review<'a>), Refusal> {
+    Ok((select(set, route)?, parse(body)?))
+}
+
+/// Runs the review's chain once it has an evaluation slot; every policy
+/// call made is left in `evaluations`.
+async fn evaluate(
+    state: &ServerState,
+    prepared: Prepared<'_>,
     evaluations: &mut Vec<Evaluation>,
 ) -> Answered {
-    // Answer before the API server gives up (`?timeout=`); work past that
-    // point could not be used.
-    let deadline = limits::review_deadline(started, query);
-    let selection = match select(&set, route) {
-        Ok(selection) => selection,
-        Err(refusal) => return Answered::rejected(refusal),
-    };
-    let review = match parse(body) {
-        Ok(review) => review,
-        Err(refusal) => return Answered::rejected(refusal),
-    };
+    let Prepared {
+        set,
+        route,
+        selection,
+        review,
+        deadline,
+        started,
+    } = prepared;
     let operation = review.operation().map_or("", Operation::as_str);
     let _slot = match state.limiter.acquire(deadline).await {
         Ok(slot) => slot,
-        Err(busy) => return refuse_busy(&review, operation, busy),
+        Err(busy) => return refuse_busy(review, operation, busy),
     };
     let result = match route.endpoint {
         Endpoint::Mutate => {
-            portcullis_engine::mutate(&set, &review, selection, deadline, evaluations).await
+            portcullis_engine::mutate(set, review, selection, deadline, evaluations).await
         }
         Endpoint::Validate => {
-            portcullis_engine::validate(&set, &review, selection, deadline, evaluations).await
+            portcullis_engine::validate(set, review, selection, deadline, evaluations).await
         }
     };
     let decision_log = DecisionLog {
-        review: &review,
+        review,
         endpoint: route.endpoint,
         operation,
         evaluations,
@@ -238,19 +269,6 @@ async fn answer(
         Ok(decision) => decided(&decision_log, &decision),
         Err(failure) => failed(&decision_log, &failure),
     }
-}
-
-/// Whether answering `body` on `route` calls any policy: a cheap parse and
-/// match, so that only reviews with work to do go to the evaluation pool.
-fn calls_policies(set: &PolicySet, route: Route<'_>, body: &[u8]) -> bool {
-    let (Ok(selection), Ok(review)) = (select(set, route), Review::parse(body)) else {
-        return false;
-    };
-    let chain = match route.endpoint {
-        Endpoint::Mutate => Chain::Mutate,
-        Endpoint::Validate => Chain::Validate,
-    };
-    portcullis_engine::calls_any(set, &review, selection, chain)
 }
 
 /// The policies a route asks for, or a 404 saying why there are none.
