@@ -18,6 +18,21 @@ pub fn standard(root: &Path, modules: &Path, dir: &Path) -> Result<PathBuf> {
     write(dir, "standard.yaml", &text)
 }
 
+/// One policy: the standard set's `pod-security` alone, for comparison
+/// with a single-policy server.
+pub fn one(root: &Path, modules: &Path, dir: &Path) -> Result<PathBuf> {
+    let standard = std::fs::read_to_string(standard(root, modules, dir)?)?;
+    let mut config: Value = serde_yaml_ng::from_str(&standard)?;
+    let Some(policies) = config.get_mut("policies").and_then(Value::as_sequence_mut) else {
+        bail!("policies/standard.yaml has no policies list");
+    };
+    policies.retain(|p| p.get("name").and_then(Value::as_str) == Some("pod-security"));
+    if policies.len() != 1 {
+        bail!("policies/standard.yaml has no pod-security policy");
+    }
+    write(dir, "one.yaml", &serde_yaml_ng::to_string(&config)?)
+}
+
 /// No policies at all: the cost of HTTPS and the AdmissionReview alone.
 pub fn empty(dir: &Path) -> Result<PathBuf> {
     write(dir, "empty.yaml", "policies: []\n")

@@ -12,6 +12,9 @@ use anyhow::{Context as _, Result};
 pub struct Reviews {
     pub mutate: Arc<Vec<u8>>,
     pub validate: Arc<Vec<u8>>,
+    /// Send only the validating call: a one-policy validating server,
+    /// as a single-policy webhook is called.
+    pub validate_only: bool,
 }
 
 /// What a load run measured.
@@ -90,7 +93,7 @@ pub async fn run(
                 if sent >= stop_at {
                     break;
                 }
-                let (url, body) = if turn % 2 == 0 {
+                let (url, body) = if !reviews.validate_only && turn % 2 == 0 {
                     (&mutate, reviews.mutate.clone())
                 } else {
                     (&validate, reviews.validate.clone())

@@ -1,7 +1,8 @@
 //! `make bench`: the same `portcullis` binary under the same load, with the
-//! standard policy set (A) and with no policies at all (B, the cost of
-//! HTTPS and the AdmissionReview alone: our ceiling), alternated round by
-//! round so both see the same machine. Prints throughput, client and
+//! standard policy set, with one policy (pod-security, as a single-policy
+//! webhook is run) and with no policies at all (the cost of HTTPS and the
+//! AdmissionReview alone: our ceiling), alternated round by round so all
+//! see the same machine. Prints throughput, client and
 //! server latency, server CPU per review and the ratio A/B per number of
 //! connections; then cold start with and without the compiled-module
 //! cache, resident memory, and each policy module's size.
@@ -46,6 +47,20 @@ struct Args {
     server_args: Vec<String>,
 }
 
+/// One configuration at one connection count: medians over rounds.
+#[derive(Debug, Clone)]
+struct Medians {
+    rate: f64,
+    p50: f64,
+    p90: f64,
+    p99: f64,
+    max: f64,
+    server_p50: f64,
+    server_p99: f64,
+    cpu: f64,
+    errors: u64,
+}
+
 /// One configuration at one connection count in one round.
 #[derive(Debug, Clone)]
 struct Sample {
@@ -54,7 +69,10 @@ struct Sample {
     p90: f64,
     p99: f64,
     max: f64,
+    server_p50: Option<f64>,
     server_p99: Option<f64>,
+    /// Mean time of one call per policy, from the server's metrics (ms).
+    policy_ms: Vec<(String, f64)>,
     cpu_per_review: f64,
     errors: u64,
 }
@@ -125,6 +143,7 @@ impl Run {
             reviews: Reviews {
                 mutate: Arc::new(read("003-mutate-CREATE-Pod-allowed-pod.json")?),
                 validate: Arc::new(read("004-validate-CREATE-Pod-allowed-pod.json")?),
+                validate_only: false,
             },
             root,
             modules,
@@ -137,6 +156,7 @@ impl Run {
     async fn measure(
         &self,
         served: &Served,
+        reviews: &Reviews,
         connections: usize,
         seconds: u64,
     ) -> Result<(Sample, u64)> {
@@ -157,7 +177,7 @@ impl Run {
             })
         };
         let loading = {
-            let (ca_pem, reviews, port) = (self.ca_pem.clone(), self.reviews.clone(), served.port);
+            let (ca_pem, reviews, port) = (self.ca_pem.clone(), reviews.clone(), served.port);
             tokio::spawn(async move {
                 load::run(&ca_pem, port, &reviews, connections, warmup, duration).await
             })
@@ -172,8 +192,19 @@ impl Run {
         sampling.store(false, Ordering::Relaxed);
         let _ = sampler.await;
         let cpu = cpu_before.map_or(f64::NAN, |b| (cpu_after - b).as_secs_f64());
-        let server_p99 =
-            metrics_before.and_then(|b| server::quantile_between(&b, &metrics_after, 0.99));
+        let between = |q| {
+            metrics_before
+                .as_deref()
+                .and_then(|b| server::quantile_between(b, &metrics_after, q))
+        };
+        let (server_p50, server_p99) = (between(0.50), between(0.99));
+        let policy_ms = metrics_before
+            .as_deref()
+            .map(|b| server::policy_means(b, &metrics_after))
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(policy, seconds)| (policy, seconds * 1000.0))
+            .collect();
         Ok((
             Sample {
                 rate: outcome.rate(),
@@ -181,7 +212,9 @@ impl Run {
                 p90: outcome.quantile_ms(0.90),
                 p99: outcome.quantile_ms(0.99),
                 max: outcome.quantile_ms(1.0),
+                server_p50: server_p50.map(|s| s * 1000.0),
                 server_p99: server_p99.map(|s| s * 1000.0),
+                policy_ms,
                 cpu_per_review: cpu * 1000.0 / outcome.requests.max(1) as f64,
                 errors: outcome.errors,
             },
@@ -201,82 +234,137 @@ async fn main() -> Result<()> {
     let mut run = Run::prepare(dir.path())?;
     run.launch.extra = args.server_args.clone();
     let standard = configs::standard(&run.root, &run.modules, dir.path())?;
+    let one = configs::one(&run.root, &run.modules, dir.path())?;
     let empty = configs::empty(dir.path())?;
     let ten = configs::ten(&run.root, &run.modules, dir.path())?;
     let cache = dir.path().join("cache");
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
-        "portcullis bench: {} rounds x {{standard set, no policies}} x connections {:?}, {} s each \
-         after 1 s warm-up; HTTPS keep-alive (HTTP/1.1), alternating /mutate and /validate with \
-         the API server's two reviews of one pod creation; load and server share {cores} cores",
+        "portcullis bench: {} rounds x {{standard set, one policy, no policies}} x connections {:?}, \
+         {} s each after 1 s warm-up; HTTPS keep-alive (HTTP/1.1), alternating /mutate and \
+         /validate with the API server's two reviews of one pod creation (the one-policy server: \
+         /validate only); load and server share {cores} cores",
         args.rounds, args.connections, args.seconds
     );
 
-    let configurations = [("standard", &standard), ("none", &empty)];
-    let mut samples: Vec<(usize, usize, Sample)> = Vec::new();
+    // The standard set and no policies get the API server's two calls of
+    // one pod creation; the one-policy server (pod-security baseline) the
+    // validating call only, as a single-policy webhook is called.
+    let one_policy = Reviews {
+        validate_only: true,
+        ..run.reviews.clone()
+    };
+    let configurations: [(&str, &PathBuf, &Reviews); 3] = [
+        ("standard", &standard, &run.reviews),
+        ("one", &one, &one_policy),
+        ("none", &empty, &run.reviews),
+    ];
+    let mut samples: Vec<(&str, usize, Sample)> = Vec::new();
     let mut peak_rss_standard = 0;
     for round in 1..=args.rounds {
-        for (index, (label, config)) in configurations.iter().enumerate() {
+        for (label, config, reviews) in configurations {
             let served = Served::start(&run.launch, config, Some(&cache)).await?;
             for &connections in &args.connections {
-                let (sample, peak) = run.measure(&served, connections, args.seconds).await?;
+                let (sample, peak) = run
+                    .measure(&served, reviews, connections, args.seconds)
+                    .await?;
                 eprintln!(
                     "round {round} {label:>8} c={connections:<3} {:>8.0} req/s  p99 {:.2} ms  cpu {:.3} ms/review  errors {}",
                     sample.rate, sample.p99, sample.cpu_per_review, sample.errors
                 );
-                if index == 0 {
+                if label == "standard" {
                     peak_rss_standard = peak_rss_standard.max(peak);
                 }
-                samples.push((index, connections, sample));
+                samples.push((label, connections, sample));
             }
         }
     }
 
     println!();
     println!(
-        "| config | conns | req/s | p50 ms | p90 ms | p99 ms | max ms | server p99 ms (bucket) | server CPU ms/review | errors | A/B req/s |"
+        "| config | conns | req/s | p50 ms | p90 ms | p99 ms | max ms | server p50 / p99 ms (buckets) | server CPU ms/review | errors | share of no-policy req/s |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
-    let mut ratios = Vec::new();
-    let mut standard_cpu = Vec::new();
-    let mut standard_server_p99 = Vec::new();
+    // Medians over rounds, per (config, connections).
+    let mut medians: Vec<(&str, usize, Medians)> = Vec::new();
     for &connections in &args.connections {
-        let mut rates = [0.0; 2];
-        for (index, (label, _)) in configurations.iter().enumerate() {
+        for (label, _, _) in configurations {
             let of: Vec<&Sample> = samples
                 .iter()
-                .filter(|(i, c, _)| *i == index && *c == connections)
+                .filter(|(l, c, _)| *l == label && *c == connections)
                 .map(|(_, _, s)| s)
                 .collect();
             let pick = |f: fn(&Sample) -> f64| median(of.iter().map(|s| f(s)).collect());
-            let rate = pick(|s| s.rate);
-            rates[index] = rate;
-            let server_p99 = pick(|s| s.server_p99.unwrap_or(f64::NAN));
-            let cpu = pick(|s| s.cpu_per_review);
-            let errors: u64 = of.iter().map(|s| s.errors).sum();
-            let ratio = if index == 0 {
-                String::new()
-            } else {
-                format!("{:.1}%", 100.0 * rates[0] / rate)
-            };
-            println!(
-                "| {label} | {connections} | {rate:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {cpu:.3} | {errors} | {ratio} |",
-                pick(|s| s.p50),
-                pick(|s| s.p90),
-                pick(|s| s.p99),
-                pick(|s| s.max),
-                if server_p99.is_finite() {
-                    format!("<= {server_p99:.2}")
-                } else {
-                    "-".into()
+            medians.push((
+                label,
+                connections,
+                Medians {
+                    rate: pick(|s| s.rate),
+                    p50: pick(|s| s.p50),
+                    p90: pick(|s| s.p90),
+                    p99: pick(|s| s.p99),
+                    max: pick(|s| s.max),
+                    server_p50: pick(|s| s.server_p50.unwrap_or(f64::NAN)),
+                    server_p99: pick(|s| s.server_p99.unwrap_or(f64::NAN)),
+                    cpu: pick(|s| s.cpu_per_review),
+                    errors: of.iter().map(|s| s.errors).sum(),
                 },
-            );
-            if index == 0 {
-                standard_cpu.push(cpu);
-                standard_server_p99.push((connections, server_p99));
-            }
+            ));
         }
-        ratios.push((connections, rates[0] / rates[1]));
+    }
+    let find = |label: &str, connections: usize| {
+        medians
+            .iter()
+            .find(|(l, c, _)| *l == label && *c == connections)
+            .map(|(_, _, m)| m.clone())
+    };
+    for (label, connections, m) in &medians {
+        let share = find("none", *connections)
+            .filter(|_| *label != "none")
+            .map_or(String::new(), |none| {
+                format!("{:.1}%", 100.0 * m.rate / none.rate)
+            });
+        let server = if m.server_p99.is_finite() {
+            format!("<= {:.2} / <= {:.2}", m.server_p50, m.server_p99)
+        } else {
+            "-".into()
+        };
+        println!(
+            "| {label} | {connections} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {server} | {:.3} | {} | {share} |",
+            m.rate, m.p50, m.p90, m.p99, m.max, m.cpu, m.errors
+        );
+    }
+
+    // Per-policy cost from the server's own metrics, standard set, busiest
+    // connection count, median over rounds.
+    let busiest = args.connections.iter().copied().max().unwrap_or(32);
+    println!();
+    println!("| policy (standard set, {busiest} connections) | mean ms per call |");
+    println!("|---|---|");
+    let standard_busiest: Vec<&Sample> = samples
+        .iter()
+        .filter(|(l, c, _)| *l == "standard" && *c == busiest)
+        .map(|(_, _, s)| s)
+        .collect();
+    let mut policies: Vec<String> = standard_busiest
+        .iter()
+        .flat_map(|s| s.policy_ms.iter().map(|(p, _)| p.clone()))
+        .collect();
+    policies.sort();
+    policies.dedup();
+    for policy in &policies {
+        let ms = median(
+            standard_busiest
+                .iter()
+                .filter_map(|s| {
+                    s.policy_ms
+                        .iter()
+                        .find(|(p, _)| p == policy)
+                        .map(|(_, m)| *m)
+                })
+                .collect(),
+        );
+        println!("| {policy} | {ms:.3} |");
     }
 
     // Cold start with ten policies: no cache, then a warm cache.
@@ -297,8 +385,9 @@ async fn main() -> Result<()> {
         idle_rss.push(server::rss(served.pid())? as f64);
     }
     let served = Served::start(&run.launch, &ten, Some(&ten_cache)).await?;
-    let busiest = args.connections.iter().copied().max().unwrap_or(32);
-    let (_, ten_peak) = run.measure(&served, busiest, args.seconds).await?;
+    let (_, ten_peak) = run
+        .measure(&served, &run.reviews, busiest, args.seconds)
+        .await?;
     drop(served);
     let cold_ms = median(cold.clone());
     let warm_ms = median(warm.clone());
@@ -351,29 +440,57 @@ async fn main() -> Result<()> {
     println!();
     println!("Targets:");
     let check = |ok: bool| if ok { "met" } else { "MISSED" };
-    for (connections, ratio) in &ratios {
-        if *connections >= 8 {
+    // The engine issue's targets, from this run's medians.
+    for &connections in args.connections.iter().filter(|c| **c >= 8) {
+        let (Some(none), Some(standard), Some(one)) = (
+            find("none", connections),
+            find("standard", connections),
+            find("one", connections),
+        ) else {
+            continue;
+        };
+        let share = standard.rate / none.rate;
+        println!(
+            "- standard set throughput at {connections} connections: {:.1}% of no policies (target >= 30%): {}",
+            100.0 * share,
+            check(share >= 0.30)
+        );
+        let share = one.rate / none.rate;
+        println!(
+            "- one-policy throughput at {connections} connections: {:.1}% of no policies (target >= 60%): {}",
+            100.0 * share,
+            check(share >= 0.60)
+        );
+        if connections == 8 {
             println!(
-                "- throughput at {connections} connections: {:.1}% of the no-policy ceiling (target >= 70%): {}",
-                100.0 * ratio,
-                check(*ratio >= 0.70)
+                "- one-policy client p99 at 8 connections: {:.2} ms, {:.1}x the no-policy p99 (target <= 2x): {}",
+                one.p99,
+                one.p99 / none.p99,
+                check(one.p99 <= 2.0 * none.p99)
             );
         }
     }
-    let cpu = median(standard_cpu);
-    println!(
-        "- server CPU per review with the standard set: {cpu:.3} ms (target < 0.1 ms): {}",
-        check(cpu < 0.1)
-    );
-    if let Some((_, p99)) = standard_server_p99.iter().find(|(c, _)| *c == busiest) {
+    if let Some(standard) = find("standard", busiest) {
         println!(
-            "- server p99 at {busiest} connections: <= {p99:.2} ms (target < 1 ms): {}",
-            check(*p99 < 1.0)
+            "- server CPU per review with the standard set: {:.3} ms (target <= 0.15 ms): {}",
+            standard.cpu,
+            check(standard.cpu <= 0.15)
+        );
+        println!(
+            "- server p99 at {busiest} connections: <= {:.2} ms, {:.1}x its p50 of <= {:.2} ms (target <= 3x): {}",
+            standard.server_p99,
+            standard.server_p99 / standard.server_p50,
+            standard.server_p50,
+            check(standard.server_p99 <= 3.0 * standard.server_p50)
         );
     }
     println!(
-        "- cold start with 10 policies: {warm_ms:.0} ms warm cache (target < 300 ms): {}; {cold_ms:.0} ms without (target < 3 s): {}",
-        check(warm_ms < 300.0),
+        "- per-call cost (<= 25 us per standard policy) and growth (50 policies, 37 KB review): \
+         criterion, `make bench-engine`; not measured here"
+    );
+    println!(
+        "- cold start with 10 policies: {warm_ms:.0} ms warm cache (target < 100 ms): {}; {cold_ms:.0} ms without (target < 3 s): {}",
+        check(warm_ms < 100.0),
         check(cold_ms < 3000.0)
     );
     println!(

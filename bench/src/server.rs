@@ -161,6 +161,50 @@ pub fn rss(pid: u32) -> Result<u64> {
 
 /// Cumulative `portcullis_request_duration_seconds` buckets over every
 /// endpoint, as (upper bound, count).
+/// Mean time of one call per policy between two scrapes, in seconds, from
+/// `portcullis_policy_evaluation_duration_seconds_{sum,count}`.
+pub fn policy_means(before: &str, after: &str) -> Vec<(String, f64)> {
+    let totals = |metrics: &str, suffix: &str| -> Vec<(String, f64)> {
+        let prefix = format!("portcullis_policy_evaluation_duration_seconds_{suffix}{{");
+        metrics
+            .lines()
+            .filter_map(|line| {
+                let rest = line.strip_prefix(&prefix)?;
+                let (labels, value) = rest.split_once("} ")?;
+                let policy = labels
+                    .split(',')
+                    .find_map(|l| l.strip_prefix("policy=\""))?
+                    .trim_end_matches('"')
+                    .to_string();
+                Some((policy, value.trim().parse().ok()?))
+            })
+            .collect()
+    };
+    let delta = |suffix: &str| -> Vec<(String, f64)> {
+        let earlier = totals(before, suffix);
+        totals(after, suffix)
+            .into_iter()
+            .map(|(policy, value)| {
+                let was = earlier
+                    .iter()
+                    .find(|(p, _)| *p == policy)
+                    .map_or(0.0, |(_, v)| *v);
+                (policy, value - was)
+            })
+            .collect()
+    };
+    let counts = delta("count");
+    let mut means: Vec<(String, f64)> = delta("sum")
+        .into_iter()
+        .filter_map(|(policy, sum)| {
+            let count = counts.iter().find(|(p, _)| *p == policy)?.1;
+            (count > 0.0).then(|| (policy, sum / count))
+        })
+        .collect();
+    means.sort_by(|a, b| a.0.cmp(&b.0));
+    means
+}
+
 pub fn duration_buckets(metrics: &str) -> Vec<(f64, f64)> {
     let mut buckets: Vec<(f64, f64)> = Vec::new();
     for line in metrics.lines() {
