@@ -181,28 +181,6 @@ fn selected<'a>(
     }
 }
 
-/// The two chains.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Chain {
-    Mutate,
-    Validate,
-}
-
-/// Whether `review` would call any policy of `set` on `chain`. When none
-/// applies, the chain allows with nothing to evaluate: the caller can
-/// answer without handing the review to the evaluation pool.
-pub fn calls_any(
-    set: &PolicySet,
-    review: &Review<'_>,
-    selection: Selection<'_>,
-    chain: Chain,
-) -> bool {
-    match chain {
-        Chain::Mutate => !selected(set.mutators(), selection, review).is_empty(),
-        Chain::Validate => !selected(set.validators(), selection, review).is_empty(),
-    }
-}
-
 /// Runs the mutation chain, every call finishing by `deadline`. DELETE (no
 /// object) never gets a patch, though its policies still run and may deny.
 /// Each policy call is appended to `evaluations`, also when the chain

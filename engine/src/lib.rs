@@ -64,7 +64,7 @@ pub use admission::{
     response as admission_response,
 };
 pub use artifact_cache::{ArtifactCache, CacheError, default_dir as default_cache_dir};
-pub use chain::{Chain, ChainFailure, Evaluation, Selection, calls_any, mutate, validate};
+pub use chain::{ChainFailure, Evaluation, Selection, mutate, validate};
 pub use componentize::{ComponentizeError, ModuleFormat};
 pub use config::{
     Config, ConfigError, DEFAULT_MEMORY, DEFAULT_TIMEOUT_MS, Limits, MAX_POLICY_MEMORY, Mode,

@@ -12,8 +12,7 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
 use portcullis_engine::{
-    Chain, ChainFailure, Decision, Evaluation, Operation, Policy, PolicySet, Report, Review,
-    Selection,
+    ChainFailure, Decision, Evaluation, Operation, Policy, PolicySet, Report, Review, Selection,
 };
 
 use super::body::ReviewBody;
@@ -52,14 +51,6 @@ struct Route<'a> {
 }
 
 impl Route<'_> {
-    /// The chain the route runs.
-    fn chain(self) -> Chain {
-        match self.endpoint {
-            Endpoint::Mutate => Chain::Mutate,
-            Endpoint::Validate => Chain::Validate,
-        }
-    }
-
     /// The route's label in metrics (never the policy name from the path,
     /// which a client chooses).
     fn label(self) -> &'static str {
@@ -117,10 +108,10 @@ struct Refusal {
     message: String,
 }
 
-/// Answers one review, then counts it. The review is parsed and matched
-/// here; one that calls no policy (or is refused) is answered here too. One
-/// that calls a policy is answered on the evaluation pool, which parses it
-/// again from the bytes it owns: the network's runtime only waits.
+/// Answers one review, then counts it. A review that may call a policy is
+/// parsed and answered on the evaluation pool, so the network's runtime
+/// only waits; one that cannot (an unknown policy, no policy on its chain)
+/// is answered here, without the hop.
 async fn handle(
     state: &ServerState,
     endpoint: Endpoint,
@@ -138,22 +129,25 @@ async fn handle(
     let label = route.label();
     let deadline = limits::review_deadline(started, query.as_deref());
     let mut evaluations = Vec::new();
-    let here = match prepare(&set, route, body.bytes()) {
-        Err(refusal) => Some(Answered::rejected(refusal)),
-        Ok((selection, review))
-            if !portcullis_engine::calls_any(&set, &review, selection, route.chain()) =>
-        {
-            let review = Prepared {
-                set: &set,
-                route,
-                selection,
-                review: &review,
-                deadline,
-                started,
-            };
-            Some(evaluate(state, review, &mut evaluations).await)
-        }
-        Ok(_) => None,
+    // A review that may call a policy is parsed once, on the pool; one that
+    // cannot (no such policy, or none on this chain) is answered here.
+    let here = if may_call_policies(&set, route) {
+        None
+    } else {
+        Some(match prepare(&set, route, body.bytes()) {
+            Err(refusal) => Answered::rejected(refusal),
+            Ok((selection, review)) => {
+                let review = Prepared {
+                    set: &set,
+                    route,
+                    selection,
+                    review: &review,
+                    deadline,
+                    started,
+                };
+                evaluate(state, review, &mut evaluations).await
+            }
+        })
     };
     let answered = match here {
         Some(answered) => answered,
@@ -268,6 +262,19 @@ async fn evaluate(
     match result {
         Ok(decision) => decided(&decision_log, &decision),
         Err(failure) => failed(&decision_log, &failure),
+    }
+}
+
+/// Whether a review on `route` may call a policy, known before parsing it:
+/// the route names a policy, or the set has policies on the route's chain.
+fn may_call_policies(set: &PolicySet, route: Route<'_>) -> bool {
+    match select(set, route) {
+        Err(_) => false,
+        Ok(Selection::One(_)) => true,
+        Ok(Selection::All) => match route.endpoint {
+            Endpoint::Mutate => set.mutators().next().is_some(),
+            Endpoint::Validate => set.validators().next().is_some(),
+        },
     }
 }
 
