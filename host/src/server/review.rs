@@ -128,68 +128,33 @@ async fn handle(
     };
     let label = route.label();
     let deadline = limits::review_deadline(started, query.as_deref());
-    let mut evaluations = Vec::new();
+    let clock = Clock { deadline, started };
     // A review that may call a policy is parsed once, on the pool; one that
     // cannot (no such policy, or none on this chain) is answered here.
-    let here = if may_call_policies(&set, route) {
-        None
-    } else {
-        Some(match prepare(&set, route, body.bytes()) {
-            Err(refusal) => Answered::rejected(refusal),
-            Ok((selection, review)) => {
-                let review = Prepared {
-                    set: &set,
-                    route,
-                    selection,
-                    review: &review,
-                    deadline,
-                    started,
-                };
-                evaluate(state, review, &mut evaluations).await
-            }
+    let (answered, evaluations) = if may_call_policies(&set, route) {
+        let state = state.clone();
+        let pooled = state.pool.clone().run(async move {
+            let route = Route {
+                endpoint,
+                policy: policy.as_deref(),
+            };
+            let mut evaluations = Vec::new();
+            let answered = answer(&state, &set, route, body.bytes(), clock, &mut evaluations).await;
+            (answered, evaluations)
+        });
+        pooled.await.unwrap_or_else(|error| {
+            tracing::error!(error = %Report(&error), "answering 500");
+            let answered = Answered {
+                response: plain(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()),
+                operation: "",
+                result: "error",
+            };
+            (answered, Vec::new())
         })
-    };
-    let answered = match here {
-        Some(answered) => answered,
-        None => {
-            let state = state.clone();
-            let pooled = state.pool.clone().run(async move {
-                let route = Route {
-                    endpoint,
-                    policy: policy.as_deref(),
-                };
-                let mut evaluations = Vec::new();
-                let answered = match prepare(&set, route, body.bytes()) {
-                    Err(refusal) => Answered::rejected(refusal),
-                    Ok((selection, review)) => {
-                        let review = Prepared {
-                            set: &set,
-                            route,
-                            selection,
-                            review: &review,
-                            deadline,
-                            started,
-                        };
-                        evaluate(&state, review, &mut evaluations).await
-                    }
-                };
-                (answered, evaluations)
-            });
-            match pooled.await {
-                Ok((answered, pooled_evaluations)) => {
-                    evaluations = pooled_evaluations;
-                    answered
-                }
-                Err(error) => {
-                    tracing::error!(error = %Report(&error), "answering 500");
-                    Answered {
-                        response: plain(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()),
-                        operation: "",
-                        result: "error",
-                    }
-                }
-            }
-        }
+    } else {
+        let mut evaluations = Vec::new();
+        let answered = answer(state, &set, route, body.bytes(), clock, &mut evaluations).await;
+        (answered, evaluations)
     };
     let labels = RequestLabels {
         endpoint: label,
@@ -202,16 +167,47 @@ async fn handle(
     answered.response
 }
 
+/// When a review arrived and by when it must be answered.
+#[derive(Debug, Clone, Copy)]
+struct Clock {
+    /// Answer before the API server gives up (`?timeout=`); work past that
+    /// point could not be used.
+    deadline: Option<Instant>,
+    started: Instant,
+}
+
 /// A review ready for its chain.
 struct Prepared<'a> {
     set: &'a PolicySet,
     route: Route<'a>,
     selection: Selection<'a>,
     review: &'a Review<'a>,
-    /// Answer before the API server gives up (`?timeout=`); work past that
-    /// point could not be used.
-    deadline: Option<Instant>,
-    started: Instant,
+    clock: Clock,
+}
+
+/// Parses the review and runs its chain; every policy call made is left in
+/// `evaluations`.
+async fn answer(
+    state: &ServerState,
+    set: &PolicySet,
+    route: Route<'_>,
+    body: &[u8],
+    clock: Clock,
+    evaluations: &mut Vec<Evaluation>,
+) -> Answered {
+    match prepare(set, route, body) {
+        Err(refusal) => Answered::rejected(refusal),
+        Ok((selection, review)) => {
+            let prepared = Prepared {
+                set,
+                route,
+                selection,
+                review: &review,
+                clock,
+            };
+            evaluate(state, prepared, evaluations).await
+        }
+    }
 }
 
 /// The route's selection and the parsed review, or why there are none.
@@ -235,8 +231,7 @@ async fn evaluate(
         route,
         selection,
         review,
-        deadline,
-        started,
+        clock: Clock { deadline, started },
     } = prepared;
     let operation = review.operation().map_or("", Operation::as_str);
     let _slot = match state.limiter.acquire(deadline).await {
