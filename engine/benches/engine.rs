@@ -72,6 +72,17 @@ fn evaluation(c: &mut Criterion) {
     let mutate = request("003-mutate-CREATE-Pod-allowed-pod.json");
     let validate = request("004-validate-CREATE-Pod-allowed-pod.json");
     let mut group = c.benchmark_group("evaluate (fresh instance + call, 3 KB pod review)");
+    // The floor under every call: a fresh instance and a call that does
+    // next to nothing (`metadata`), so the rest is the policy's own work.
+    if let Some(policy) = set.policies().first() {
+        group.bench_function(format!("{} metadata (instance floor)", policy.name), |b| {
+            b.iter(|| {
+                runtime
+                    .block_on(policy.module.metadata(&policy.name, policy.limits))
+                    .expect("answers metadata")
+            });
+        });
+    }
     for policy in set.policies() {
         if policy.metadata.mutates {
             group.bench_function(format!("{} mutate", policy.name), |b| {

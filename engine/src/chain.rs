@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::admission::{self, Decision, Review};
+use crate::admission::{Decision, Review};
 use crate::config::{Mode, OnError};
 use crate::invoke::{PolicyError, Verdict};
 use crate::policy::Policy;
@@ -203,20 +203,14 @@ pub async fn mutate(
     let original: Option<Value> = review
         .object
         .and_then(|raw| serde_json::from_str(raw.get()).ok());
+    // The object so far, parsed (to check and diff) and as the text the
+    // last policy wrote (spliced into the next policy's request as is).
     let mut current: Option<Value> = None;
+    let mut next_request: Option<String> = None;
     for policy in policies {
-        let request = match &current {
-            None => review.request.get().to_string(),
-            Some(object) => match admission::request_with_object(review.request, object) {
-                Ok(text) => text,
-                Err(err) => {
-                    outcome.error(policy, PolicyError::InvalidOutput(err.to_string()))?;
-                    break;
-                }
-            },
-        };
+        let request = next_request.as_deref().unwrap_or(review.request.get());
         let started = Instant::now();
-        let output = match policy.mutate(&request, deadline).await {
+        let output = match policy.mutate(request, deadline).await {
             Ok(output) => output,
             Err(error) => {
                 outcome.evaluated(policy, error.kind(), started);
@@ -244,6 +238,7 @@ pub async fn mutate(
             Ok(object) => {
                 outcome.evaluated(policy, "mutate", started);
                 current = Some(object);
+                next_request = review.request_with_object_text(&text);
             }
             Err(error) => {
                 outcome.evaluated(policy, error.kind(), started);

@@ -24,6 +24,10 @@ use crate::sandbox::StoreState;
 /// this is the resolution of a policy's deadline.
 pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 
+/// Set to `1` to write a perf map of compiled policy code, so that
+/// `perf report` names the functions of a policy (for profiling only).
+pub const PERF_MAP_ENV: &str = "PORTCULLIS_PERF_MAP";
+
 /// How many policy instances may be alive at once across all requests.
 /// Each request instantiates its policies fresh, so this bounds concurrent
 /// evaluations, not loaded policies.
@@ -149,6 +153,11 @@ fn engine_config(pooling: bool) -> Config {
     // Deep recursion in a policy must trap, not overflow the host's stack.
     config.max_wasm_stack(512 * 1024);
     config.async_stack_size(1024 * 1024);
+    if std::env::var_os(PERF_MAP_ENV).is_some_and(|v| v == "1") {
+        // Names for compiled policy code in `perf report`
+        // (/tmp/perf-PID.map); off by default: it writes a file per process.
+        config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+    }
     if pooling {
         let mut pool = PoolingAllocationConfig::new();
         pool.total_component_instances(POOLED_INSTANCES);
@@ -166,6 +175,7 @@ fn engine_config(pooling: bool) -> Config {
         // and the cores fight over TLB shootdowns.
         pool.linear_memory_keep_resident(4 << 20);
         pool.table_keep_resident(64 << 10);
+        pool.pagemap_scan(wasmtime::Enabled::Auto);
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     }
     config

@@ -47,7 +47,10 @@ pub(crate) fn validate_settings<P: Policy>(settings: &str) -> Result<(), String>
 pub(crate) fn validate<P: Policy>(request: &str, settings: &str) -> Result<Verdict, String> {
     let settings = parse_settings::<P::Settings>(settings)?;
     let request = Request::from_json(request)?;
-    P::validate(&request, &settings)
+    let verdict = P::validate(&request, &settings);
+    discard(request);
+    discard(settings);
+    verdict
 }
 
 /// Parses settings and request, mutates, and drops an unchanged object.
@@ -57,8 +60,22 @@ pub(crate) fn mutate<P: Policy>(
 ) -> Result<(Verdict, Option<String>), String> {
     let settings = parse_settings::<P::Settings>(settings)?;
     let request = Request::from_json(request)?;
-    let mutation: Mutation = P::mutate(&request, &settings)?;
-    mutation.into_output(request.object.as_ref())
+    let output = P::mutate(&request, &settings).and_then(|m: Mutation| m.into_output(&request));
+    discard(request);
+    discard(settings);
+    output
+}
+
+/// Frees `value`, except inside a policy module: the host runs every call
+/// in a fresh instance and throws its memory away afterwards, so walking
+/// a parsed request to free it piece by piece (a tenth of a call's time)
+/// buys nothing there. Natively (tests) it is an ordinary drop.
+pub(crate) fn discard<T>(value: T) {
+    if cfg!(target_family = "wasm") {
+        std::mem::forget(value);
+    } else {
+        drop(value);
+    }
 }
 
 impl From<Metadata> for wit::PolicyMetadata {
@@ -130,14 +147,14 @@ mod tests {
         }
 
         fn validate(request: &Request, _: &Settings) -> Result<Verdict, String> {
-            match &request.object {
+            match request.object() {
                 Some(o) if o.get("keep").is_some() => Ok(Verdict::allow()),
                 _ => Ok(Verdict::deny("no keep").with_code(400)),
             }
         }
 
         fn mutate(request: &Request, s: &Settings) -> Result<Mutation, String> {
-            let Some(mut object) = request.object.clone() else {
+            let Some(mut object) = request.object().cloned() else {
                 return Ok(Mutation::unchanged());
             };
             if s.touch {

@@ -128,7 +128,7 @@ pub fn written_containers(request: &Request) -> Vec<ContainerRef<'_>> {
 /// `kubectl debug`); a validating policy may use them to judge only what
 /// changed.
 pub fn containers_before(request: &Request) -> Vec<ContainerRef<'_>> {
-    match (&request.operation, &request.old_object) {
+    match (&request.operation, request.old_object()) {
         (Operation::Update, Some(old)) => containers(old),
         _ => Vec::new(),
     }

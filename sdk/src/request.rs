@@ -13,6 +13,10 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 
+use self::lazy::LazyObject;
+
+mod lazy;
+
 /// One AdmissionRequest (`admission.k8s.io/v1`, also `v1beta1`).
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
@@ -48,16 +52,18 @@ pub struct Request {
     /// Who is doing it.
     #[serde(deserialize_with = "null_as_default")]
     pub user_info: UserInfo,
-    /// The object as it would be stored; `None` on DELETE.
-    pub object: Option<Value>,
-    /// The existing object on UPDATE and DELETE; `None` on CREATE.
-    pub old_object: Option<Value>,
+    /// The object as it would be stored; absent on DELETE. Nearly every
+    /// policy reads it, so it is parsed with the request.
+    #[serde(deserialize_with = "LazyObject::parse_now")]
+    object: LazyObject,
+    /// The existing object on UPDATE and DELETE; absent on CREATE.
+    old_object: LazyObject,
     /// True for `--dry-run=server`: the request will not be persisted, so
     /// a policy must have no side effects beyond its answer.
     #[serde(deserialize_with = "null_as_default")]
     pub dry_run: bool,
     /// The operation's options, e.g. a `CreateOptions` object.
-    pub options: Option<Value>,
+    options: LazyObject,
 }
 
 impl Request {
@@ -67,48 +73,81 @@ impl Request {
         serde_json::from_str(text).map_err(|e| format!("invalid admission request: {e}"))
     }
 
+    /// The object as it would be stored: on CREATE and UPDATE the new
+    /// object, on CONNECT an options object (e.g. `PodExecOptions`);
+    /// `None` on DELETE.
+    ///
+    /// Parsed from the request's text the first time it is asked for, and
+    /// without `metadata.managedFields` (the API server's record of which
+    /// client set which field; no admission decision needs it, and it is
+    /// often the largest part of an object). A mutating policy's output
+    /// gets them back unchanged.
+    pub fn object(&self) -> Option<&Value> {
+        self.object.get()
+    }
+
+    /// The existing object on UPDATE and DELETE; `None` on CREATE. Kept
+    /// as text until first used (a policy judging what is written rarely
+    /// looks at what was there), then parsed like [`Request::object`].
+    pub fn old_object(&self) -> Option<&Value> {
+        self.old_object.get()
+    }
+
+    /// The operation's options, e.g. a `CreateOptions` object. Parsed on
+    /// first use.
+    pub fn options(&self) -> Option<&Value> {
+        self.options.get()
+    }
+
     /// The object being created or updated: `object` on CREATE and
     /// UPDATE, `None` otherwise. DELETE has no object, and CONNECT's
     /// object is an options object (e.g. `PodExecOptions`), not the
     /// resource, so most policies judge and mutate only what this returns.
     pub fn written_object(&self) -> Option<&Value> {
         match self.operation {
-            Operation::Create | Operation::Update => self.object.as_ref(),
+            Operation::Create | Operation::Update => self.object(),
             _ => None,
         }
     }
 
+    /// `object` with `metadata.managedFields` put back, for a mutated copy
+    /// of it that is sent back to the host.
+    pub(crate) fn restore_managed_fields(&self, object: &mut Value) {
+        self.object.restore_managed_fields(object);
+    }
+
     /// `object` deserialized into a typed struct, e.g. `k8s_openapi`'s
     /// `Pod` with the SDK's `k8s` feature, or a struct of the few fields a
-    /// policy reads. `Ok(None)` when the request has no object.
+    /// policy reads. `Ok(None)` when the request has no object. Like
+    /// [`Request::object`], it carries no `metadata.managedFields`.
     ///
     /// Typed structs drop fields they do not know: read through them, but
     /// mutate the `serde_json::Value` so nothing is lost from the object.
     pub fn object_as<T: DeserializeOwned>(&self) -> Result<Option<T>, String> {
-        typed(self.object.as_ref(), "object")
+        typed(self.object.typed(), "object")
     }
 
-    /// `oldObject` deserialized like [`Request::object_as`].
+    /// `oldObject` deserialized like [`Request::object_as`], straight from
+    /// its text (managed fields included).
     pub fn old_object_as<T: DeserializeOwned>(&self) -> Result<Option<T>, String> {
-        typed(self.old_object.as_ref(), "oldObject")
+        typed(self.old_object.typed(), "oldObject")
     }
 }
 
-/// `value` as a `T`, the error naming the `field` and the type.
-fn typed<T: DeserializeOwned>(value: Option<&Value>, field: &str) -> Result<Option<T>, String> {
-    value
-        .map(|value| {
-            T::deserialize(value).map_err(|e| {
-                format!(
-                    "{field} is not a valid {}: {e}",
-                    std::any::type_name::<T>()
-                        .rsplit("::")
-                        .next()
-                        .unwrap_or("object")
-                )
-            })
+/// A member's typed reading, the error naming the `field` and the type.
+fn typed<T>(read: Option<serde_json::Result<T>>, field: &str) -> Result<Option<T>, String> {
+    read.map(|result| {
+        result.map_err(|e| {
+            format!(
+                "{field} is not a valid {}: {e}",
+                std::any::type_name::<T>()
+                    .rsplit("::")
+                    .next()
+                    .unwrap_or("object")
+            )
         })
-        .transpose()
+    })
+    .transpose()
 }
 
 /// A kind: group, version and kind (`""`, `v1`, `Pod`).

@@ -3,6 +3,8 @@
 
 use serde_json::Value;
 
+use crate::Request;
+
 /// A decision about one request; becomes the contract's `verdict` record.
 ///
 /// Built with [`Verdict::allow`] or [`Verdict::deny`] and the `with_*`
@@ -143,17 +145,20 @@ impl Mutation {
     }
 
     /// What crosses the boundary: the object becomes `None` when it equals
-    /// `original` (the request's object) or the verdict denies, and is
-    /// JSON text otherwise.
+    /// the request's object or the verdict denies, and is JSON text
+    /// otherwise, with the managed fields the policy never saw put back.
     pub(crate) fn into_output(
         self,
-        original: Option<&Value>,
+        request: &Request,
     ) -> Result<(Verdict, Option<String>), String> {
         let object = match self.object {
-            Some(object) if self.verdict.allowed && original != Some(&object) => Some(
-                serde_json::to_string(&object)
-                    .map_err(|e| format!("cannot serialize the mutated object: {e}"))?,
-            ),
+            Some(mut object) if self.verdict.allowed && request.object() != Some(&object) => {
+                request.restore_managed_fields(&mut object);
+                let text = serde_json::to_string(&object)
+                    .map_err(|e| format!("cannot serialize the mutated object: {e}"));
+                crate::guest::discard(object);
+                Some(text?)
+            }
             _ => None,
         };
         Ok((self.verdict, object))
@@ -218,10 +223,17 @@ mod tests {
         assert_eq!(allowed, Verdict::allow());
     }
 
+    /// A request whose object is `object`.
+    fn with_object(object: &Value) -> Request {
+        Request::from_json(&json!({ "object": object }).to_string()).unwrap()
+    }
+
     #[test]
     fn unchanged_sends_no_object() {
         let original = json!({"a": 1});
-        let (v, o) = Mutation::unchanged().into_output(Some(&original)).unwrap();
+        let (v, o) = Mutation::unchanged()
+            .into_output(&with_object(&original))
+            .unwrap();
         assert!(v.allowed);
         assert_eq!(o, None);
     }
@@ -230,7 +242,7 @@ mod tests {
     fn equal_object_sends_no_object() {
         let original = json!({"metadata": {"labels": {"a": "b"}}, "spec": {}});
         let (_, o) = Mutation::patched(original.clone())
-            .into_output(Some(&original))
+            .into_output(&with_object(&original))
             .unwrap();
         assert_eq!(o, None);
     }
@@ -240,7 +252,7 @@ mod tests {
         let original = json!({"a": 1});
         let (v, o) = Mutation::patched(json!({"a": 2}))
             .with_verdict(Verdict::allow().with_warning("changed a"))
-            .into_output(Some(&original))
+            .into_output(&with_object(&original))
             .unwrap();
         assert_eq!(v.warnings, vec!["changed a".to_string()]);
         assert_eq!(o.as_deref(), Some(r#"{"a":2}"#));
@@ -248,17 +260,37 @@ mod tests {
 
     #[test]
     fn object_without_original_is_sent() {
-        let (_, o) = Mutation::patched(json!({})).into_output(None).unwrap();
+        let (_, o) = Mutation::patched(json!({}))
+            .into_output(&Request::default())
+            .unwrap();
         assert_eq!(o.as_deref(), Some("{}"));
+    }
+
+    #[test]
+    fn managed_fields_the_policy_never_saw_are_sent_back() {
+        let managed = json!([{"manager": "kubectl", "operation": "Update"}]);
+        let request = with_object(&json!({"metadata": {"name": "a", "managedFields": managed}}));
+        let seen = request.object().cloned().unwrap();
+        assert_eq!(seen, json!({"metadata": {"name": "a"}}));
+        let mut changed = seen;
+        changed["metadata"]["labels"] = json!({"l": "v"});
+        let (_, o) = Mutation::patched(changed).into_output(&request).unwrap();
+        let sent: Value = serde_json::from_str(&o.unwrap()).unwrap();
+        assert_eq!(
+            sent,
+            json!({"metadata": {"name": "a", "labels": {"l": "v"}, "managedFields": managed}})
+        );
     }
 
     #[test]
     fn denial_sends_no_object() {
         let m = Mutation::patched(json!({"a": 2})).with_verdict(Verdict::deny("no"));
-        let (v, o) = m.into_output(Some(&json!({"a": 1}))).unwrap();
+        let (v, o) = m.into_output(&with_object(&json!({"a": 1}))).unwrap();
         assert!(!v.allowed);
         assert_eq!(o, None);
-        let (v, o) = Mutation::deny("no").into_output(None).unwrap();
+        let (v, o) = Mutation::deny("no")
+            .into_output(&Request::default())
+            .unwrap();
         assert_eq!(v.message.as_deref(), Some("no"));
         assert_eq!(o, None);
     }

@@ -87,7 +87,7 @@ impl Policy for ContainerDefaults {
 /// `kubectl debug`, are defaulted. Pod templates of controllers are
 /// mutable and are defaulted whole on UPDATE too.
 fn existing_pod_containers(request: &Request) -> HashSet<(ContainerKind, &str)> {
-    if request.old_object.as_ref().and_then(object::kind) != Some("Pod") {
+    if request.old_object().and_then(object::kind) != Some("Pod") {
         return HashSet::new();
     }
     pods::containers_before(request)

@@ -59,7 +59,7 @@ fn namespace_name(request: &Request) -> Option<reservation::Name> {
     if !request.name.is_empty() {
         return Some(reservation::Name::Exact(request.name.clone()));
     }
-    let object = request.object.as_ref().or(request.old_object.as_ref())?;
+    let object = request.object().or(request.old_object())?;
     let metadata = object.get("metadata")?;
     let text = |key| {
         metadata

@@ -66,7 +66,7 @@ fn judge(request: &Request, settings: &Settings) -> Verdict {
     if exemptions.usernames.contains(&request.user_info.username) {
         return exempt("user");
     }
-    let Some(object) = &request.object else {
+    let Some(object) = request.object() else {
         return Verdict::allow();
     };
     let specs = pods::pod_specs(object);
@@ -74,7 +74,7 @@ fn judge(request: &Request, settings: &Settings) -> Verdict {
         return Verdict::allow();
     }
     if request.operation == Operation::Update
-        && let Some(old) = &request.old_object
+        && let Some(old) = request.old_object()
         && !changed(object, old, &specs)
     {
         return Verdict::allow();

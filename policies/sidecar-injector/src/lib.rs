@@ -35,7 +35,7 @@ impl Policy for SidecarInjector {
     /// containers or volumes to an existing pod. Pod templates are injected
     /// on CREATE and UPDATE.
     fn mutate(request: &Request, settings: &Settings) -> Result<Mutation, String> {
-        let Some(original) = &request.object else {
+        let Some(original) = request.object() else {
             return Ok(Mutation::unchanged());
         };
         let is_pod = object::kind(original) == Some("Pod");

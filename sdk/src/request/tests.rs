@@ -74,11 +74,8 @@ fn delete_has_no_object() {
     )
     .unwrap();
     assert_eq!(r.operation, Operation::Delete);
-    assert_eq!(r.object, None);
-    assert_eq!(
-        r.old_object.as_ref().and_then(crate::object::name),
-        Some("p")
-    );
+    assert_eq!(r.object(), None);
+    assert_eq!(r.old_object().and_then(crate::object::name), Some("p"));
 }
 
 #[test]
@@ -127,12 +124,12 @@ fn apiserver_pod_create() {
     );
     assert_eq!(r.user_info.extra.len(), 1);
     assert!(!r.dry_run);
-    assert_eq!(r.old_object, None);
+    assert_eq!(r.old_object(), None);
     assert_eq!(
-        r.options.as_ref().and_then(|o| o["kind"].as_str()),
+        r.options().and_then(|o| o["kind"].as_str()),
         Some("CreateOptions")
     );
-    let object = r.object.as_ref().unwrap();
+    let object = r.object().unwrap();
     assert_eq!(crate::object::label(object, "deny"), Some("true"));
     let images: Vec<_> = crate::pods::containers(object)
         .iter()
@@ -145,7 +142,7 @@ fn apiserver_pod_create() {
 fn apiserver_generate_name_has_no_name() {
     let r = apiserver("005-mutate-CREATE-Pod-gen-.json");
     assert_eq!(r.name, "");
-    assert!(r.object.is_some());
+    assert!(r.object().is_some());
 }
 
 #[test]
@@ -168,7 +165,7 @@ fn apiserver_ordinary_user() {
 fn apiserver_update_has_both_objects() {
     let r = apiserver("011-observe-UPDATE-Pod-allowed-pod.json");
     assert_eq!(r.operation, Operation::Update);
-    assert!(r.object.is_some() && r.old_object.is_some());
+    assert!(r.object().is_some() && r.old_object().is_some());
 }
 
 #[test]
@@ -181,10 +178,10 @@ fn apiserver_deletes_have_only_old_object() {
     ] {
         let r = apiserver(name);
         assert_eq!(r.operation, Operation::Delete, "{name}");
-        assert_eq!(r.object, None, "{name}");
-        assert!(r.old_object.is_some(), "{name}");
+        assert_eq!(r.object(), None, "{name}");
+        assert!(r.old_object().is_some(), "{name}");
         assert_eq!(
-            r.options.as_ref().and_then(|o| o["kind"].as_str()),
+            r.options().and_then(|o| o["kind"].as_str()),
             Some("DeleteOptions")
         );
     }
@@ -228,7 +225,7 @@ fn pepr_requests() {
     .unwrap();
     assert_eq!(deployment.kind.group, "apps");
     assert_eq!(deployment.user_info.username, "system:admin");
-    let object = deployment.object.as_ref().unwrap();
+    let object = deployment.object().unwrap();
     let specs = crate::pods::pod_specs(object);
     assert_eq!(specs.len(), 1);
     assert_eq!(specs[0].path, "/spec/template/spec");
@@ -240,15 +237,15 @@ fn pepr_requests() {
     )
     .unwrap();
     assert_eq!(delete.operation, Operation::Delete);
-    assert_eq!(delete.object, None);
-    assert!(delete.old_object.is_some());
+    assert_eq!(delete.object(), None);
+    assert!(delete.old_object().is_some());
 
     let pod = Request::from_json(
         &std::fs::read_to_string(corpus("pepr/src/fixtures/data/admission-create-pod.json"))
             .unwrap(),
     )
     .unwrap();
-    let object = pod.object.as_ref().unwrap();
+    let object = pod.object().unwrap();
     let image = crate::pods::containers(object)[0].image().unwrap();
     let image = crate::image::ImageRef::parse(image).unwrap();
     assert_eq!(image.registry(), "127.0.0.1:31999");
@@ -268,9 +265,9 @@ fn pepr_every_request_parses() {
             .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
         assert!(!r.uid.is_empty(), "{}", file.display());
         match r.operation {
-            Operation::Delete => assert_eq!(r.object, None, "{}", file.display()),
+            Operation::Delete => assert_eq!(r.object(), None, "{}", file.display()),
             Operation::Create | Operation::Update => {
-                assert!(r.object.is_some(), "{}", file.display())
+                assert!(r.object().is_some(), "{}", file.display())
             }
             ref other => panic!("{}: {other}", file.display()),
         }
@@ -294,7 +291,7 @@ fn kubernetes_api_round_trip_fixtures_parse() {
             );
             assert_eq!(r.user_info.extra["extraKey"], ["extraValue"]);
             assert!(r.dry_run);
-            assert!(r.object.is_some() && r.old_object.is_some() && r.options.is_some());
+            assert!(r.object().is_some() && r.old_object().is_some() && r.options().is_some());
         }
     }
 }

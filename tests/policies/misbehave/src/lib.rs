@@ -173,8 +173,7 @@ impl Policy for Misbehave {
 /// `slow`'s iteration count: the request's annotation, else the settings.
 fn iterations(request: &Request, settings: &Settings) -> u64 {
     request
-        .object
-        .as_ref()
+        .object()
         .and_then(|o| o.pointer("/metadata/annotations"))
         .and_then(|a| a.get(ITERATIONS_ANNOTATION))
         .and_then(Value::as_str)
@@ -257,8 +256,8 @@ fn random() -> String {
 /// The request's object with `metadata.<field>` changed.
 fn rename(request: &Request, field: Field) -> Result<Value, String> {
     let mut object = request
-        .object
-        .clone()
+        .object()
+        .cloned()
         .ok_or_else(|| "the request has no object to rename".to_string())?;
     let metadata = object
         .get_mut("metadata")
