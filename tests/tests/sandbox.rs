@@ -99,6 +99,7 @@ fn write_sandbox_config(paths: &Paths, dir: &Path) -> Result<PathBuf> {
         ("allow", "{ behaviour: allow }"),
         ("clock", "{ behaviour: clock }"),
         ("random", "{ behaviour: random }"),
+        ("stateful", "{ behaviour: stateful }"),
     ] {
         policy(name, &module, &format!("{limits}, onError: deny"), settings);
     }
@@ -654,6 +655,46 @@ fn policies_read_no_clock_and_get_seeded_randomness() {
     });
 }
 
+#[test]
+fn no_state_carries_from_one_call_to_the_next() {
+    run(|s| {
+        // A trap between calls must not leave a half-used instance behind.
+        review(s, "/validate/panic")?;
+        let mut seen = Vec::new();
+        for path in ["/validate/stateful", "/mutate/stateful"] {
+            for _ in 0..6 {
+                let a = review(s, path)?;
+                ensure!(!a.allowed(), "{path}: {a}");
+                seen.push(a.message().to_string());
+            }
+        }
+        // Concurrent calls too: each gets its own instance.
+        let client = client(s)?;
+        let url = review_url(s, "/validate/stateful");
+        let reviews = (0..8).map(|_| pod_review()).collect::<Result<Vec<_>>>()?;
+        let timed = block_on(async {
+            let mut calls = tokio::task::JoinSet::new();
+            for review in reviews {
+                let (client, url) = (client.clone(), url.clone());
+                calls.spawn(async move { post_timed(&client, &url, &review).await });
+            }
+            calls.join_all().await
+        });
+        for call in timed {
+            seen.push(call?.decision()?.1);
+        }
+        let fresh = "stateful: calls=1 last=none buffer=65536";
+        let carried: Vec<&String> = seen.iter().filter(|m| *m != fresh).collect();
+        ensure!(
+            carried.is_empty(),
+            "{} of {} calls found state an earlier call left (expected {fresh:?} every time): {carried:?}",
+            carried.len(),
+            seen.len()
+        );
+        Ok(())
+    });
+}
+
 // ---------------------------------------------------------------------------
 // Timing
 // ---------------------------------------------------------------------------
@@ -1168,7 +1209,7 @@ fn the_misbehave_module_is_loaded_as_every_policy() {
             );
         }
         if let Some(list) = policies["policies"].as_array() {
-            ensure!(list.len() == 20, "expected 20 policies, got {}", list.len());
+            ensure!(list.len() == 21, "expected 21 policies, got {}", list.len());
         } else {
             bail!("GET /policies has no `policies` list: {policies}");
         }

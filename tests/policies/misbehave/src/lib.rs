@@ -10,6 +10,8 @@
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::hint::black_box;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use portcullis_sdk::{Metadata, Mutation, Policy, Request, Verdict};
@@ -50,6 +52,11 @@ pub enum Behaviour {
     Clock,
     /// Denies with a hash keyed by std's random hash-map seed.
     Random,
+    /// Keeps state in globals (a call counter, the last request's uid, a
+    /// buffer that grows by 64 KiB a call) and denies with what it found:
+    /// `calls=1 last=none buffer=65536` on every call when nothing carries
+    /// from one call to the next.
+    Stateful,
 }
 
 /// The identity field `rename` changes.
@@ -147,6 +154,7 @@ impl Policy for Misbehave {
             }
             Behaviour::Clock => Verdict::deny(clock()),
             Behaviour::Random => Verdict::deny(random()),
+            Behaviour::Stateful => Verdict::deny(stateful(request)),
             Behaviour::Allow | Behaviour::InvalidJson | Behaviour::Rename => Verdict::allow(),
         })
     }
@@ -251,6 +259,29 @@ fn clock() -> String {
 fn random() -> String {
     let hash = RandomState::new().hash_one(0x5eed_u64);
     format!("{hash:016x}")
+}
+
+/// What a call finds in state an earlier call may have left: the counter
+/// after this call, the uid of the request before, the buffer's length
+/// after this call grew it by 64 KiB.
+fn stateful(request: &Request) -> String {
+    static CALLS: AtomicU64 = AtomicU64::new(0);
+    static LAST: Mutex<Option<String>> = Mutex::new(None);
+    static BUFFER: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+    let calls = CALLS.fetch_add(1, Ordering::Relaxed) + 1;
+    let last = LAST
+        .lock()
+        .map(|mut last| last.replace(request.uid.clone()))
+        .unwrap_or_default();
+    let buffer = BUFFER
+        .lock()
+        .map(|mut buffer| {
+            buffer.extend(std::iter::repeat_n(0xa5u8, 64 << 10));
+            buffer.len()
+        })
+        .unwrap_or_default();
+    let last = last.as_deref().unwrap_or("none");
+    format!("calls={calls} last={last} buffer={buffer}")
 }
 
 /// The request's object with `metadata.<field>` changed.
