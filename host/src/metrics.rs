@@ -7,15 +7,22 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use portcullis_engine::Evaluation;
 
-/// Duration buckets: 100 us to ~3.3 s, doubling. Policy calls take tens of
-/// microseconds; deadlines are hundreds of milliseconds.
+/// Duration buckets: 100 us to ~4.9 s in steps of 1.5x and 1.33x (0.1,
+/// 0.15, 0.2, 0.3, 0.4, 0.6 ... ms). Policy calls take tens of
+/// microseconds, deadlines hundreds of milliseconds; doubling buckets
+/// could only tell a p99 from a p50 in powers of two.
 fn duration_buckets() -> impl Iterator<Item = f64> {
-    exponential_buckets(0.000_1, 2.0, 16)
+    (0..16).flat_map(|doubling| {
+        let base = f64::from(1u32 << doubling);
+        // Dividing whole numbers keeps the labels short (0.0003, not
+        // 0.00030000000000000003).
+        [base * 2.0, base * 3.0].map(|tenths_of_ms| tenths_of_ms / 20_000.0)
+    })
 }
 
 fn duration_histogram() -> Histogram {
@@ -341,9 +348,28 @@ mod tests {
             "portcullis_policy_evaluations_total{policy=\"allowed-images\",outcome=\"timeout\"} 1",
             "portcullis_policy_evaluation_duration_seconds_count{policy=\"allowed-images\"} 2",
             "portcullis_policy_evaluation_duration_seconds_bucket{le=\"0.0004\",policy=\"allowed-images\"} 2",
+            "portcullis_policy_evaluation_duration_seconds_bucket{le=\"0.0003\",policy=\"allowed-images\"} 2",
             "portcullis_tls_certificate_expiry_timestamp_seconds 1900000000",
         ] {
             assert!(text.contains(expected), "missing {expected}\n{text}");
         }
+    }
+
+    #[test]
+    fn duration_buckets_step_by_at_most_one_and_a_half() {
+        let buckets: Vec<f64> = duration_buckets().collect();
+        assert_eq!(buckets.len(), 32);
+        assert_eq!(
+            buckets[..6],
+            [0.0001, 0.00015, 0.0002, 0.0003, 0.0004, 0.0006]
+        );
+        for pair in buckets.windows(2) {
+            let ratio = pair[1] / pair[0];
+            assert!((1.33..=1.5 + 1e-9).contains(&ratio), "{pair:?}");
+        }
+        assert!(
+            buckets[31] > 4.0,
+            "the last bucket covers the longest deadline"
+        );
     }
 }

@@ -175,6 +175,15 @@ impl Scaffold {
             ),
         };
         let readme = include_str!("../templates/policy/README.md");
+        // A crate of its own also needs the workspace's linker settings
+        // (the initial memory that spares every call a `memory.grow`).
+        let cargo_config = match self.layout {
+            Layout::Workspace { .. } => None,
+            Layout::Standalone { .. } => Some((
+                ".cargo/config.toml",
+                include_str!("../templates/policy/cargo-config.toml"),
+            )),
+        };
         [
             ("Cargo.toml", manifest),
             ("README.md", readme),
@@ -185,6 +194,7 @@ impl Scaffold {
             ("suite.yaml", suite),
         ]
         .into_iter()
+        .chain(cargo_config)
         .map(|(path, template)| (PathBuf::from(path), self.render(template)))
         .collect()
     }
@@ -463,6 +473,8 @@ mod tests {
             "{manifest}"
         );
         assert!(manifest.contains("[workspace]") && manifest.contains("[profile.policy]"));
+        let config = &files[".cargo/config.toml"];
+        assert!(config.contains("--initial-memory=2097152"), "{config}");
         let suite = &files["suite.yaml"];
         assert!(
             suite.contains("module: target/wasm32-wasip1/policy/add_team.wasm"),
