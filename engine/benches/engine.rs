@@ -83,6 +83,40 @@ fn evaluation(c: &mut Criterion) {
             });
         });
     }
+    // The same call on every core at once, as a loaded server makes it:
+    // time per call per core (equal to the single-thread figure when calls
+    // scale with cores).
+    if let Some(policy) = set
+        .policies()
+        .iter()
+        .find(|p| p.name.as_ref() == "pod-security")
+    {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        group.bench_function(
+            format!("{} validate, {cores} threads at once", policy.name),
+            |b| {
+                b.iter_custom(|iterations| {
+                    let started = std::time::Instant::now();
+                    std::thread::scope(|scope| {
+                        for _ in 0..cores {
+                            scope.spawn(|| {
+                                let runtime = tokio::runtime::Builder::new_current_thread()
+                                    .enable_time()
+                                    .build()
+                                    .expect("runtime");
+                                for _ in 0..iterations {
+                                    runtime
+                                        .block_on(policy.validate(&validate, None))
+                                        .expect("validates");
+                                }
+                            });
+                        }
+                    });
+                    started.elapsed()
+                });
+            },
+        );
+    }
     for policy in set.policies() {
         if policy.metadata.mutates {
             group.bench_function(format!("{} mutate", policy.name), |b| {
