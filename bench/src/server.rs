@@ -233,8 +233,10 @@ pub fn duration_buckets(metrics: &str) -> Vec<(f64, f64)> {
     buckets
 }
 
-/// The bucket bound below which `q` of the requests between two scrapes
-/// fell: the server's own view of its latency, at bucket resolution.
+/// The latency below which `q` of the requests between two scrapes fell:
+/// the server's own view, interpolated linearly inside the bucket the
+/// quantile falls in, as Prometheus' `histogram_quantile` does (the
+/// bucket's upper bound alone would read every ratio in bucket steps).
 pub fn quantile_between(before: &str, after: &str, q: f64) -> Option<f64> {
     let before = duration_buckets(before);
     let after = duration_buckets(after);
@@ -248,12 +250,51 @@ pub fn quantile_between(before: &str, after: &str, q: f64) -> Option<f64> {
             (*bound, count - earlier)
         })
         .collect();
-    let total = delta.last()?.1;
+    interpolate(&delta, q)
+}
+
+/// `q`'s quantile of cumulative `(upper bound, count)` buckets.
+fn interpolate(buckets: &[(f64, f64)], q: f64) -> Option<f64> {
+    let total = buckets.last()?.1;
     if total <= 0.0 {
         return None;
     }
-    delta
-        .iter()
-        .find(|(_, count)| *count >= q * total)
-        .map(|(bound, _)| *bound)
+    let rank = q * total;
+    let index = buckets.iter().position(|(_, count)| *count >= rank)?;
+    let (upper, count) = buckets[index];
+    let (lower, below) = match index {
+        0 => (0.0, 0.0),
+        i => buckets[i - 1],
+    };
+    if upper.is_infinite() {
+        return Some(lower);
+    }
+    let inside = count - below;
+    if inside <= 0.0 {
+        return Some(upper);
+    }
+    Some(lower + (upper - lower) * (rank - below) / inside)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_interpolate_inside_their_bucket() {
+        // 100 requests: 50 at or under 1 ms, 40 more under 2 ms, 10 under 4 ms.
+        let buckets = [
+            (0.001, 50.0),
+            (0.002, 90.0),
+            (0.004, 100.0),
+            (f64::INFINITY, 100.0),
+        ];
+        assert_eq!(interpolate(&buckets, 0.5), Some(0.001));
+        assert_eq!(interpolate(&buckets, 0.25), Some(0.0005));
+        let p70 = interpolate(&buckets, 0.7).unwrap();
+        assert!((p70 - 0.0015).abs() < 1e-12, "{p70}");
+        let p99 = interpolate(&buckets, 0.99).unwrap();
+        assert!((p99 - 0.0038).abs() < 1e-12, "{p99}");
+        assert_eq!(interpolate(&[(0.001, 0.0)], 0.5), None);
+    }
 }

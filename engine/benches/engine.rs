@@ -1,9 +1,12 @@
 //! Engine micro-benchmarks (criterion): one evaluation of each standard
 //! policy on the API server's 3 KB pod review (a fresh instance and the
-//! call, as the server does it), componentizing and compiling a module,
-//! and loading a compiled module from the on-disk cache.
+//! call, as the server does it), the floor under every call, the same
+//! call on every core at once and from a wasm32-wasip2 build,
+//! componentizing and compiling a module, and loading a compiled module
+//! from the on-disk cache. How a review's cost grows with its policies
+//! and its size is measured by `make bench` (bench/src/calls.rs).
 //!
-//! `cargo bench -p portcullis --bench engine` after `make build` (the
+//! `make bench-engine` (or `cargo bench -p portcullis-engine --bench engine`) after `make build` (the
 //! policies must be built).
 
 // A benchmark stops at the first thing that does not work.
@@ -17,7 +20,7 @@ use portcullis_engine::ArtifactCache;
 use portcullis_engine::CompiledModule;
 use portcullis_engine::Config;
 use portcullis_engine::PolicyEngine;
-use portcullis_engine::{ModuleCache, PolicySet, Review, Selection};
+use portcullis_engine::{ModuleCache, PolicySet};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -117,6 +120,27 @@ fn evaluation(c: &mut Criterion) {
             },
         );
     }
+    // The same policy built for wasm32-wasip2, where rustc makes the
+    // component itself (no WASI preview1 adapter instance inside).
+    let p2 = modules()
+        .parent()
+        .and_then(Path::parent)
+        .map(|target| target.join("wasm32-wasip2/policy/allowed_images.wasm"));
+    let p1 = set
+        .policies()
+        .iter()
+        .find(|p| p.name.as_ref() == "allowed-images");
+    if let (Some(p2), Some(p1)) = (p2.filter(|p| p.is_file()), p1) {
+        let bytes = std::fs::read(&p2).expect("the wasip2 module");
+        let module = CompiledModule::compile(&engine, &bytes).expect("compiles");
+        group.bench_function("allowed-images validate (built for wasm32-wasip2)", |b| {
+            b.iter(|| {
+                runtime
+                    .block_on(module.validate(&p1.name, p1.limits, &validate, &p1.settings))
+                    .expect("validates")
+            });
+        });
+    }
     for policy in set.policies() {
         if policy.metadata.mutates {
             group.bench_function(format!("{} mutate", policy.name), |b| {
@@ -134,143 +158,6 @@ fn evaluation(c: &mut Criterion) {
                         .block_on(policy.validate(&validate, None))
                         .expect("validates")
                 });
-            });
-        }
-    }
-    group.finish();
-}
-
-/// A pod review of `containers` containers (each with an image, ports,
-/// environment and resources, as real workloads carry), as the API server
-/// would send it.
-fn pod_review(containers: usize) -> String {
-    let containers: Vec<serde_json::Value> = (0..containers)
-        .map(|i| {
-            serde_json::json!({
-                "name": format!("container-{i}"),
-                "image": format!("registry.k8s.io/app/component-{i}:v1.2.{i}"),
-                "ports": [{"containerPort": 8000 + i, "protocol": "TCP", "name": "http"}],
-                "env": [
-                    {"name": "LOG_LEVEL", "value": "info"},
-                    {"name": "COMPONENT", "value": format!("component-{i}")},
-                ],
-                "resources": {
-                    "requests": {"cpu": "100m", "memory": "128Mi"},
-                    "limits": {"cpu": "500m", "memory": "256Mi"},
-                },
-                "securityContext": {"runAsNonRoot": true, "allowPrivilegeEscalation": false},
-            })
-        })
-        .collect();
-    // The API server's record of who set which field: one entry per
-    // container, as `kubectl apply` leaves it.
-    let fields: serde_json::Map<String, serde_json::Value> = (0..containers.len())
-        .map(|i| {
-            let keys = [
-                "f:image",
-                "f:name",
-                "f:ports",
-                "f:env",
-                "f:resources",
-                "f:securityContext",
-            ];
-            let entry: serde_json::Map<String, serde_json::Value> = keys
-                .iter()
-                .map(|k| (k.to_string(), serde_json::json!({})))
-                .collect();
-            (format!("k:{{\"name\":\"container-{i}\"}}"), entry.into())
-        })
-        .collect();
-    let managed = serde_json::json!([{
-        "manager": "kubectl-client-side-apply",
-        "operation": "Update",
-        "apiVersion": "v1",
-        "time": "2026-12-01T10:00:00Z",
-        "fieldsType": "FieldsV1",
-        "fieldsV1": {"f:spec": {"f:containers": fields}},
-    }]);
-    let pod = serde_json::json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": "web", "namespace": "shop", "labels": {"app": "web"}, "managedFields": managed},
-        "spec": {"containers": containers},
-    });
-    serde_json::json!({
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": "0b3f6a3e-0000-4000-8000-000000000001",
-            "kind": {"group": "", "version": "v1", "kind": "Pod"},
-            "resource": {"group": "", "version": "v1", "resource": "pods"},
-            "name": "web",
-            "namespace": "shop",
-            "operation": "CREATE",
-            "userInfo": {"username": "alice", "groups": ["system:authenticated"]},
-            "object": pod,
-            "oldObject": null,
-            "dryRun": false,
-        }
-    })
-    .to_string()
-}
-
-/// `copies` copies of `allowed-images` under different names.
-fn copies_of_allowed_images(
-    runtime: &tokio::runtime::Runtime,
-    engine: &Arc<PolicyEngine>,
-    copies: usize,
-) -> PolicySet {
-    let module = modules().join("allowed_images.wasm");
-    let policies: String = (0..copies)
-        .map(|i| {
-            format!(
-                "  - name: allowed-images-{i}\n    module: {}\n    settings: {{ allowed: [registry.k8s.io/] }}\n",
-                module.display()
-            )
-        })
-        .collect();
-    let text = format!("policies:\n{policies}");
-    let config = Config::parse(&root().join("growth.yaml"), &text).expect("the growth config");
-    runtime
-        .block_on(PolicySet::build(
-            engine,
-            &config,
-            1,
-            &mut ModuleCache::new(0),
-        ))
-        .unwrap_or_else(|e| panic!("{e}: run `make build` first"))
-        .0
-}
-
-/// How a review's cost grows with the number of policies and the size of
-/// the object: the whole validating chain, as the server runs it.
-fn growth(c: &mut Criterion) {
-    let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let engine = PolicyEngine::new().expect("engine");
-    let small = pod_review(1);
-    let large = pod_review(60);
-    let mut group = c.benchmark_group("growth (validating chain of N allowed-images)");
-    group.sample_size(20);
-    for copies in [1, 5, 20, 50] {
-        let set = copies_of_allowed_images(&runtime, &engine, copies);
-        for body in [&small, &large] {
-            let name = format!("{copies} policies, {} KB review", body.len() / 1024);
-            group.bench_function(name, |b| {
-                b.iter(|| {
-                    let review = Review::parse(body.as_bytes()).expect("a review");
-                    let mut evaluations = Vec::with_capacity(copies);
-                    let decision = runtime
-                        .block_on(portcullis_engine::validate(
-                            &set,
-                            &review,
-                            Selection::All,
-                            None,
-                            &mut evaluations,
-                        ))
-                        .expect("no policy failure");
-                    assert!(decision.allowed, "{decision:?}");
-                    assert_eq!(evaluations.len(), copies);
-                })
             });
         }
     }
@@ -298,5 +185,5 @@ fn loading(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, evaluation, growth, loading);
+criterion_group!(benches, evaluation, loading);
 criterion_main!(benches);
