@@ -299,7 +299,8 @@ pub async fn start(
         .operations
         .map(|listener| serve_operations(listener, state.clone(), stopped()))
         .transpose()?;
-    let https = serve_https(listeners.https, rustls, state, options.limits, handle)?;
+    // Logged before the first connection can be served (the socket is
+    // bound already), so no decision line ever precedes it.
     tracing::info!(
         address = %https_addr,
         operations = ?operations_addr,
@@ -307,6 +308,7 @@ pub async fn start(
         startup_ms = started.elapsed().as_millis() as u64,
         "listening on https://{https_addr}"
     );
+    let https = serve_https(listeners.https, rustls, state, options.limits, handle)?;
     Ok(Server {
         https_addr,
         operations_addr,
