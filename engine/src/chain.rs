@@ -11,6 +11,7 @@ use serde_json::Value;
 use crate::admission::{Decision, Review};
 use crate::config::{Mode, OnError};
 use crate::invoke::{PolicyError, Verdict};
+use crate::log_text::LogText;
 use crate::policy::Policy;
 use crate::policy_set::PolicySet;
 
@@ -114,7 +115,7 @@ impl<'t> Outcome<'t> {
                 .warnings
                 .push(format!("{name} (warn mode) would deny: {message}")),
             Mode::Audit => {
-                tracing::info!(policy = %name, %message, "audit mode: would deny");
+                tracing::info!(policy = %name, message = %LogText(&message), "audit mode: would deny");
                 self.decision
                     .audit_annotations
                     .insert(format!("{name}-audit"), format!("would deny: {message}"));
@@ -127,7 +128,7 @@ impl<'t> Outcome<'t> {
     fn error(&mut self, policy: &Policy, error: PolicyError) -> Result<(), ChainFailure> {
         self.record(policy);
         let name = &policy.name;
-        tracing::warn!(policy = %name, kind = error.kind(), %error, "policy error");
+        tracing::warn!(policy = %name, kind = error.kind(), error = %LogText(&error.to_string()), "policy error");
         match policy.on_error {
             OnError::Deny => {
                 if self.denials.is_empty() {

@@ -31,6 +31,10 @@ pub enum ComponentizeError {
          (was it built with portcullis-sdk for wasm32-wasip1?)"
     )]
     Encode(String),
+    /// The bytes start like WebAssembly but do not parse (e.g. a file cut
+    /// short by an interrupted copy).
+    #[error("not a valid WebAssembly module: {0} (is the file complete?)")]
+    Malformed(String),
 }
 
 /// Turns a wasip1 core module into a component; passes a component through.
@@ -44,7 +48,32 @@ pub fn componentize(bytes: &[u8]) -> Result<(Cow<'_, [u8]>, ModuleFormat), Compo
     if !wasmparser::Parser::is_core_wasm(bytes) {
         return Err(ComponentizeError::NotWasm);
     }
-    let component = wit_component::ComponentEncoder::default()
+    // The encoder assumes well-formed input and can panic on a truncated
+    // module: check the module's structure first (a cheap parse, not a
+    // full validation, which the encoder does itself)...
+    for payload in wasmparser::Parser::new(0).parse_all(bytes) {
+        payload.map_err(|err| ComponentizeError::Malformed(err.to_string()))?;
+    }
+    // ...and still never let an encoder panic take the host down.
+    std::panic::catch_unwind(|| encode(bytes))
+        .map_err(|panic| {
+            ComponentizeError::Encode(format!("the encoder failed: {}", panic_text(&*panic)))
+        })?
+        .map(|component| (component.into(), ModuleFormat::CoreModule))
+}
+
+/// The text of a caught panic.
+pub(crate) fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|text| (*text).to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_string())
+}
+
+/// A wasip1 core module and the reactor adapter, encoded as a component.
+fn encode(bytes: &[u8]) -> Result<Vec<u8>, ComponentizeError> {
+    wit_component::ComponentEncoder::default()
         .validate(true)
         .module(bytes)
         .and_then(|encoder| {
@@ -55,8 +84,7 @@ pub fn componentize(bytes: &[u8]) -> Result<(Cow<'_, [u8]>, ModuleFormat), Compo
         })
         .and_then(|mut encoder| encoder.encode())
         // wit-component's errors are `anyhow` chains: keep the whole chain.
-        .map_err(|err| ComponentizeError::Encode(format!("{err:#}")))?;
-    Ok((component.into(), ModuleFormat::CoreModule))
+        .map_err(|err| ComponentizeError::Encode(format!("{err:#}")))
 }
 
 #[cfg(test)]
@@ -69,6 +97,16 @@ mod tests {
             componentize(b"hello"),
             Err(ComponentizeError::NotWasm)
         ));
+    }
+
+    #[test]
+    fn refuses_a_truncated_module_without_panicking() {
+        // A valid module (magic, version, an empty type section) cut in the
+        // middle of a section: the size says 5 bytes, 1 follows.
+        let truncated = b"\0asm\x01\0\0\0\x01\x05\x01";
+        let err = componentize(truncated).expect_err("truncated");
+        assert!(matches!(err, ComponentizeError::Malformed(_)), "{err}");
+        assert!(err.to_string().contains("is the file complete?"), "{err}");
     }
 
     #[test]

@@ -37,12 +37,12 @@ const MIN_MEMORY: u64 = 2 << 20;
 /// where the parser knows it, the line.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// The file could not be read.
+    /// The file could not be read (or is not a file, or too large).
     #[error("cannot read config file {path}")]
     Read {
         path: PathBuf,
         #[source]
-        source: std::io::Error,
+        source: crate::files::ReadError,
     },
     /// The YAML is malformed or does not fit the schema.
     #[error("invalid config file {path}: {message}")]
@@ -259,10 +259,12 @@ impl Config {
     /// # Errors
     /// A [`ConfigError`] naming the file and what was wrong.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text = crate::files::read_text_bounded(path, crate::files::MAX_CONFIG_BYTES).map_err(
+            |source| ConfigError::Read {
+                path: path.to_path_buf(),
+                source,
+            },
+        )?;
         Self::parse(path, &text)
     }
 

@@ -14,9 +14,9 @@ use crate::module::{CompiledModule, ModuleError};
 /// Why one policy could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    /// The module file could not be read.
-    #[error("cannot read module")]
-    Read(#[source] std::io::Error),
+    /// The module file could not be read (or is not a file, or too large).
+    #[error(transparent)]
+    Read(#[from] crate::files::ReadError),
     /// The module could not be compiled or does not fit the contract.
     #[error(transparent)]
     Module(#[from] ModuleError),

@@ -9,7 +9,8 @@ use std::time::SystemTime;
 
 use crate::config::Config;
 use crate::engine::PolicyEngine;
-use crate::module::{self, CompiledModule};
+use crate::files;
+use crate::module::{self, CompiledModule, ModuleError};
 use crate::policy::{LoadError, Policy};
 
 /// One generation of policies. Never changed after it is built.
@@ -69,17 +70,20 @@ impl PolicySet {
         let mut digests: Vec<String> = Vec::with_capacity(config.policies.len());
         let mut compiling = tokio::task::JoinSet::new();
         for (index, policy_config) in config.policies.iter().enumerate() {
-            let bytes = tokio::fs::read(&policy_config.module)
-                .await
-                .map_err(|err| fail(index, LoadError::Read(err)))?;
+            let path = policy_config.module.clone();
+            let bytes = tokio::task::spawn_blocking(move || {
+                files::read_bounded(&path, files::MAX_MODULE_BYTES)
+            })
+            .await
+            .map_err(|err| fail(index, LoadError::Task(err)))?
+            .map_err(|err| fail(index, LoadError::Read(err)))?;
             let digest = module::digest(&bytes);
             if !digests.contains(&digest) {
                 if cache.contains(&digest) {
                     stats.reused += 1;
                 } else {
                     let engine = engine.clone();
-                    compiling
-                        .spawn_blocking(move || (index, CompiledModule::compile(&engine, &bytes)));
+                    compiling.spawn_blocking(move || (index, compile_guarded(&engine, &bytes)));
                 }
             }
             digests.push(digest);
@@ -244,4 +248,22 @@ impl ModuleCache {
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
+}
+
+/// Compiles a module; a panic inside the toolchain (componentizing,
+/// Cranelift) becomes this module's error, so the failure names the policy
+/// whose module caused it.
+fn compile_guarded(
+    engine: &Arc<PolicyEngine>,
+    bytes: &[u8],
+) -> Result<CompiledModule, ModuleError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        CompiledModule::compile(engine, bytes)
+    }))
+    .unwrap_or_else(|panic| {
+        Err(ModuleError::Compile(format!(
+            "the compiler failed: {}",
+            crate::componentize::panic_text(&*panic)
+        )))
+    })
 }

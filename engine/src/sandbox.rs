@@ -9,6 +9,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::bindings::portcullis::policy::host::Host as HostImports;
 use crate::bindings::portcullis::policy::types::{Host as TypesHost, LogLevel};
+use crate::log_text::LogText;
 
 /// State of one store: one policy call. Dropped when the call ends.
 pub struct StoreState {
@@ -116,7 +117,9 @@ impl GuestLog {
             }
             return;
         }
-        let message = truncate_utf8(message, LOG_LINE_MAX);
+        // A policy may log what a request contains: escaped, so a newline
+        // in it cannot forge a line of the host's log.
+        let message = LogText(truncate_utf8(message, LOG_LINE_MAX));
         let policy = &*self.policy;
         match level {
             LogLevel::Trace => tracing::trace!(policy, "{message}"),

@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 
 use crate::cert_reload::CertReloader;
 use crate::reload::Reloader;
-use crate::watch::{FileWatcher, WatchError};
+use crate::watch::{FileWatcher, Fingerprint, WatchError};
 
 /// Messages queued beyond this are dropped: a full queue already holds a
 /// change that will make the loop read every file again.
@@ -143,9 +143,11 @@ impl ControlLoop {
                 }
             }
             if pending.from_files {
+                let watched = self.policies.watched().to_vec();
+                let files = || Fingerprint::of(&watched);
                 tokio::select! {
                     () = &mut shutdown => return,
-                    () = settle(&mut self.messages, self.debounce, &mut pending) => {}
+                    () = settle(&mut self.messages, self.debounce, &mut pending, files) => {}
                 }
             }
             let work = std::mem::take(&mut pending);
@@ -186,21 +188,46 @@ impl ControlLoop {
     }
 }
 
-/// Waits until messages have been quiet for `debounce.quiet` (at most
-/// `debounce.max` in all), folding the burst into `pending`.
-async fn settle(messages: &mut mpsc::Receiver<Control>, debounce: Debounce, pending: &mut Pending) {
+/// Waits until the files have been quiet for `debounce.quiet`: no event,
+/// and `files()` (what the files look like) the same at the start and the
+/// end of the window, so a writer that pauses for less than that never
+/// has a half-written file loaded, even if an event was lost. At most
+/// `debounce.max` in all: a file that never stops changing must not
+/// postpone reloads forever. Folds the burst into `pending`.
+async fn settle<F>(
+    messages: &mut mpsc::Receiver<Control>,
+    debounce: Debounce,
+    pending: &mut Pending,
+    files: impl Fn() -> F,
+) where
+    F: PartialEq,
+{
     let hard_deadline = tokio::time::Instant::now() + debounce.max;
     loop {
         let quiet_deadline = (tokio::time::Instant::now() + debounce.quiet).min(hard_deadline);
+        let before = files();
         tokio::select! {
             message = messages.recv() => {
                 let Some(control) = message else { return };
                 pending.add(control);
-                if !pending.from_files || tokio::time::Instant::now() >= hard_deadline {
+                if !pending.from_files {
                     return;
                 }
             }
-            () = tokio::time::sleep_until(quiet_deadline) => return,
+            () = tokio::time::sleep_until(quiet_deadline) => {
+                if files() == before {
+                    return;
+                }
+                tracing::debug!("policy files changed without an event; waiting for them to settle");
+            }
+        }
+        if tokio::time::Instant::now() >= hard_deadline {
+            tracing::warn!(
+                max_ms = debounce.max.as_millis() as u64,
+                "policy files are still changing; reloading anyway (write them atomically: \
+                 a new file renamed over the old)"
+            );
+            return;
         }
     }
 }
@@ -233,7 +260,7 @@ mod tests {
         });
         let started = tokio::time::Instant::now();
         let mut pending = files();
-        settle(&mut rx, debounce, &mut pending).await;
+        settle(&mut rx, debounce, &mut pending, || ()).await;
         let waited = started.elapsed();
         assert!(waited >= Duration::from_millis(500), "{waited:?}");
         assert!(waited < Duration::from_millis(600), "{waited:?}");
@@ -250,7 +277,7 @@ mod tests {
         };
         tx.send(Control::PoliciesChanged).await.expect("send");
         let started = tokio::time::Instant::now();
-        settle(&mut rx, debounce, &mut files()).await;
+        settle(&mut rx, debounce, &mut files(), || ()).await;
         // The queued event is folded in, then 100 ms of quiet.
         assert_eq!(started.elapsed(), Duration::from_millis(100));
     }
@@ -265,9 +292,30 @@ mod tests {
         tx.send(Control::ReloadAll).await.expect("send");
         let started = tokio::time::Instant::now();
         let mut pending = files();
-        settle(&mut rx, debounce, &mut pending).await;
+        settle(&mut rx, debounce, &mut pending, || ()).await;
         assert_eq!(started.elapsed(), Duration::ZERO);
         assert!(pending.policies && pending.certificates && !pending.from_files);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_change_without_an_event_restarts_the_quiet_window() {
+        let (_tx, mut rx) = mpsc::channel(QUEUE);
+        let debounce = Debounce {
+            quiet: Duration::from_millis(100),
+            max: Duration::from_secs(5),
+        };
+        // The files look different at each of the first three looks (a
+        // writer still at work, its events lost), then stay the same.
+        let looks = std::sync::atomic::AtomicU32::new(0);
+        let look = || {
+            looks
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                .min(3)
+        };
+        let started = tokio::time::Instant::now();
+        settle(&mut rx, debounce, &mut files(), look).await;
+        // Windows 1 and 2 saw changes; window 3 (looks 3 and 3) is quiet.
+        assert_eq!(started.elapsed(), Duration::from_millis(300));
     }
 
     #[test]

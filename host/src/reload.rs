@@ -186,6 +186,21 @@ impl Reloader {
                 "policy loaded"
             );
         }
+        let removed: Vec<&str> = current
+            .policies()
+            .iter()
+            .map(|p| &*p.name)
+            .filter(|name| set.get(name).is_none())
+            .collect();
+        if current.generation > 0 && !removed.is_empty() {
+            // Removing policies is a reason to look twice: a config written
+            // in place and read half-done looks exactly like this.
+            tracing::warn!(
+                generation,
+                removed = %removed.join(","),
+                "the new config removes policies; they no longer judge any request"
+            );
+        }
         let in_use = set.digests();
         self.metrics.generation.set(generation as i64);
         self.metrics

@@ -33,6 +33,11 @@ const POD_SPEC_PATHS: &[(&str, &str, &str)] = &[
     ),
 ];
 
+/// What `pods/ephemeralcontainers` carried before Kubernetes 1.22 instead
+/// of the Pod: the list at the top level. Read like a pod spec, so
+/// `kubectl debug` against an old API server is judged, not let through.
+const EPHEMERAL_CONTAINERS_KIND: &str = "EphemeralContainers";
+
 const TEMPLATE_METADATA: &str = "/spec/template/metadata";
 
 /// The resources of the kinds [`pod_specs`] knows, as `resource[.group]`:
@@ -86,12 +91,20 @@ pub struct PodSpecRef<'a> {
 /// The pod specs of `object`, found by its `kind`: `spec` of a Pod,
 /// `spec.template.spec` of Deployments, StatefulSets, DaemonSets,
 /// ReplicaSets, ReplicationControllers and Jobs, and
-/// `spec.jobTemplate.spec.template.spec` of CronJobs. Empty for any other
-/// kind or when the spec is missing.
+/// `spec.jobTemplate.spec.template.spec` of CronJobs, and the object itself
+/// for the pre-1.22 `EphemeralContainers` kind. Empty for any other kind or
+/// when the spec is missing.
 pub fn pod_specs(object: &Value) -> Vec<PodSpecRef<'_>> {
     let Some(kind) = crate::object::kind(object) else {
         return Vec::new();
     };
+    if kind == EPHEMERAL_CONTAINERS_KIND {
+        return vec![PodSpecRef {
+            path: "",
+            metadata_path: "/metadata",
+            spec: object,
+        }];
+    }
     POD_SPEC_PATHS
         .iter()
         .filter(|(k, _, _)| *k == kind)

@@ -7,7 +7,7 @@ use anyhow::{Context, Result, ensure};
 use base64::Engine as _;
 use portcullis_e2e::{
     CLI_TIMEOUT, CliOutput, Json, Paths, Server, decode_patch, fixture, fixtures_dir, free_port,
-    generate_certs, paths, run_cli, write_default_config,
+    generate_certs, json, paths, run_cli, with_uid, write_default_config,
 };
 
 fn s(p: &Path) -> Result<&str> {
@@ -380,6 +380,50 @@ fn test_command_passes_good_suites_and_fails_a_wrong_expectation() -> Result<()>
     ensure!(
         out.stdout.contains("unknown field `objet`") && out.stdout.contains("line 4"),
         "the error names the field and line\n{out}"
+    );
+    Ok(())
+}
+
+#[test]
+fn client_text_cannot_forge_or_flood_log_lines() -> Result<()> {
+    let server = Server::start_default()?;
+    let forged = "e2e-forge\nuid=FORGED allowed=true\r\u{1b}[2K\u{1b}[31mred\u{2028}x";
+    let mut review = with_uid(&fixture("pod-allowed.json")?, forged);
+    review["request"]["name"] = json!("web\nname=FORGED");
+    server.review("/validate", &review)?;
+    let huge = format!("e2e-huge-{}", "u".repeat(1 << 20));
+    let answer = server.review("/validate", &with_uid(&fixture("pod-allowed.json")?, &huge))?;
+    ensure!(answer.allowed(), "{answer}");
+    // The decision lines are written after the answers: poll for both.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let log = loop {
+        let log = fs::read_to_string(server.stderr_log())?;
+        if log.matches("admission decision").count() >= 2 || std::time::Instant::now() > deadline {
+            break log;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    ensure!(
+        log.contains("e2e-forge\\nuid=FORGED") && log.contains("e2e-huge-"),
+        "both decisions are logged, the uid escaped:\n{}",
+        &log[..log.len().min(4096)]
+    );
+    for line in log.lines() {
+        ensure!(
+            line.starts_with("20"),
+            "a line that does not start with a timestamp (forged?): {:?}",
+            &line[..line.len().min(300)]
+        );
+        ensure!(
+            line.len() < 8192,
+            "a {} byte log line: {:?}...",
+            line.len(),
+            &line[..300]
+        );
+    }
+    ensure!(
+        !log.contains('\u{1b}') && !log.contains('\r') && !log.contains('\u{2028}'),
+        "control characters reached the log"
     );
     Ok(())
 }

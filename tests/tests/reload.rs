@@ -10,7 +10,8 @@
 //!   swapping back reuse compiled modules; identical files are `unchanged`.
 //! - [`policies_can_be_added_and_removed`], [`sighup_reloads`].
 //! - [`startup_uses_the_reload_path`]: a broken config at start-up exits 2;
-//!   `--allow-empty` serves unready until a good config loads.
+//!   `--allow-empty` serves unready (admission answers 503, never allows)
+//!   until a good config loads.
 //!
 //! The tests run one at a time (see [`serial`]): the load test measures
 //! latencies and must not share the two cores with another test's server.
@@ -1318,11 +1319,17 @@ fn startup_uses_the_reload_path() {
             "expected no policies and the start-up error in /policies:\n{}",
             pretty(&p0)
         );
-        let answer = server.review("/validate", &with_uid(&review, "empty-1"))?;
-        ensure!(
-            answer.allowed(),
-            "with no policies /validate allows:\n{answer}"
-        );
+        // Nothing loaded must never mean "allow everything": every
+        // admission path answers an error, so failurePolicy applies.
+        for path in ["/validate", "/mutate", "/validate/gate"] {
+            let body = serde_json::to_vec(&with_uid(&review, "empty-1"))?;
+            let reply = server.post(Proto::H2, path, Some("application/json"), body)?;
+            ensure!(
+                reply.status == StatusCode::SERVICE_UNAVAILABLE
+                    && reply.text().contains("no policy set is loaded"),
+                "POST {path} with no policy set loaded: expected 503, got\n{reply}"
+            );
+        }
 
         fs::write(&server.config, config_a())?;
         let deadline = Instant::now() + RELOAD_TIMEOUT;

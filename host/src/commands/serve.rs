@@ -67,8 +67,11 @@ pub struct ServeCommand {
     #[arg(long, env = "PORTCULLIS_ALLOW_EMPTY")]
     pub allow_empty: bool,
 
-    /// Milliseconds file events must be quiet before a reload starts.
-    #[arg(long, env = "PORTCULLIS_RELOAD_DEBOUNCE_MS", default_value_t = 200)]
+    /// Milliseconds the config and module files must be quiet (no event,
+    /// no change) before a reload reads them: a writer that pauses for
+    /// less is never loaded half-done. Replacing a file atomically (write
+    /// a new file, rename it over the old) is the supported way to edit.
+    #[arg(long, env = "PORTCULLIS_RELOAD_DEBOUNCE_MS", default_value_t = 2000)]
     pub reload_debounce_ms: u64,
 
     /// Reviews evaluated at once (default: 4 per CPU).

@@ -12,7 +12,8 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
 use portcullis_engine::{
-    ChainFailure, Decision, Evaluation, Operation, Policy, PolicySet, Report, Review, Selection,
+    ChainFailure, Decision, Evaluation, LogText, Operation, Policy, PolicySet, Report, Review,
+    Selection,
 };
 
 use super::body::ReviewBody;
@@ -275,6 +276,17 @@ fn may_call_policies(set: &PolicySet, route: Route<'_>) -> bool {
 
 /// The policies a route asks for, or a 404 saying why there are none.
 fn select<'a>(set: &'a PolicySet, route: Route<'_>) -> Result<Selection<'a>, Refusal> {
+    // Generation 0 is "nothing loaded yet" (`--allow-empty` with a config
+    // that failed). Allowing would fail open wherever readiness is not
+    // checked: answer an error, so the webhook's failurePolicy applies.
+    if set.generation == 0 {
+        return Err(Refusal {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: "no policy set is loaded: the config has not loaded yet (see GET /policies); \
+                      answering an error so that the webhook's failurePolicy applies"
+                .to_string(),
+        });
+    }
     let Some(name) = route.policy else {
         return Ok(Selection::All);
     };
@@ -304,7 +316,7 @@ fn select<'a>(set: &'a PolicySet, route: Route<'_>) -> Result<Selection<'a>, Ref
 fn parse(body: &[u8]) -> Result<Review<'_>, Refusal> {
     Review::parse(body).map_err(|err| {
         let status = StatusCode::from_u16(err.status()).unwrap_or(StatusCode::BAD_REQUEST);
-        tracing::debug!(status = status.as_u16(), error = %err, "rejecting a body that is not a review");
+        tracing::debug!(status = status.as_u16(), error = %LogText(&err.to_string()), "rejecting a body that is not a review");
         Refusal {
             status,
             message: err.to_string(),
@@ -314,7 +326,7 @@ fn parse(body: &[u8]) -> Result<Review<'_>, Refusal> {
 
 /// 503 with `Retry-After`: no evaluation slot in time.
 fn refuse_busy(review: &Review<'_>, operation: &'static str, busy: Busy) -> Answered {
-    tracing::warn!(uid = %review.uid, %busy, "refusing review");
+    tracing::warn!(uid = %LogText(&review.uid), %busy, "refusing review");
     let mut response = plain(StatusCode::SERVICE_UNAVAILABLE, busy.to_string());
     response
         .headers_mut()
@@ -356,13 +368,13 @@ impl DecisionLog<'_> {
 fn decided(log: &DecisionLog<'_>, decision: &Decision) -> Answered {
     let review = log.review;
     tracing::info!(
-        uid = %review.uid,
+        uid = %LogText(&review.uid),
         endpoint = log.endpoint.as_str(),
         operation = log.operation,
-        kind = review.kind(),
-        resource = review.resource(),
-        namespace = review.namespace(),
-        name = review.name(),
+        kind = %LogText(review.kind()),
+        resource = %LogText(review.resource()),
+        namespace = %LogText(review.namespace()),
+        name = %LogText(review.name()),
         allowed = decision.allowed,
         patched = decision.patch.is_some(),
         policies = %log.outcomes(),
@@ -375,21 +387,24 @@ fn decided(log: &DecisionLog<'_>, decision: &Decision) -> Answered {
     } else {
         "denied"
     };
-    let response =
-        match portcullis_engine::admission_response(review.api_version, &review.uid, decision) {
-            Ok(body) => json(body),
-            Err(error) => {
-                tracing::error!(uid = %review.uid, %error, "cannot serialize the response");
-                return Answered {
-                    response: plain(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        format!("cannot serialize the response: {error}"),
-                    ),
-                    operation: log.operation,
-                    result: "error",
-                };
-            }
-        };
+    let response = match portcullis_engine::admission_response(
+        review.api_version,
+        &review.uid,
+        decision,
+    ) {
+        Ok(body) => json(body),
+        Err(error) => {
+            tracing::error!(uid = %LogText(&review.uid), %error, "cannot serialize the response");
+            return Answered {
+                response: plain(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("cannot serialize the response: {error}"),
+                ),
+                operation: log.operation,
+                result: "error",
+            };
+        }
+    };
     Answered {
         response,
         operation: log.operation,
@@ -402,14 +417,14 @@ fn decided(log: &DecisionLog<'_>, decision: &Decision) -> Answered {
 fn failed(log: &DecisionLog<'_>, failure: &ChainFailure) -> Answered {
     let review = log.review;
     tracing::warn!(
-        uid = %review.uid,
+        uid = %LogText(&review.uid),
         endpoint = log.endpoint.as_str(),
         operation = log.operation,
-        kind = review.kind(),
-        namespace = review.namespace(),
-        name = review.name(),
+        kind = %LogText(review.kind()),
+        namespace = %LogText(review.namespace()),
+        name = %LogText(review.name()),
         policies = %log.outcomes(),
-        %failure,
+        failure = %LogText(&failure.to_string()),
         elapsed_ms = log.elapsed_ms(),
         "answering 500 (onError: fail)"
     );

@@ -183,3 +183,20 @@ fn resource_lists_name_every_kind_with_a_pod_spec() {
         .collect();
     assert_eq!(without_debug, WORKLOAD_RESOURCES);
 }
+
+#[test]
+fn the_pre_1_22_ephemeral_containers_kind_is_read() {
+    let object = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "EphemeralContainers",
+        "metadata": {"name": "web", "namespace": "shop"},
+        "ephemeralContainers": [{"name": "debugger", "image": "busybox:1.36"}],
+    });
+    let specs = pod_specs(&object);
+    assert_eq!(specs.len(), 1);
+    assert_eq!(specs[0].metadata_path, "/metadata");
+    let found = containers(&object);
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].kind, ContainerKind::EphemeralContainer);
+    assert_eq!(found[0].image(), Some("busybox:1.36"));
+}
