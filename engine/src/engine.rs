@@ -47,6 +47,29 @@ pub enum EngineError {
     Ticker(std::io::Error),
 }
 
+/// Default total of the memory caps of policy calls running at once.
+pub const DEFAULT_MEMORY_BUDGET: u64 = 1 << 30;
+
+/// The memory every running call may hold at most, summed: each call
+/// reserves its cap before it starts and returns it when it ends, so a
+/// burst of memory-hungry calls waits instead of taking the process past
+/// its pod's memory limit. Counted in MiB.
+struct MemoryBudget {
+    mib: tokio::sync::Semaphore,
+    bytes: u64,
+}
+
+/// A call's share of the memory budget, returned when dropped.
+pub(crate) struct MemoryReservation<'a>(#[allow(dead_code)] tokio::sync::SemaphorePermit<'a>);
+
+/// The budget had no room for a call's memory cap in time.
+#[derive(Debug, thiserror::Error)]
+#[error("the memory budget of {budget} bytes had no room for its {wanted} bytes in time")]
+pub(crate) struct BudgetExhausted {
+    pub budget: u64,
+    pub wanted: u64,
+}
+
 /// The process-wide engine, linker and epoch ticker. Cheap to share: clone
 /// the `Arc`.
 pub struct PolicyEngine {
@@ -57,6 +80,7 @@ pub struct PolicyEngine {
     ticker: Option<JoinHandle<()>>,
     stop: Arc<AtomicBool>,
     pooling: bool,
+    memory: MemoryBudget,
 }
 
 impl PolicyEngine {
@@ -77,6 +101,19 @@ impl PolicyEngine {
     /// # Errors
     /// When wasmtime rejects the configuration or the ticker cannot start.
     pub fn with_cache(cache_dir: Option<&Path>) -> Result<Arc<Self>, EngineError> {
+        Self::with_budget(cache_dir, DEFAULT_MEMORY_BUDGET)
+    }
+
+    /// [`PolicyEngine::with_cache`] with a total memory budget for the
+    /// calls running at once (clamped to at least one policy's largest
+    /// cap and to what a semaphore counts).
+    ///
+    /// # Errors
+    /// When wasmtime rejects the configuration or the ticker cannot start.
+    pub fn with_budget(
+        cache_dir: Option<&Path>,
+        memory_budget: u64,
+    ) -> Result<Arc<Self>, EngineError> {
         let (engine, pooling) = match wasmtime::Engine::new(&engine_config(true)) {
             Ok(engine) => (engine, true),
             Err(error) => {
@@ -96,6 +133,9 @@ impl PolicyEngine {
         });
         let stop = Arc::new(AtomicBool::new(false));
         let ticker = spawn_ticker(engine.clone(), stop.clone())?;
+        let mib = usize::try_from(memory_budget >> 20)
+            .unwrap_or(usize::MAX)
+            .clamp(2, tokio::sync::Semaphore::MAX_PERMITS);
         Ok(Arc::new(Self {
             engine,
             artifacts,
@@ -103,6 +143,10 @@ impl PolicyEngine {
             ticker: Some(ticker),
             stop,
             pooling,
+            memory: MemoryBudget {
+                mib: tokio::sync::Semaphore::new(mib),
+                bytes: (mib as u64) << 20,
+            },
         }))
     }
 
@@ -124,6 +168,31 @@ impl PolicyEngine {
     /// Whether instances come from the pooling allocator.
     pub fn is_pooling(&self) -> bool {
         self.pooling
+    }
+
+    /// The total of the memory caps of calls running at once, in bytes.
+    pub fn memory_budget(&self) -> u64 {
+        self.memory.bytes
+    }
+
+    /// Reserves `bytes` (a call's memory cap) of the budget, waiting at
+    /// most `wait` for room; calls get room in the order they asked.
+    pub(crate) async fn reserve_memory(
+        &self,
+        bytes: u64,
+        wait: Duration,
+    ) -> Result<MemoryReservation<'_>, BudgetExhausted> {
+        let exhausted = || BudgetExhausted {
+            budget: self.memory.bytes,
+            wanted: bytes,
+        };
+        let mib = u32::try_from(bytes.div_ceil(1 << 20)).map_err(|_| exhausted())?;
+        match tokio::time::timeout(wait, self.memory.mib.acquire_many(mib)).await {
+            Ok(Ok(permit)) => Ok(MemoryReservation(permit)),
+            // Closed never happens (the engine owns the semaphore); a
+            // timeout means no room in time.
+            Ok(Err(_)) | Err(_) => Err(exhausted()),
+        }
     }
 
     /// Compiles a component (already componentized) with Cranelift.

@@ -45,6 +45,10 @@ pub enum PolicyError {
     /// already passed.
     #[error("was not run: the review's deadline had passed")]
     NoTimeLeft,
+    /// Not run: the process-wide memory budget had no room for this call's
+    /// memory cap before its deadline (too many memory-hungry calls at once).
+    #[error("was not run: the memory budget of {budget} bytes had no room for its {wanted} bytes")]
+    MemoryBudget { budget: u64, wanted: u64 },
 }
 
 impl PolicyError {
@@ -58,6 +62,7 @@ impl PolicyError {
             Self::InvalidOutput(_) => "invalid_output",
             Self::Instantiate(_) => "instantiate",
             Self::NoTimeLeft => "timeout",
+            Self::MemoryBudget { .. } => "memory_budget",
         }
     }
 }
@@ -217,11 +222,21 @@ fn clean_guest_stderr(text: &str) -> String {
     lines.join(" ")
 }
 
-/// Runs `work` under the call's backstop deadline.
+/// Runs `work` under the call's backstop deadline, once the call's memory
+/// cap fits in the engine's budget (waiting at most the call's deadline).
 async fn bounded<T>(
+    module: &CompiledModule,
     limits: Limits,
     work: impl Future<Output = Result<T, PolicyError>>,
 ) -> Result<T, PolicyError> {
+    let _reservation = module
+        .engine
+        .reserve_memory(limits.memory, limits.timeout)
+        .await
+        .map_err(|full| PolicyError::MemoryBudget {
+            budget: full.budget,
+            wanted: full.wanted,
+        })?;
     match tokio::time::timeout(limits.timeout + BACKSTOP, work).await {
         Ok(result) => result,
         Err(_) => Err(PolicyError::Deadline(limits.timeout)),
@@ -239,7 +254,7 @@ impl CompiledModule {
         limits: Limits,
     ) -> Result<Metadata, PolicyError> {
         let mut call = Call::new(self, policy, limits);
-        bounded(limits, async {
+        bounded(self, limits, async {
             let instance = call.instantiate(self).await?;
             let meta = instance
                 .portcullis_policy_policy()
@@ -268,7 +283,7 @@ impl CompiledModule {
         settings: &str,
     ) -> Result<Result<(), String>, PolicyError> {
         let mut call = Call::new(self, policy, limits);
-        bounded(limits, async {
+        bounded(self, limits, async {
             let instance = call.instantiate(self).await?;
             instance
                 .portcullis_policy_policy()
@@ -291,7 +306,7 @@ impl CompiledModule {
         settings: &str,
     ) -> Result<Verdict, PolicyError> {
         let mut call = Call::new(self, policy, limits);
-        bounded(limits, async {
+        bounded(self, limits, async {
             let instance = call.instantiate(self).await?;
             let result = instance
                 .portcullis_policy_policy()
@@ -317,7 +332,7 @@ impl CompiledModule {
         settings: &str,
     ) -> Result<MutationOutput, PolicyError> {
         let mut call = Call::new(self, policy, limits);
-        bounded(limits, async {
+        bounded(self, limits, async {
             let instance = call.instantiate(self).await?;
             let result = instance
                 .portcullis_policy_policy()

@@ -73,7 +73,7 @@ pub use config::{
     OnError, PolicyConfig, PolicyName, Quantity, RawDefaults, RawPolicy,
 };
 pub use contract::{ContractError, VERSION as CONTRACT_VERSION, Version};
-pub use engine::{EPOCH_TICK, EngineError, PolicyEngine};
+pub use engine::{DEFAULT_MEMORY_BUDGET, EPOCH_TICK, EngineError, PolicyEngine};
 pub use files::{MAX_CONFIG_BYTES, MAX_MODULE_BYTES, ReadError, read_bounded, read_text_bounded};
 pub use invoke::{Metadata, MutationOutput, PolicyError, Verdict};
 pub use log_text::{LogText, MAX_LOG_TEXT};

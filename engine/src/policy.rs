@@ -38,6 +38,13 @@ pub enum LoadError {
     /// The compile task died (a panic inside the compiler).
     #[error("compilation task failed")]
     Task(#[source] tokio::task::JoinError),
+    /// The policy's memory cap is larger than all running calls together
+    /// may hold: it could never run.
+    #[error(
+        "memoryLimit of {limit} bytes is larger than the server's memory budget of {budget} bytes \
+         (--memory-budget)"
+    )]
+    OverBudget { limit: u64, budget: u64 },
     /// A compiled module went missing between compiling and binding (a bug).
     #[error("the compiled module went missing")]
     Missing,
@@ -69,6 +76,13 @@ impl Policy {
         config: &PolicyConfig,
         module: Arc<CompiledModule>,
     ) -> Result<Self, LoadError> {
+        let budget = module.engine.memory_budget();
+        if config.limits.memory > budget {
+            return Err(LoadError::OverBudget {
+                limit: config.limits.memory,
+                budget,
+            });
+        }
         let name: Arc<str> = config.name.as_str().into();
         let metadata = module
             .metadata(&name, config.limits)

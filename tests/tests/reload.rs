@@ -739,7 +739,14 @@ fn swaps_under_load() {
     let mut volume = None;
     // Admission decisions are logged at info: one line per request would
     // bury the reload log (and cost CPU).
-    let quiet = ["--log-level", "info,portcullis::server=warn"];
+    // A short debounce: this test makes many swaps; the default's
+    // protection against paused writers is tested in hostile_files.rs.
+    let quiet = [
+        "--log-level",
+        "info,portcullis::server=warn",
+        "--reload-debounce-ms",
+        "200",
+    ];
     let server = Server::start_with(&quiet, |_, dir| {
         let v = Volume::create(&dir.join("vol"), &config_a(), a.clone(), b.clone())?;
         let config = v.config_path();
@@ -995,8 +1002,10 @@ fn swaps_under_load_body(server: &Server, paths: &Paths, volume: Volume) -> Resu
 #[test]
 fn unchanged_modules_are_not_recompiled() {
     let _serial = serial();
-    let server = Server::start(|paths, dir| plain_dir(paths, dir, &config_a()))
-        .unwrap_or_else(|e| panic!("starting the server: {e:#}"));
+    let server = Server::start_with(&["--reload-debounce-ms", "200"], |paths, dir| {
+        plain_dir(paths, dir, &config_a())
+    })
+    .unwrap_or_else(|e| panic!("starting the server: {e:#}"));
     server.test(|server| {
         let review = pod_review()?;
         let paths = paths()?;

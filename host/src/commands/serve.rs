@@ -74,6 +74,13 @@ pub struct ServeCommand {
     #[arg(long, env = "PORTCULLIS_RELOAD_DEBOUNCE_MS", default_value_t = 2000)]
     pub reload_debounce_ms: u64,
 
+    /// The total of the memory caps (`memoryLimit`) of policy calls running
+    /// at once, as a Kubernetes quantity. Size it below the pod's memory
+    /// limit; a call waits for room (up to its deadline), and a policy
+    /// whose own cap is larger is refused at load.
+    #[arg(long, env = "PORTCULLIS_MEMORY_BUDGET", default_value = "1Gi", value_parser = memory_quantity)]
+    pub memory_budget: u64,
+
     /// Reviews evaluated at once (default: 4 per CPU).
     #[arg(long, env = "PORTCULLIS_MAX_CONCURRENT_REVIEWS")]
     pub max_concurrent_reviews: Option<usize>,
@@ -137,6 +144,7 @@ impl ServeCommand {
             config: self.config.clone(),
             tls,
             cache_dir: self.module_cache.dir(),
+            memory_budget: self.memory_budget,
             client_ca: self.client_ca.clone(),
             body_limit: self.body_limit,
             shutdown_grace: Duration::from_secs(self.shutdown_grace),
@@ -185,4 +193,9 @@ fn serving_runtime() -> std::io::Result<tokio::runtime::Runtime> {
         .thread_name("portcullis-worker")
         .enable_all()
         .build()
+}
+
+/// A memory quantity (`1Gi`, `512Mi`) in bytes.
+fn memory_quantity(text: &str) -> Result<u64, String> {
+    portcullis_engine::Quantity::parse(text).map(|quantity| quantity.0)
 }
