@@ -16,6 +16,7 @@ use wasmtime::{Config, InstanceAllocationStrategy, OptLevel, PoolingAllocationCo
 
 use crate::artifact_cache::ArtifactCache;
 use crate::bindings::AdmissionPolicy;
+use crate::breaker::BreakerSettings;
 use crate::config::MAX_POLICY_MEMORY;
 use crate::report::Report;
 use crate::sandbox::StoreState;
@@ -50,6 +51,24 @@ pub enum EngineError {
 /// Default total of the memory caps of policy calls running at once.
 pub const DEFAULT_MEMORY_BUDGET: u64 = 1 << 30;
 
+/// What the engine is built with beyond its cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineOptions {
+    /// The total of the memory caps of the calls running at once.
+    pub memory_budget: u64,
+    /// When a policy that keeps hogging its limits starts failing fast.
+    pub breaker: BreakerSettings,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        Self {
+            memory_budget: DEFAULT_MEMORY_BUDGET,
+            breaker: BreakerSettings::default(),
+        }
+    }
+}
+
 /// The memory every running call may hold at most, summed: each call
 /// reserves its cap before it starts and returns it when it ends, so a
 /// burst of memory-hungry calls waits instead of taking the process past
@@ -81,6 +100,7 @@ pub struct PolicyEngine {
     stop: Arc<AtomicBool>,
     pooling: bool,
     memory: MemoryBudget,
+    breaker: BreakerSettings,
 }
 
 impl PolicyEngine {
@@ -101,19 +121,20 @@ impl PolicyEngine {
     /// # Errors
     /// When wasmtime rejects the configuration or the ticker cannot start.
     pub fn with_cache(cache_dir: Option<&Path>) -> Result<Arc<Self>, EngineError> {
-        Self::with_budget(cache_dir, DEFAULT_MEMORY_BUDGET)
+        Self::with_options(cache_dir, EngineOptions::default())
     }
 
-    /// [`PolicyEngine::with_cache`] with a total memory budget for the
-    /// calls running at once (clamped to at least one policy's largest
-    /// cap and to what a semaphore counts).
+    /// [`PolicyEngine::with_cache`] with [`EngineOptions`]: the memory
+    /// budget of the calls running at once (clamped to what a semaphore
+    /// counts) and when a policy's calls start failing fast.
     ///
     /// # Errors
     /// When wasmtime rejects the configuration or the ticker cannot start.
-    pub fn with_budget(
+    pub fn with_options(
         cache_dir: Option<&Path>,
-        memory_budget: u64,
+        options: EngineOptions,
     ) -> Result<Arc<Self>, EngineError> {
+        let memory_budget = options.memory_budget;
         let (engine, pooling) = match wasmtime::Engine::new(&engine_config(true)) {
             Ok(engine) => (engine, true),
             Err(error) => {
@@ -147,6 +168,7 @@ impl PolicyEngine {
                 mib: tokio::sync::Semaphore::new(mib),
                 bytes: (mib as u64) << 20,
             },
+            breaker: options.breaker,
         }))
     }
 
@@ -168,6 +190,11 @@ impl PolicyEngine {
     /// Whether instances come from the pooling allocator.
     pub fn is_pooling(&self) -> bool {
         self.pooling
+    }
+
+    /// When a policy's calls start failing fast.
+    pub fn breaker(&self) -> BreakerSettings {
+        self.breaker
     }
 
     /// The total of the memory caps of calls running at once, in bytes.

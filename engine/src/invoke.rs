@@ -49,6 +49,14 @@ pub enum PolicyError {
     /// memory cap before its deadline (too many memory-hungry calls at once).
     #[error("was not run: the memory budget of {budget} bytes had no room for its {wanted} bytes")]
     MemoryBudget { budget: u64, wanted: u64 },
+    /// Not run: the policy exceeded its deadline or memory limit this many
+    /// times in a row, and fails fast for a while (its circuit breaker).
+    #[error(
+        "was not run: it exceeded its deadline or memory limit {failures} times in a row; \
+         its calls fail fast for another {} ms",
+        .retry_in.as_millis()
+    )]
+    CircuitOpen { failures: u32, retry_in: Duration },
 }
 
 impl PolicyError {
@@ -63,6 +71,7 @@ impl PolicyError {
             Self::Instantiate(_) => "instantiate",
             Self::NoTimeLeft => "timeout",
             Self::MemoryBudget { .. } => "memory_budget",
+            Self::CircuitOpen { .. } => "circuit_open",
         }
     }
 }

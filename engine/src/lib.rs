@@ -43,6 +43,7 @@
 mod admission;
 mod artifact_cache;
 mod bindings;
+mod breaker;
 mod chain;
 mod componentize;
 mod config;
@@ -66,6 +67,7 @@ pub use admission::{
     response as admission_response,
 };
 pub use artifact_cache::{ArtifactCache, CacheError, default_dir as default_cache_dir};
+pub use breaker::BreakerSettings;
 pub use chain::{ChainFailure, Evaluation, Selection, mutate, validate};
 pub use componentize::{ComponentizeError, ModuleFormat};
 pub use config::{
@@ -73,7 +75,7 @@ pub use config::{
     OnError, PolicyConfig, PolicyName, Quantity, RawDefaults, RawPolicy,
 };
 pub use contract::{ContractError, VERSION as CONTRACT_VERSION, Version};
-pub use engine::{DEFAULT_MEMORY_BUDGET, EPOCH_TICK, EngineError, PolicyEngine};
+pub use engine::{DEFAULT_MEMORY_BUDGET, EPOCH_TICK, EngineError, EngineOptions, PolicyEngine};
 pub use files::{MAX_CONFIG_BYTES, MAX_MODULE_BYTES, ReadError, read_bounded, read_text_bounded};
 pub use invoke::{Metadata, MutationOutput, PolicyError, Verdict};
 pub use log_text::{LogText, MAX_LOG_TEXT};

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::breaker::Breaker;
 use crate::config::Limits;
 use crate::config::{Mode, OnError, PolicyConfig};
 use crate::invoke::{Metadata, MutationOutput, PolicyError, Verdict};
@@ -63,6 +64,8 @@ pub struct Policy {
     pub matcher: Matcher,
     /// Settings as JSON text, passed on every call.
     pub settings: String,
+    /// Fails calls fast while the policy keeps hogging its limits.
+    breaker: Breaker,
 }
 
 impl Policy {
@@ -111,6 +114,7 @@ impl Policy {
             limits: config.limits,
             matcher,
             settings: config.settings.clone(),
+            breaker: Breaker::default(),
         })
     }
 
@@ -156,9 +160,14 @@ impl Policy {
         deadline: Option<Instant>,
     ) -> Result<Verdict, PolicyError> {
         let limits = self.limits_before(deadline)?;
-        self.module
+        let breaker = self.module.engine.breaker();
+        self.breaker.admit(breaker)?;
+        let result = self
+            .module
             .validate(&self.name, limits, request, &self.settings)
-            .await
+            .await;
+        self.breaker.record(breaker, &self.name, &result);
+        result
     }
 
     /// Runs `mutate` on a request (JSON text), finishing by `deadline`.
@@ -171,8 +180,13 @@ impl Policy {
         deadline: Option<Instant>,
     ) -> Result<MutationOutput, PolicyError> {
         let limits = self.limits_before(deadline)?;
-        self.module
+        let breaker = self.module.engine.breaker();
+        self.breaker.admit(breaker)?;
+        let result = self
+            .module
             .mutate(&self.name, limits, request, &self.settings)
-            .await
+            .await;
+        self.breaker.record(breaker, &self.name, &result);
+        result
     }
 }

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use axum_server::tls_rustls::RustlsConfig;
 use portcullis_engine::{
-    EngineError, EvalPool, PolicyEngine, PolicySet, PolicyStore, PoolError, Report,
+    EngineError, EngineOptions, EvalPool, PolicyEngine, PolicySet, PolicyStore, PoolError, Report,
 };
 use tokio::task::JoinHandle;
 
@@ -74,8 +74,8 @@ pub struct ServeOptions {
     pub tls: TlsSource,
     /// Where compiled modules are cached across starts; `None`: no cache.
     pub cache_dir: Option<PathBuf>,
-    /// The total of the memory caps of policy calls running at once.
-    pub memory_budget: u64,
+    /// The memory budget of running calls and the policies' circuit breaker.
+    pub engine: EngineOptions,
     /// Require client certificates signed by this CA on the HTTPS listener.
     pub client_ca: Option<PathBuf>,
     pub body_limit: usize,
@@ -268,7 +268,7 @@ pub async fn start(
 ) -> Result<Server, AppError> {
     let started = Instant::now();
     let metrics = Metrics::new();
-    let engine = PolicyEngine::with_budget(options.cache_dir.as_deref(), options.memory_budget)?;
+    let engine = PolicyEngine::with_options(options.cache_dir.as_deref(), options.engine)?;
     let (reloader, store) = load_policies(&engine, &options, &metrics).await?;
     let (rustls, cert_reloader) = load_certificate(&options, &metrics)?;
     let (control_loop, control) = ControlLoop::new(reloader, cert_reloader, options.debounce)?;
@@ -345,7 +345,7 @@ pub async fn run(
 /// When the engine cannot start or the policies do not load.
 pub async fn router(options: &ServeOptions) -> Result<axum::Router, AppError> {
     let metrics = Metrics::new();
-    let engine = PolicyEngine::with_budget(options.cache_dir.as_deref(), options.memory_budget)?;
+    let engine = PolicyEngine::with_options(options.cache_dir.as_deref(), options.engine)?;
     let (_reloader, store) = load_policies(&engine, options, &metrics).await?;
     let pool = Arc::new(EvalPool::per_core()?);
     Ok(server::router(server_state(store, pool, metrics, options)))

@@ -27,6 +27,10 @@ fn misbehave_module() -> Result<PathBuf> {
     Ok(module)
 }
 
+/// `spin` must keep holding its slot on every call here, however often it
+/// times out: these tests are about the edge, not the circuit breaker.
+const NO_BREAKER: &[&str] = &["--breaker-failures", "0"];
+
 /// A config with one policy, `spin`, that loops until its deadline of
 /// `timeout_ms` and is then handled as `on_error` says.
 fn spin_config(timeout_ms: u64, on_error: &str) -> impl FnOnce(&Paths, &Path) -> Result<PathBuf> {
@@ -75,7 +79,7 @@ fn join<T>(handle: std::thread::JoinHandle<Result<T>>) -> Result<T> {
 #[test]
 fn the_api_servers_timeout_is_answered_before_it_passes() -> Result<()> {
     // The policy alone would run for 5 s; the API server waits 2 s.
-    let server = Server::start(spin_config(5000, "deny"))?;
+    let server = Server::start_with(NO_BREAKER, spin_config(5000, "deny"))?;
     let review = fixture("pod-allowed.json")?;
     let started = Instant::now();
     let answer = server.review("/validate/spin?timeout=2s", &review)?;
@@ -105,7 +109,14 @@ fn the_api_servers_timeout_is_answered_before_it_passes() -> Result<()> {
 fn a_full_evaluation_queue_answers_503_at_once() -> Result<()> {
     // One review evaluated at a time, one waiting: a third is refused.
     let server = Server::start_with(
-        &["--max-concurrent-reviews", "1", "--max-queued-reviews", "1"],
+        &[
+            "--max-concurrent-reviews",
+            "1",
+            "--max-queued-reviews",
+            "1",
+            "--breaker-failures",
+            "0",
+        ],
         spin_config(800, "allow"),
     )?;
     let review = fixture("pod-allowed.json")?;
@@ -159,7 +170,10 @@ fn a_full_evaluation_queue_answers_503_at_once() -> Result<()> {
 
 #[test]
 fn sigterm_drains_in_flight_reviews_and_exits_zero() -> Result<()> {
-    let server = Server::start_with(&["--shutdown-grace", "10"], spin_config(SPIN_MS, "allow"))?;
+    let server = Server::start_with(
+        &["--shutdown-grace", "10", "--breaker-failures", "0"],
+        spin_config(SPIN_MS, "allow"),
+    )?;
     let review = fixture("pod-allowed.json")?;
     let url = server.url("/validate/spin");
 
@@ -281,7 +295,14 @@ fn read_until_closed(stream: &mut impl std::io::Read, started: Instant) -> (Stri
 fn slow_clients_are_cut_off() -> Result<()> {
     use std::io::Write as _;
     let server = Server::start_with(
-        &["--header-read-timeout", "1", "--body-read-timeout", "1"],
+        &[
+            "--header-read-timeout",
+            "1",
+            "--body-read-timeout",
+            "1",
+            "--breaker-failures",
+            "0",
+        ],
         spin_config(100, "allow"),
     )?;
 
@@ -333,7 +354,10 @@ fn slow_clients_are_cut_off() -> Result<()> {
 #[test]
 fn connections_beyond_the_cap_are_closed() -> Result<()> {
     use std::io::Write as _;
-    let server = Server::start_with(&["--max-connections", "2"], spin_config(100, "allow"))?;
+    let server = Server::start_with(
+        &["--max-connections", "2", "--breaker-failures", "0"],
+        spin_config(100, "allow"),
+    )?;
     // Two idle connections take both places (the place is taken when the
     // TCP connection is accepted, before its TLS handshake).
     let held: Vec<std::net::TcpStream> = (0..2)

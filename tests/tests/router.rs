@@ -98,7 +98,7 @@ fn build(which: Config) -> Result<Router> {
             dir: dir.path().join("certs"),
         },
         cache_dir: Some(dir.path().join("module-cache")),
-        memory_budget: 1 << 30,
+        engine: Default::default(),
         client_ca: None,
         body_limit: 1 << 20,
         shutdown_grace: Duration::from_secs(1),

@@ -142,7 +142,10 @@ fn write_sandbox_config(paths: &Paths, dir: &Path) -> Result<PathBuf> {
 
 fn server() -> &'static Server {
     static SERVER: OnceLock<Result<Server, String>> = OnceLock::new();
-    match SERVER.get_or_init(|| Server::start(write_sandbox_config).map_err(|e| format!("{e:?}"))) {
+    match SERVER.get_or_init(|| {
+        Server::start_with(&["--breaker-failures", "0"], write_sandbox_config)
+            .map_err(|e| format!("{e:?}"))
+    }) {
         Ok(s) => s,
         Err(e) => panic!("could not start the server:\n{e}"),
     }

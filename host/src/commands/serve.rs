@@ -11,6 +11,7 @@ use crate::commands::CliError;
 use crate::control::Debounce;
 use crate::server::DEFAULT_BODY_LIMIT;
 use crate::signals;
+use portcullis_engine::{BreakerSettings, EngineOptions};
 
 #[derive(Debug, Args)]
 pub struct ServeCommand {
@@ -81,6 +82,17 @@ pub struct ServeCommand {
     #[arg(long, env = "PORTCULLIS_MEMORY_BUDGET", default_value = "1Gi", value_parser = memory_quantity)]
     pub memory_budget: u64,
 
+    /// Deadline or memory-limit failures in a row after which a policy's
+    /// calls fail fast (per its onError) for `--breaker-open-ms`, so one
+    /// misbehaving policy cannot hold the evaluation capacity the others
+    /// need. 0 turns this off.
+    #[arg(long, env = "PORTCULLIS_BREAKER_FAILURES", default_value_t = 5)]
+    pub breaker_failures: u32,
+
+    /// Milliseconds a policy's calls fail fast once its breaker opened.
+    #[arg(long, env = "PORTCULLIS_BREAKER_OPEN_MS", default_value_t = 5000)]
+    pub breaker_open_ms: u64,
+
     /// Reviews evaluated at once (default: 4 per CPU).
     #[arg(long, env = "PORTCULLIS_MAX_CONCURRENT_REVIEWS")]
     pub max_concurrent_reviews: Option<usize>,
@@ -144,7 +156,13 @@ impl ServeCommand {
             config: self.config.clone(),
             tls,
             cache_dir: self.module_cache.dir(),
-            memory_budget: self.memory_budget,
+            engine: EngineOptions {
+                memory_budget: self.memory_budget,
+                breaker: BreakerSettings {
+                    failures: self.breaker_failures,
+                    open_for: Duration::from_millis(self.breaker_open_ms),
+                },
+            },
             client_ca: self.client_ca.clone(),
             body_limit: self.body_limit,
             shutdown_grace: Duration::from_secs(self.shutdown_grace),
