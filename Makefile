@@ -14,6 +14,8 @@ LIBRARY  := $(notdir $(patsubst %/Cargo.toml,%,$(wildcard policies/*/Cargo.toml)
 # Those, the misbehaving test policy, and the scaffold's output.
 POLICIES := $(LIBRARY) misbehave $(SCAFFOLDS)
 ADDR     ?= 127.0.0.1:8443
+# Probes, metrics and /policies (plain HTTP, never the webhook endpoints).
+OPS_ADDR ?= 127.0.0.1:9090
 CONFIG   ?= policies/standard.yaml
 KUBECTL  ?= kubectl
 DEPLOY   := deploy/kubernetes
@@ -75,7 +77,7 @@ library: setup
 	$(CARGO) build --locked --target wasm32-wasip1 --profile policy $(addprefix -p ,$(LIBRARY))
 
 run: server library
-	./target/release/portcullis serve --config $(CONFIG) --addr $(ADDR)
+	./target/release/portcullis serve --config $(CONFIG) --addr $(ADDR) --metrics-addr $(OPS_ADDR)
 
 # One native profile (release) for the host, the SDK, the policies' unit
 # tests, the fuzz regression replays and the end-to-end tests, so

@@ -25,7 +25,7 @@ use crate::control::{ControlHandle, ControlLoop, Debounce};
 use crate::limits::{ConnectionLimit, EvalLimiter};
 use crate::metrics::Metrics;
 use crate::reload::{ReloadError, Reloader};
-use crate::server::{self, ServerState};
+use crate::server::{self, BodyBudget, ServerState};
 use crate::tls::{self, TlsError, TlsFiles};
 use crate::watch::WatchError;
 
@@ -79,6 +79,10 @@ pub struct ServeOptions {
     /// Require client certificates signed by this CA on the HTTPS listener.
     pub client_ca: Option<PathBuf>,
     pub body_limit: usize,
+    /// Whether `/policies` and `/metrics` are served on the HTTPS port too.
+    pub status_on_https: bool,
+    /// Bytes of request bodies held at once.
+    pub body_bytes_in_flight: usize,
     pub shutdown_grace: Duration,
     /// Start serving with no policies when the config is broken at
     /// start-up, and wait for a good one.
@@ -406,7 +410,11 @@ fn server_state(
             metrics.clone(),
         )),
         metrics,
+        status_on_https: options.status_on_https,
         body_limit: options.body_limit,
+        body_budget: Arc::new(BodyBudget::new(
+            options.body_bytes_in_flight.max(options.body_limit),
+        )),
         body_timeout: edge.body_read_timeout,
     }
 }

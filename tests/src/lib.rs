@@ -1168,6 +1168,9 @@ fn serve_args(config: &Path, port: u16, certs: &Certs) -> Vec<std::ffi::OsString
         certs.tls_crt.as_os_str().into(),
         "--tls-key".into(),
         certs.tls_key.as_os_str().into(),
+        // The tests read /policies and /metrics over HTTPS; the default
+        // (not served there) is tested in edge.rs.
+        "--status-on-https=true".into(),
         "--cache-dir".into(),
         cache.into(),
     ]

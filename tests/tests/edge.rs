@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use portcullis_e2e::{
-    Paths, Proto, Server, block_on, fixture, metric_value, repo_root, run_cli, yaml_str,
+    Paths, Proto, Server, block_on, fixture, https_client, metric_value, repo_root, run_cli,
+    yaml_str,
 };
 
 /// Each review spends this long in a policy (an endless loop cut at its
@@ -405,5 +406,137 @@ fn connections_beyond_the_cap_are_closed() -> Result<()> {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    Ok(())
+}
+
+/// Resident memory of a process, from `/proc/<pid>/status`.
+fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse::<u64>()
+        .ok()?;
+    Some(kib << 10)
+}
+
+#[test]
+fn bodies_held_at_once_stay_within_their_budget() -> Result<()> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    // 2 HTTP/2 connections x 128 streams x 7 MB bodies: 1.8 GB offered at
+    // once; the server may hold 64 MiB of them (its default).
+    const CONNECTIONS: usize = 2;
+    const STREAMS: usize = 128;
+    const BODY: usize = 7_000_000;
+    let server = Server::start(spin_config(100, "allow"))?;
+    let pid = server.pid();
+    let idle = rss_bytes(pid).context("the server's RSS")?;
+    let peak = Arc::new(AtomicU64::new(idle));
+    let done = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (peak, done) = (peak.clone(), done.clone());
+        std::thread::spawn(move || {
+            while !done.load(Ordering::Relaxed) {
+                if let Some(rss) = rss_bytes(pid) {
+                    peak.fetch_max(rss, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+    // A JSON string of 7 MB: valid until the server has read it all.
+    let mut body = Vec::with_capacity(BODY);
+    body.extend_from_slice(
+        br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","pad":""#,
+    );
+    body.resize(BODY - 2, b'x');
+    body.extend_from_slice(br#""}"#);
+    // Shared by every request without a copy each.
+    let body: &'static [u8] = Box::leak(body.into_boxed_slice());
+    let url = server.url("/validate");
+    let statuses = block_on(async {
+        let mut calls = tokio::task::JoinSet::new();
+        for _ in 0..CONNECTIONS {
+            // A client of its own: a connection of its own.
+            let client = https_client(&server.certs.ca_pem, Proto::H2, &[])?;
+            for _ in 0..STREAMS {
+                let (client, url) = (client.clone(), url.clone());
+                calls.spawn(async move {
+                    let reply = client
+                        .post(&url)
+                        .header("content-type", "application/json")
+                        .body(body)
+                        .send()
+                        .await?;
+                    anyhow::Ok(reply.status().as_u16())
+                });
+            }
+        }
+        anyhow::Ok(calls.join_all().await)
+    })?;
+    done.store(true, Ordering::Relaxed);
+    let _ = sampler.join();
+    let answered = statuses.iter().filter(|s| s.is_ok()).count();
+    let grew = peak.load(Ordering::Relaxed).saturating_sub(idle) >> 20;
+    println!(
+        "{} bodies of {BODY} bytes offered at once: {answered} answered, server RSS grew by {grew} MiB",
+        CONNECTIONS * STREAMS
+    );
+    ensure!(
+        grew < 256,
+        "the server grew by {grew} MiB holding bodies (budget 64 MiB)"
+    );
+    ensure!(server.is_running(), "the server died\n{}", server.logs());
+    Ok(())
+}
+
+#[test]
+fn policy_status_and_metrics_are_not_served_on_the_webhook_port_by_default() -> Result<()> {
+    let operations = portcullis_e2e::free_port()?;
+    let metrics_addr = format!("127.0.0.1:{operations}");
+    // The harness turns the HTTPS status on for the other tests; the last
+    // word here is the default.
+    let server = Server::start_with(
+        &["--metrics-addr", &metrics_addr, "--status-on-https=false"],
+        spin_config(100, "allow"),
+    )?;
+    for path in ["/policies", "/metrics"] {
+        let reply = server.get(path)?;
+        ensure!(
+            reply.status == reqwest::StatusCode::NOT_FOUND,
+            "GET {path} on the HTTPS port: expected 404, got {reply}"
+        );
+    }
+    ensure!(
+        server.get("/readyz")?.status.is_success(),
+        "the probes stay on HTTPS"
+    );
+    let (policies, metrics) = block_on(async {
+        // Plain HTTP; the harness's client speaks it too.
+        let plain = https_client(&server.certs.ca_pem, Proto::H1, &[])?;
+        let policies: serde_json::Value = plain
+            .get(format!("http://{metrics_addr}/policies"))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        let metrics = plain
+            .get(format!("http://{metrics_addr}/metrics"))
+            .send()
+            .await?
+            .error_for_status()?
+            .text()
+            .await?;
+        anyhow::Ok((policies, metrics))
+    })?;
+    ensure!(
+        policies["policies"][0]["name"] == "spin",
+        "the operations listener serves /policies: {policies:#}"
+    );
+    ensure!(metrics.contains("portcullis_policies_loaded"), "{metrics}");
     Ok(())
 }

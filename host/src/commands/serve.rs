@@ -9,7 +9,7 @@ use clap::Args;
 use crate::app::{self, EdgeLimits, Listeners, ServeOptions, TlsSource};
 use crate::commands::CliError;
 use crate::control::Debounce;
-use crate::server::DEFAULT_BODY_LIMIT;
+use crate::server::{DEFAULT_BODY_BYTES_IN_FLIGHT, DEFAULT_BODY_LIMIT};
 use crate::signals;
 use portcullis_engine::{BreakerSettings, EngineOptions};
 
@@ -42,8 +42,9 @@ pub struct ServeCommand {
     #[arg(long, env = "PORTCULLIS_CLIENT_CA", value_name = "FILE")]
     pub client_ca: Option<PathBuf>,
 
-    /// Also serve /metrics, /healthz and /readyz over plain HTTP on this
-    /// address (e.g. 0.0.0.0:9090), for the kubelet and Prometheus.
+    /// The operations listener: /healthz, /readyz, /metrics and /policies
+    /// over plain HTTP on this address (e.g. 0.0.0.0:9090), for the
+    /// kubelet, Prometheus and operators; never the webhook endpoints.
     #[arg(long, env = "PORTCULLIS_METRICS_ADDR", value_name = "ADDR")]
     pub metrics_addr: Option<SocketAddr>,
 
@@ -59,9 +60,30 @@ pub struct ServeCommand {
     #[command(flatten)]
     pub module_cache: super::ModuleCacheArgs,
 
+    /// Also serve `/policies` and `/metrics` on the HTTPS port. Off by
+    /// default: they show module paths, digests, versions, limits and
+    /// reload errors to anyone who can reach the webhook; they are always
+    /// on the operations listener (`--metrics-addr`).
+    #[arg(
+        long,
+        env = "PORTCULLIS_STATUS_ON_HTTPS",
+        default_value_t = false,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        overrides_with = "status_on_https"
+    )]
+    pub status_on_https: bool,
+
     /// Largest review body accepted, in bytes.
     #[arg(long, env = "PORTCULLIS_BODY_LIMIT", default_value_t = DEFAULT_BODY_LIMIT)]
     pub body_limit: usize,
+
+    /// Bytes of request bodies held at once, across all connections and
+    /// streams (at least `--body-limit`): a body is read only as room
+    /// frees up, and HTTP flow control holds the rest back at the client.
+    #[arg(long, env = "PORTCULLIS_BODY_BYTES_IN_FLIGHT", default_value_t = DEFAULT_BODY_BYTES_IN_FLIGHT)]
+    pub body_bytes_in_flight: usize,
 
     /// Start serving with no policies when the config is broken at
     /// start-up (not ready until a good config loads) instead of exiting.
@@ -165,6 +187,8 @@ impl ServeCommand {
             },
             client_ca: self.client_ca.clone(),
             body_limit: self.body_limit,
+            status_on_https: self.status_on_https,
+            body_bytes_in_flight: self.body_bytes_in_flight,
             shutdown_grace: Duration::from_secs(self.shutdown_grace),
             allow_empty: self.allow_empty,
             limits: EdgeLimits {

@@ -25,6 +25,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use portcullis_engine::{EvalPool, PolicyStore};
 
+pub use self::body::BodyBudget;
 use self::review::Endpoint;
 use crate::limits::EvalLimiter;
 use crate::metrics::Metrics;
@@ -32,6 +33,9 @@ use crate::metrics::Metrics;
 /// Largest review body accepted: an UPDATE carries object and oldObject,
 /// up to about 6 MiB together.
 pub const DEFAULT_BODY_LIMIT: usize = 8 << 20;
+
+/// Bytes of request bodies held at once, by default: eight of the largest.
+pub const DEFAULT_BODY_BYTES_IN_FLIGHT: usize = 64 << 20;
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -41,14 +45,27 @@ pub struct ServerState {
     /// network's runtime.
     pub pool: Arc<EvalPool>,
     pub metrics: Arc<Metrics>,
+    /// Whether `/policies` and `/metrics` are served on the HTTPS port.
+    pub status_on_https: bool,
     pub body_limit: usize,
+    /// Bytes of request bodies held at once, across all requests.
+    pub body_budget: Arc<BodyBudget>,
     /// How long a client may take to send its body.
     pub body_timeout: Duration,
     pub limiter: Arc<EvalLimiter>,
 }
 
-/// The webhook router.
+/// The webhook router. `/policies` and `/metrics` only with
+/// `status_on_https`: by default whoever reaches the webhook sees
+/// admission answers and probes, nothing about the policies.
 pub fn router(state: ServerState) -> Router {
+    let status = if state.status_on_https {
+        Router::new()
+            .route("/policies", get(status::policies))
+            .route("/metrics", get(status::metrics))
+    } else {
+        Router::new()
+    };
     Router::new()
         .route(
             "/mutate",
@@ -68,8 +85,7 @@ pub fn router(state: ServerState) -> Router {
         )
         .route("/healthz", get(status::healthz))
         .route("/readyz", get(status::readyz))
-        .route("/policies", get(status::policies))
-        .route("/metrics", get(status::metrics))
+        .merge(status)
         .fallback(not_found)
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             panic_response,
@@ -77,13 +93,14 @@ pub fn router(state: ServerState) -> Router {
         .with_state(state)
 }
 
-/// The operations router for the plain-HTTP listener: probes and metrics
-/// only, never the webhook endpoints.
+/// The operations router for the plain-HTTP listener: probes, metrics and
+/// the policy status, never the webhook endpoints.
 pub fn operations_router(state: ServerState) -> Router {
     Router::new()
         .route("/healthz", get(status::healthz))
         .route("/readyz", get(status::readyz))
         .route("/metrics", get(status::metrics))
+        .route("/policies", get(status::policies))
         .fallback(not_found)
         .with_state(state)
 }
