@@ -1623,3 +1623,17 @@ pub fn deployment(name: &str, pod_spec: Json) -> Json {
         }
     })
 }
+
+/// Resident memory of a process in bytes, from `/proc/<pid>/status`;
+/// `None` once it has exited.
+pub fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse::<u64>()
+        .ok()?;
+    Some(kib << 10)
+}

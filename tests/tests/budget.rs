@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use portcullis_e2e::{Json, Paths, Proto, Server, block_on, fixture, with_uid};
+use portcullis_e2e::{Json, Paths, Proto, Server, block_on, fixture, rss_bytes, with_uid};
 
 /// Concurrent memory bombs, each allowed `BOMB_CAP_MIB`.
 const BOMBS: usize = 16;
@@ -30,18 +30,6 @@ fn write_config(paths: &Paths, dir: &Path, cap_mib: u64) -> Result<PathBuf> {
         ),
     )?;
     Ok(path)
-}
-
-fn rss_bytes(pid: u32) -> Option<u64> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kib = status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))?
-        .split_whitespace()
-        .next()?
-        .parse::<u64>()
-        .ok()?;
-    Some(kib << 10)
 }
 
 #[test]

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use portcullis_e2e::{
-    Paths, Proto, Server, block_on, fixture, https_client, metric_value, repo_root, run_cli,
-    yaml_str,
+    Paths, Proto, Server, block_on, fixture, https_client, metric_value, repo_root, rss_bytes,
+    run_cli, yaml_str,
 };
 
 /// Each review spends this long in a policy (an endless loop cut at its
@@ -407,19 +407,6 @@ fn connections_beyond_the_cap_are_closed() -> Result<()> {
         std::thread::sleep(Duration::from_millis(100));
     }
     Ok(())
-}
-
-/// Resident memory of a process, from `/proc/<pid>/status`.
-fn rss_bytes(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kib = status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))?
-        .split_whitespace()
-        .next()?
-        .parse::<u64>()
-        .ok()?;
-    Some(kib << 10)
 }
 
 #[test]

@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use portcullis_e2e::{CLI_TIMEOUT, Json, Paths, Server, fixture, run_cli, with_uid};
+use portcullis_e2e::{CLI_TIMEOUT, Json, Paths, Server, fixture, rss_bytes, run_cli, with_uid};
 
 const POLL: Duration = Duration::from_millis(20);
 const RELOAD_TIMEOUT: Duration = Duration::from_secs(15);
@@ -161,7 +161,7 @@ fn dev_zero_as_module_is_refused_without_reading_it() {
             message.contains("/dev/zero") && message.contains("character device"),
             "the error should say /dev/zero is a device: {message}"
         );
-        let rss = rss_bytes(server.pid())?;
+        let rss = rss_bytes(server.pid()).context("the server's resident memory")?;
         ensure!(
             rss < 512 << 20,
             "resident memory {} MiB after the attempt: was /dev/zero read?",
@@ -211,18 +211,6 @@ fn a_truncated_module_fails_by_its_own_name() {
         }
         recovers(server)
     });
-}
-
-/// Resident memory of a process, from `/proc/<pid>/status`.
-fn rss_bytes(pid: u32) -> Result<u64> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kib = status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|n| n.parse::<u64>().ok())
-        .context("VmRSS in /proc/<pid>/status")?;
-    Ok(kib << 10)
 }
 
 /// Five policies: four that allow the pod (`filler-N` requires `app`, which
