@@ -8,7 +8,6 @@
 //! task has ended. The binary passes SIGTERM/SIGINT as the shutdown future;
 //! tests bind port 0 and pass a channel.
 
-use std::future::IntoFuture as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -303,7 +302,7 @@ pub async fn start(
     // sees the pod unready while it drains.
     let operations = listeners
         .operations
-        .map(|listener| serve_operations(listener, state.clone(), stopped()))
+        .map(|listener| serve_operations(listener, state.clone(), options.limits, stopped()))
         .transpose()?;
     // Logged before the first connection can be served (the socket is
     // bound already), so no decision line ever precedes it.
@@ -462,20 +461,35 @@ fn serve_https(
     Ok(tokio::spawn(server.serve(service)))
 }
 
-/// Probes and metrics over plain HTTP, until `stopped` resolves.
+/// Connections the operations listener holds at once: the kubelet's
+/// probes, Prometheus and an operator's curl need a handful. Kept small so
+/// that idle connections there can never use up the process's file
+/// descriptors (and with them the webhook's listener).
+const OPERATIONS_MAX_CONNECTIONS: usize = 64;
+
+/// Probes, metrics and the policy status over plain HTTP, until `stopped`
+/// resolves: behind its own connection cap and the header timeout.
 fn serve_operations(
     listener: std::net::TcpListener,
     state: ServerState,
+    edge: EdgeLimits,
     stopped: impl Future<Output = ()> + Send + 'static,
 ) -> Result<JoinHandle<std::io::Result<()>>, AppError> {
     let addr = local_addr(&listener)?;
-    let listener = tokio::net::TcpListener::from_std(listener)
-        .map_err(|source| AppError::Bind { addr, source })?;
-    tracing::info!(address = %addr, "serving /metrics, /healthz and /readyz over plain HTTP");
-    let router = server::operations_router(state);
-    Ok(tokio::spawn(
-        axum::serve(listener, router)
-            .with_graceful_shutdown(stopped)
-            .into_future(),
-    ))
+    let handle = axum_server::Handle::new();
+    let mut server = axum_server::from_tcp(listener)
+        .map_err(|source| AppError::Bind { addr, source })?
+        .handle(handle.clone());
+    server
+        .http_builder()
+        .http1()
+        .header_read_timeout(edge.header_read_timeout);
+    tracing::info!(address = %addr, "serving /healthz, /readyz, /metrics and /policies over plain HTTP");
+    let service =
+        ConnectionLimit::new(server::operations_router(state), OPERATIONS_MAX_CONNECTIONS);
+    tokio::spawn(async move {
+        stopped.await;
+        handle.shutdown();
+    });
+    Ok(tokio::spawn(server.serve(service)))
 }

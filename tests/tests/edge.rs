@@ -527,3 +527,64 @@ fn policy_status_and_metrics_are_not_served_on_the_webhook_port_by_default() -> 
     ensure!(metrics.contains("portcullis_policies_loaded"), "{metrics}");
     Ok(())
 }
+
+#[test]
+fn idle_connections_to_the_operations_listener_are_capped() -> Result<()> {
+    let operations = portcullis_e2e::free_port()?;
+    let metrics_addr = format!("127.0.0.1:{operations}");
+    let server = Server::start_with(
+        &["--metrics-addr", &metrics_addr],
+        spin_config(100, "allow"),
+    )?;
+    let before = rss_bytes(server.pid()).context("the server's RSS")?;
+    // 300 connections that never send a byte: without a cap each would
+    // hold a descriptor for as long as the client likes.
+    let idle: Vec<std::net::TcpStream> = (0..300)
+        .filter_map(|_| std::net::TcpStream::connect(&metrics_addr).ok())
+        .collect();
+    ensure!(
+        idle.len() > 64,
+        "could only open {} connections",
+        idle.len()
+    );
+    // The webhook still serves meanwhile.
+    let answer = server.review("/validate/spin", &fixture("pod-allowed.json")?)?;
+    ensure!(answer.allowed(), "{answer}");
+    // The server closes what is past its cap at once.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let held = loop {
+        let held = idle.iter().filter(|stream| still_open(stream)).count();
+        if held <= 64 || Instant::now() > deadline {
+            break held;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    ensure!(
+        held <= 64,
+        "the operations listener holds {held} idle connections (cap 64)"
+    );
+    ensure!(
+        std::fs::read_to_string(server.stderr_log())?.contains("connection limit reached"),
+        "refusing connections is logged"
+    );
+    let grew = rss_bytes(server.pid())
+        .unwrap_or(before)
+        .saturating_sub(before)
+        >> 20;
+    ensure!(
+        grew < 64,
+        "300 idle connections grew the server by {grew} MiB"
+    );
+    ensure!(server.is_running(), "{}", server.logs());
+    Ok(())
+}
+
+/// Whether the server still holds `stream` open (no EOF, no error).
+fn still_open(stream: &std::net::TcpStream) -> bool {
+    let _ = stream.set_nonblocking(true);
+    let mut byte = [0u8; 1];
+    matches!(
+        std::io::Read::read(&mut &*stream, &mut byte),
+        Err(ref e) if e.kind() == std::io::ErrorKind::WouldBlock
+    )
+}
