@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use portcullis_e2e::{Json, Paths, Proto, Server, block_on, fixture, with_uid};
+use portcullis_e2e::{Json, Paths, Proto, Server, block_on, fixture, https_client, with_uid};
 
 const ATTACKERS: usize = 64;
 /// Well-behaved calls timed during the attack.
@@ -43,10 +43,13 @@ fn a_looping_policy_does_not_starve_a_well_behaved_one() {
         // The well-behaved policy alone, for comparison.
         let quiet = probe(&client, &allow_url, &review, 10)?;
         let stop = Arc::new(AtomicBool::new(false));
+        // The attack on a connection of its own: the probes measure the
+        // server's evaluation capacity, not one HTTP/2 connection's fate.
+        let attack_client = https_client(&server.certs.ca_pem, Proto::H2, &[])?;
         let (probes, looping) = block_on(async {
             let mut attackers = tokio::task::JoinSet::new();
             for a in 0..ATTACKERS {
-                let (client, url, stop) = (client.clone(), loop_url.clone(), stop.clone());
+                let (client, url, stop) = (attack_client.clone(), loop_url.clone(), stop.clone());
                 let review = with_uid(&review, &format!("attack-{a}"));
                 attackers.spawn(async move {
                     let mut calls = 0u64;
