@@ -13,19 +13,20 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum_server::tls_rustls::RustlsConfig;
 use portcullis_engine::{
     EngineError, EngineOptions, EvalPool, PolicyEngine, PolicySet, PolicyStore, PoolError, Report,
 };
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::cert_reload::CertReloader;
 use crate::control::{ControlHandle, ControlLoop, Debounce};
-use crate::limits::{ConnectionLimit, EvalLimiter};
+use crate::limits::EvalLimiter;
+use crate::listener::{ConnectionLimits, Listener, Phase};
 use crate::metrics::Metrics;
 use crate::reload::{ReloadError, Reloader};
 use crate::server::{self, BodyBudget, ServerState};
-use crate::tls::{self, TlsError, TlsFiles};
+use crate::tls::{self, ServingConfig, TlsError, TlsFiles};
 use crate::watch::WatchError;
 
 /// Where the serving certificate comes from.
@@ -82,6 +83,11 @@ pub struct ServeOptions {
     pub status_on_https: bool,
     /// Bytes of request bodies held at once.
     pub body_bytes_in_flight: usize,
+    /// How long to keep serving after the shutdown signal (unready, HTTP/1
+    /// connections closed after their response) before no longer
+    /// accepting, so that the endpoints drop this pod first.
+    pub shutdown_delay: Duration,
+    /// How long requests in flight may take once no longer accepting.
     pub shutdown_grace: Duration,
     /// Start serving with no policies when the config is broken at
     /// start-up, and wait for a good one.
@@ -99,7 +105,8 @@ pub struct EdgeLimits {
     pub max_queued_reviews: usize,
     /// Connections held open; beyond this, new ones are closed.
     pub max_connections: usize,
-    /// Time allowed for a client to send its request headers.
+    /// Time allowed for a client to send its request headers, and for a
+    /// connection to go without a request in flight.
     pub header_read_timeout: Duration,
     /// Time allowed for a client to send its request body.
     pub body_read_timeout: Duration,
@@ -161,13 +168,6 @@ pub enum AppError {
         #[source]
         source: std::io::Error,
     },
-    /// A listener failed while serving.
-    #[error("the {listener} listener failed")]
-    Serve {
-        listener: &'static str,
-        #[source]
-        source: std::io::Error,
-    },
     /// A server task panicked or was cancelled.
     #[error("the {task} task ended abnormally")]
     Task {
@@ -182,11 +182,7 @@ impl AppError {
     pub fn exit_code(&self) -> u8 {
         match self {
             Self::Load(_) | Self::Tls(_) | Self::Bind { .. } => 2,
-            Self::Engine(_)
-            | Self::Pool(_)
-            | Self::Watch(_)
-            | Self::Serve { .. }
-            | Self::Task { .. } => 1,
+            Self::Engine(_) | Self::Pool(_) | Self::Watch(_) | Self::Task { .. } => 1,
         }
     }
 }
@@ -197,8 +193,8 @@ pub struct Server {
     https_addr: SocketAddr,
     operations_addr: Option<SocketAddr>,
     control: ControlHandle,
-    https: JoinHandle<std::io::Result<()>>,
-    operations: Option<JoinHandle<std::io::Result<()>>>,
+    https: JoinHandle<()>,
+    operations: Option<JoinHandle<()>>,
     control_loop: JoinHandle<()>,
     drain: JoinHandle<()>,
     /// Kept until every task has ended: its epoch ticker thread is joined
@@ -229,17 +225,13 @@ impl Server {
     /// # Errors
     /// The first listener failure or task panic.
     pub async fn wait(self) -> Result<(), AppError> {
-        let https = joined("https", self.https)
-            .await
-            .and_then(|served| served.map_err(|source| serve_error("https", source)));
+        let https = joined("https", self.https).await;
         // The HTTPS listener ends only on shutdown or failure: stop the
         // others either way.
         self.drain.abort();
         let _ = self.drain.await;
         let operations = match self.operations {
-            Some(task) => joined("operations", task)
-                .await
-                .and_then(|served| served.map_err(|source| serve_error("operations", source))),
+            Some(task) => joined("operations", task).await,
             None => Ok(()),
         };
         let control = joined("control", self.control_loop).await;
@@ -247,10 +239,6 @@ impl Server {
         tracing::info!("stopped");
         https.and(operations).and(control)
     }
-}
-
-fn serve_error(listener: &'static str, source: std::io::Error) -> AppError {
-    AppError::Serve { listener, source }
 }
 
 async fn joined<T>(task: &'static str, handle: JoinHandle<T>) -> Result<T, AppError> {
@@ -276,33 +264,35 @@ pub async fn start(
     let (rustls, cert_reloader) = load_certificate(&options, &metrics)?;
     let (control_loop, control) = ControlLoop::new(reloader, cert_reloader, options.debounce)?;
 
+    // Stopping: the drain task moves the phase on when `shutdown`
+    // resolves; the listeners, `/readyz` and the control loop watch it.
+    let (phase_tx, phase) = watch::channel(Phase::Serving);
     let pool = Arc::new(EvalPool::per_core()?);
-    let state = server_state(store, pool, metrics, &options);
+    let state = server_state(store, pool, metrics, phase.clone(), &options);
     let https_addr = local_addr(&listeners.https)?;
     let operations_addr = listeners.operations.as_ref().map(local_addr).transpose()?;
 
-    // Stopping: the drain task flips `stop` when `shutdown` resolves; every
-    // other task watches it.
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = move || {
-        let mut stop_rx = stop_rx.clone();
-        async move {
-            let _ = stop_rx.wait_for(|stop| *stop).await;
+    let stopped = {
+        let phase = phase.clone();
+        move || {
+            let mut phase = phase.clone();
+            async move {
+                let _ = phase.wait_for(|phase| *phase >= Phase::Stopping).await;
+            }
         }
     };
-    let handle = axum_server::Handle::new();
     let drain = tokio::spawn(drain(
         shutdown,
-        stop_tx,
-        handle.clone(),
+        phase_tx,
+        options.shutdown_delay,
         options.shutdown_grace,
     ));
     let control_loop = tokio::spawn(control_loop.run(stopped()));
-    // Stops with the HTTPS server, after the drain starts: the kubelet
-    // sees the pod unready while it drains.
+    // Serves through the drain's delay, so the kubelet sees the pod
+    // unready while it drains.
     let operations = listeners
         .operations
-        .map(|listener| serve_operations(listener, state.clone(), options.limits, stopped()))
+        .map(|socket| serve_operations(socket, state.clone(), options.limits, phase.clone()))
         .transpose()?;
     // Logged before the first connection can be served (the socket is
     // bound already), so no decision line ever precedes it.
@@ -313,7 +303,7 @@ pub async fn start(
         startup_ms = started.elapsed().as_millis() as u64,
         "listening on https://{https_addr}"
     );
-    let https = serve_https(listeners.https, rustls, state, options.limits, handle)?;
+    let https = serve_https(listeners.https, rustls, state, options.limits, phase)?;
     Ok(Server {
         https_addr,
         operations_addr,
@@ -351,7 +341,10 @@ pub async fn router(options: &ServeOptions) -> Result<axum::Router, AppError> {
     let engine = PolicyEngine::with_options(options.cache_dir.as_deref(), options.engine)?;
     let (_reloader, store) = load_policies(&engine, options, &metrics).await?;
     let pool = Arc::new(EvalPool::per_core()?);
-    Ok(server::router(server_state(store, pool, metrics, options)))
+    let (_, phase) = watch::channel(Phase::Serving);
+    Ok(server::router(server_state(
+        store, pool, metrics, phase, options,
+    )))
 }
 
 /// The first load, through the same path a running server reloads by.
@@ -385,10 +378,10 @@ async fn load_policies(
 fn load_certificate(
     options: &ServeOptions,
     metrics: &Arc<Metrics>,
-) -> Result<(RustlsConfig, CertReloader), AppError> {
+) -> Result<(ServingConfig, CertReloader), AppError> {
     let files = options.tls.files(options.client_ca.clone())?;
     let identity = tls::load(&files)?;
-    let rustls = RustlsConfig::from_config(identity.config.clone());
+    let rustls = ServingConfig::new(identity.config.clone());
     let reloader = CertReloader::new(files, &identity, rustls.clone(), metrics.clone());
     Ok((rustls, reloader))
 }
@@ -397,6 +390,7 @@ fn server_state(
     store: Arc<PolicyStore>,
     pool: Arc<EvalPool>,
     metrics: Arc<Metrics>,
+    phase: watch::Receiver<Phase>,
     options: &ServeOptions,
 ) -> ServerState {
     let edge = options.limits;
@@ -415,6 +409,7 @@ fn server_state(
             options.body_bytes_in_flight.max(options.body_limit),
         )),
         body_timeout: edge.body_read_timeout,
+        phase,
     }
 }
 
@@ -425,40 +420,53 @@ fn local_addr(listener: &std::net::TcpListener) -> Result<SocketAddr, AppError> 
     })
 }
 
-/// Waits for `shutdown`, then tells every task to stop and lets in-flight
-/// requests finish within `grace`.
+/// Waits for `shutdown`, then takes the listeners through the phases of
+/// stopping: `delay` of draining (still serving, unready), then `grace`
+/// for what is in flight once nothing new is accepted.
 async fn drain(
     shutdown: impl Future<Output = ()>,
-    stop: tokio::sync::watch::Sender<bool>,
-    handle: axum_server::Handle<SocketAddr>,
+    phase: watch::Sender<Phase>,
+    delay: Duration,
     grace: Duration,
 ) {
     shutdown.await;
-    tracing::info!("draining");
-    let _ = stop.send(true);
-    handle.graceful_shutdown(Some(grace));
+    if !delay.is_zero() {
+        tracing::info!(
+            delay_ms = delay.as_millis() as u64,
+            "draining: /readyz answers 503 and HTTP/1 connections close after their response; \
+             still accepting until the delay has passed"
+        );
+        let _ = phase.send(Phase::Draining);
+        tokio::time::sleep(delay).await;
+    }
+    tracing::info!(
+        grace_ms = grace.as_millis() as u64,
+        "stopping: no new connections; finishing the requests in flight"
+    );
+    let _ = phase.send(Phase::Stopping);
+    tokio::time::sleep(grace).await;
+    tracing::warn!("the shutdown grace period is over; closing the connections still open");
+    let _ = phase.send(Phase::Stopped);
 }
 
 /// The webhook over HTTPS, behind the connection cap and edge timeouts.
 fn serve_https(
-    listener: std::net::TcpListener,
-    rustls: RustlsConfig,
+    socket: std::net::TcpListener,
+    tls: ServingConfig,
     state: ServerState,
     edge: EdgeLimits,
-    handle: axum_server::Handle<SocketAddr>,
-) -> Result<JoinHandle<std::io::Result<()>>, AppError> {
-    let addr = local_addr(&listener)?;
-    let mut server = axum_server::from_tcp_rustls(listener, rustls)
-        .map_err(|source| AppError::Bind { addr, source })?
-        .handle(handle);
-    // Slow clients (slowloris) must not hold connections open for free.
-    server
-        .http_builder()
-        .http1()
-        .header_read_timeout(edge.header_read_timeout);
-    server.http_builder().http2().max_concurrent_streams(256);
-    let service = ConnectionLimit::new(server::router(state), edge.max_connections);
-    Ok(tokio::spawn(server.serve(service)))
+    phase: watch::Receiver<Phase>,
+) -> Result<JoinHandle<()>, AppError> {
+    let addr = local_addr(&socket)?;
+    let router = server::router(state);
+    let limits = ConnectionLimits {
+        max_connections: edge.max_connections,
+        idle_timeout: edge.header_read_timeout,
+        header_read_timeout: edge.header_read_timeout,
+    };
+    let listener = Listener::new("https", socket, Some(tls), router, limits)
+        .map_err(|source| AppError::Bind { addr, source })?;
+    Ok(tokio::spawn(listener.serve(phase)))
 }
 
 /// Connections the operations listener holds at once: the kubelet's
@@ -467,29 +475,28 @@ fn serve_https(
 /// descriptors (and with them the webhook's listener).
 const OPERATIONS_MAX_CONNECTIONS: usize = 64;
 
-/// Probes, metrics and the policy status over plain HTTP, until `stopped`
-/// resolves: behind its own connection cap and the header timeout.
+/// Probes, metrics and the policy status over plain HTTP, behind its own
+/// connection cap and the same timeouts.
 fn serve_operations(
-    listener: std::net::TcpListener,
+    socket: std::net::TcpListener,
     state: ServerState,
     edge: EdgeLimits,
-    stopped: impl Future<Output = ()> + Send + 'static,
-) -> Result<JoinHandle<std::io::Result<()>>, AppError> {
-    let addr = local_addr(&listener)?;
-    let handle = axum_server::Handle::new();
-    let mut server = axum_server::from_tcp(listener)
-        .map_err(|source| AppError::Bind { addr, source })?
-        .handle(handle.clone());
-    server
-        .http_builder()
-        .http1()
-        .header_read_timeout(edge.header_read_timeout);
+    phase: watch::Receiver<Phase>,
+) -> Result<JoinHandle<()>, AppError> {
+    let addr = local_addr(&socket)?;
+    let limits = ConnectionLimits {
+        max_connections: OPERATIONS_MAX_CONNECTIONS,
+        idle_timeout: edge.header_read_timeout,
+        header_read_timeout: edge.header_read_timeout,
+    };
+    let listener = Listener::new(
+        "operations",
+        socket,
+        None,
+        server::operations_router(state),
+        limits,
+    )
+    .map_err(|source| AppError::Bind { addr, source })?;
     tracing::info!(address = %addr, "serving /healthz, /readyz, /metrics and /policies over plain HTTP");
-    let service =
-        ConnectionLimit::new(server::operations_router(state), OPERATIONS_MAX_CONNECTIONS);
-    tokio::spawn(async move {
-        stopped.await;
-        handle.shutdown();
-    });
-    Ok(tokio::spawn(server.serve(service)))
+    Ok(tokio::spawn(listener.serve(phase)))
 }

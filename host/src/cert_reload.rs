@@ -10,13 +10,12 @@
 
 use std::sync::Arc;
 
-use axum_server::tls_rustls::RustlsConfig;
 use sha2::{Digest as _, Sha256};
 
 use portcullis_engine::Report;
 
 use crate::metrics::Metrics;
-use crate::tls::{self, TlsError, TlsFiles, TlsIdentity};
+use crate::tls::{self, ServingConfig, TlsError, TlsFiles, TlsIdentity};
 
 /// What a rotation attempt did.
 #[derive(Debug)]
@@ -30,7 +29,7 @@ pub enum RotationOutcome {
 /// Keeps the serving identity in step with its files.
 pub struct CertReloader {
     files: TlsFiles,
-    rustls: RustlsConfig,
+    rustls: ServingConfig,
     metrics: Arc<Metrics>,
     /// sha256 over the contents of the files in service.
     in_service: Option<[u8; 32]>,
@@ -42,7 +41,7 @@ impl CertReloader {
     pub fn new(
         files: TlsFiles,
         identity: &TlsIdentity,
-        rustls: RustlsConfig,
+        rustls: ServingConfig,
         metrics: Arc<Metrics>,
     ) -> Self {
         metrics.tls_certificate_expiry.set(identity.not_after);
@@ -73,7 +72,7 @@ impl CertReloader {
         }
         match tls::load(&self.files) {
             Ok(identity) => {
-                self.rustls.reload_from_config(identity.config);
+                self.rustls.replace(identity.config);
                 self.in_service = digest;
                 self.metrics.tls_certificate_expiry.set(identity.not_after);
                 self.metrics.tls_reload("success");
@@ -134,7 +133,7 @@ mod tests {
         write_pair(dir.path());
         let files = files(dir.path());
         let identity = tls::load(&files).expect("loads");
-        let rustls = RustlsConfig::from_config(identity.config.clone());
+        let rustls = ServingConfig::new(identity.config.clone());
         let metrics = Metrics::new();
         let mut reloader =
             CertReloader::new(files.clone(), &identity, rustls.clone(), metrics.clone());
@@ -146,8 +145,8 @@ mod tests {
             reloader.rotate(),
             Ok(RotationOutcome::Rotated { .. })
         ));
-        assert!(!Arc::ptr_eq(&rustls.get_inner(), &identity.config));
-        let serving = rustls.get_inner();
+        assert!(!Arc::ptr_eq(&rustls.current(), &identity.config));
+        let serving = rustls.current();
 
         // A key from another pair: refused, the good one stays.
         let other = tempfile::tempdir().expect("tempdir");
@@ -155,7 +154,7 @@ mod tests {
         std::fs::copy(other.path().join(certs::TLS_KEY), &files.key).expect("copy");
         let err = reloader.rotate().expect_err("mismatched pair");
         assert!(matches!(err, TlsError::Config { .. }), "{err}");
-        assert!(Arc::ptr_eq(&rustls.get_inner(), &serving));
+        assert!(Arc::ptr_eq(&rustls.current(), &serving));
         let text = metrics.encode();
         assert!(
             text.contains("portcullis_tls_reloads_total{result=\"failure\"} 1"),

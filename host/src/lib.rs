@@ -5,8 +5,10 @@
 //! # Layout
 //! The path of a review, top to bottom, then what runs beside it:
 //! - `tls`: the serving identity (rustls), optional client certificates.
+//! - `listener`: the accept loop, the connection cap, idle deadlines and
+//!   the graceful end of each connection.
 //! - `server`: routes, the review body extractor, handlers; `limits`:
-//!   `?timeout=` deadlines, bounded evaluation, the connection cap.
+//!   `?timeout=` deadlines, bounded evaluation.
 //! - `metrics`: Prometheus metrics; `telemetry`: logs.
 //! - `reload`: build a new policy set and swap it in; `cert_reload`: the
 //!   same for the certificate; `watch`: file watching at directory level.
@@ -25,6 +27,7 @@ pub mod cli;
 pub mod commands;
 pub mod control;
 mod limits;
+mod listener;
 mod metrics;
 mod reload;
 pub mod server;

@@ -1,16 +1,12 @@
-//! Bounds at the HTTP edge: the API server's `?timeout=`, how many reviews
-//! are evaluated at once (and how many may wait), and how many connections
-//! are held open.
+//! Bounds on reviews: the API server's `?timeout=`, and how many reviews
+//! are evaluated at once (and how many may wait). Connections are bounded
+//! by the listener (`listener`).
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use axum::Router;
-use axum::extract::Request;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, SemaphorePermit};
+use tokio::sync::{Semaphore, SemaphorePermit};
 
 use crate::metrics::Metrics;
 
@@ -144,75 +140,10 @@ impl EvalLimiter {
     }
 }
 
-/// Makes one service per connection and refuses connections beyond a
-/// limit, so that slow or idle clients cannot hold unbounded sockets and
-/// memory. A refused connection is closed at once.
-#[derive(Clone)]
-pub struct ConnectionLimit {
-    router: Router,
-    permits: Arc<Semaphore>,
-}
-
-impl ConnectionLimit {
-    pub fn new(router: Router, max_connections: usize) -> Self {
-        Self {
-            router,
-            permits: Arc::new(Semaphore::new(max_connections.max(1))),
-        }
-    }
-}
-
-impl<T> tower::Service<T> for ConnectionLimit {
-    type Response = Connection;
-    type Error = std::io::Error;
-    type Future = std::future::Ready<Result<Connection, std::io::Error>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        // Never pending and never an error: the accept loop would stop.
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _: T) -> Self::Future {
-        std::future::ready(match self.permits.clone().try_acquire_owned() {
-            Ok(permit) => Ok(Connection {
-                router: self.router.clone(),
-                _permit: Arc::new(permit),
-            }),
-            Err(_) => {
-                tracing::warn!("connection limit reached; closing a new connection");
-                Err(std::io::Error::other("connection limit reached"))
-            }
-        })
-    }
-}
-
-/// The service of one connection; holds its connection slot until the
-/// connection ends.
-#[derive(Clone)]
-pub struct Connection {
-    router: Router,
-    _permit: Arc<OwnedSemaphorePermit>,
-}
-
-impl<B> tower::Service<Request<B>> for Connection
-where
-    Router: tower::Service<Request<B>, Error = Infallible>,
-{
-    type Response = <Router as tower::Service<Request<B>>>::Response;
-    type Error = Infallible;
-    type Future = <Router as tower::Service<Request<B>>>::Future;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        <Router as tower::Service<Request<B>>>::poll_ready(&mut self.router, cx)
-    }
-
-    fn call(&mut self, request: Request<B>) -> Self::Future {
-        self.router.call(request)
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::task::Poll;
+
     use super::*;
 
     #[test]

@@ -80,6 +80,27 @@ impl TlsFiles {
     }
 }
 
+/// The configuration new TLS handshakes use, swapped whole when the
+/// certificate rotates; established connections keep theirs.
+#[derive(Clone)]
+pub struct ServingConfig(Arc<arc_swap::ArcSwap<ServerConfig>>);
+
+impl ServingConfig {
+    pub fn new(config: Arc<ServerConfig>) -> Self {
+        Self(Arc::new(arc_swap::ArcSwap::new(config)))
+    }
+
+    /// The configuration for the next handshake.
+    pub fn current(&self) -> Arc<ServerConfig> {
+        self.0.load_full()
+    }
+
+    /// Serves `config` from the next handshake on.
+    pub fn replace(&self, config: Arc<ServerConfig>) {
+        self.0.store(config);
+    }
+}
+
 /// A loaded, checked server configuration.
 #[derive(Debug, Clone)]
 pub struct TlsIdentity {

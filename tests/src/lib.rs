@@ -1146,6 +1146,14 @@ fn own_args(config: &Path, port: u16, certs: &Certs, args: &[String]) -> Vec<std
         // The test chose the cache: drop the harness's own.
         own.truncate(own.len() - 2);
     }
+    // Stopping a test's server need not wait for endpoints to drop it;
+    // the drain's own tests choose their delay.
+    if !args
+        .iter()
+        .any(|a| a.split('=').next() == Some("--shutdown-delay"))
+    {
+        own.push("--shutdown-delay=0".into());
+    }
     own.extend(args.iter().map(std::ffi::OsString::from));
     own
 }

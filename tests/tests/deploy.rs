@@ -416,6 +416,9 @@ fn the_deployment_is_highly_available_and_restricted() -> Result<()> {
         let sleep = c["lifecycle"]["preStop"]["sleep"]["seconds"]
             .as_i64()
             .context("no preStop sleep")?;
+        let delay: i64 = flag_value(&args, "--shutdown-delay")
+            .unwrap_or("5")
+            .parse()?;
         let drain: i64 = flag_value(&args, "--shutdown-grace")
             .unwrap_or("10")
             .parse()?;
@@ -423,8 +426,8 @@ fn the_deployment_is_highly_available_and_restricted() -> Result<()> {
             .as_i64()
             .context("terminationGracePeriodSeconds")?;
         ensure!(
-            grace > sleep + drain,
-            "grace {grace} <= preStop {sleep} + drain {drain}"
+            grace > sleep + delay + drain,
+            "grace {grace} <= preStop {sleep} + delay {delay} + drain {drain}"
         );
 
         // Volumes: the policy set from ConfigMaps at the config's directory,

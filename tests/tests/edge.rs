@@ -352,60 +352,92 @@ fn slow_clients_are_cut_off() -> Result<()> {
     Ok(())
 }
 
+/// Sends `GET /healthz` on a new connection; what came back (empty when
+/// the connection was closed without an answer) and how long it took.
+fn healthz_on_a_new_connection(server: &Server) -> Result<(String, Duration)> {
+    use std::io::Write as _;
+    let mut stream = raw_tls(server)?;
+    let started = Instant::now();
+    let sent = stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .and_then(|()| stream.flush());
+    let (answer, took) = read_until_closed(&mut stream, started);
+    Ok((if sent.is_ok() { answer } else { String::new() }, took))
+}
+
 #[test]
 fn connections_beyond_the_cap_are_closed() -> Result<()> {
-    use std::io::Write as _;
+    let operations = portcullis_e2e::free_port()?;
+    let metrics_addr = format!("127.0.0.1:{operations}");
     let server = Server::start_with(
-        &["--max-connections", "2", "--breaker-failures", "0"],
-        spin_config(100, "allow"),
+        &[
+            "--max-connections",
+            "2",
+            "--metrics-addr",
+            &metrics_addr,
+            "--breaker-failures",
+            "0",
+        ],
+        spin_config(SPIN_MS, "allow"),
     )?;
-    // Two idle connections take both places (the place is taken when the
-    // TCP connection is accepted, before its TLS handshake).
+    // Idle connections take both places, yet a new connection is served:
+    // it takes the place of the one idle longest.
     let held: Vec<std::net::TcpStream> = (0..2)
         .map(|_| std::net::TcpStream::connect(server.addr()))
         .collect::<std::io::Result<_>>()?;
-    // Until the server has accepted both, a third connection may still be
-    // served: poll until one is refused (it never is without a cap).
+    let (answer, _) = healthz_on_a_new_connection(&server)?;
+    ensure!(
+        answer.starts_with("HTTP/1.1 200"),
+        "idle connections kept a new one out: {answer:?}"
+    );
+    drop(held);
+
+    // Two connections with a review in flight each take both places: a
+    // third is closed at once, without an answer.
+    let review = fixture("pod-allowed.json")?;
+    let url = server.url("/validate/spin");
+    let busy: Vec<_> = (0..2)
+        .map(|_| {
+            let client = https_client(&server.certs.ca_pem, Proto::H1, &[])?;
+            let request = client.post(&url).json(&review);
+            Ok(std::thread::spawn(move || {
+                block_on(async move { anyhow::Ok(request.send().await?.status()) })
+            }))
+        })
+        .collect::<Result<_>>()?;
+    let metrics_url = format!("http://{metrics_addr}/metrics");
+    // Plain HTTP to the operations listener, which has places of its own.
+    let plain = https_client(&server.certs.ca_pem, Proto::H1, &[])?;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let mut third = raw_tls(&server)?;
-        let started = Instant::now();
-        let refused = third
-            .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-            .and_then(|()| third.flush())
-            .is_err();
-        let (answer, closed_after) = read_until_closed(&mut third, started);
-        if refused || answer.is_empty() {
-            ensure!(
-                closed_after < Duration::from_secs(2),
-                "the refused connection stayed open for {closed_after:?}"
-            );
+        let request = plain.get(&metrics_url);
+        let metrics =
+            block_on(async move { request.send().await?.text().await }).unwrap_or_default();
+        if metric_value(&metrics, "portcullis_evaluations_in_flight") == Some(2.0) {
             break;
         }
         ensure!(
             Instant::now() < deadline,
-            "connections beyond the cap are still served: {answer:?}"
+            "the two reviews never were in flight:\n{metrics}"
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    // Once the idle connections go, new ones are served again.
-    drop(held);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let mut stream = raw_tls(&server)?;
-        let sent = stream
-            .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-            .and_then(|()| stream.flush());
-        let (answer, _) = read_until_closed(&mut stream, Instant::now());
-        if sent.is_ok() && answer.starts_with("HTTP/1.1 200") {
-            break;
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "no connection was served after the idle ones closed: {answer:?}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
+    let (answer, closed_after) = healthz_on_a_new_connection(&server)?;
+    ensure!(
+        answer.is_empty(),
+        "a connection beyond the cap of busy ones was served: {answer:?}"
+    );
+    ensure!(
+        closed_after < Duration::from_secs(2),
+        "the refused connection stayed open for {closed_after:?}"
+    );
+    for request in busy {
+        let status = join(request)?;
+        ensure!(status == 200, "a review in flight got HTTP {status}");
     }
+    // Once they are answered, new connections are served again.
+    let (answer, _) = healthz_on_a_new_connection(&server)?;
+    ensure!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
     Ok(())
 }
 

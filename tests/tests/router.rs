@@ -103,6 +103,7 @@ fn build(which: Config) -> Result<Router> {
         body_limit: 1 << 20,
         status_on_https: true,
         body_bytes_in_flight: 64 << 20,
+        shutdown_delay: Duration::ZERO,
         shutdown_grace: Duration::from_secs(1),
         allow_empty: false,
         debounce: Debounce {

@@ -128,7 +128,10 @@ pub struct ServeCommand {
     #[arg(long, env = "PORTCULLIS_MAX_CONNECTIONS", default_value_t = 1024)]
     pub max_connections: usize,
 
-    /// Seconds a client may take to send its request headers.
+    /// Seconds a client may take to send its request headers; also how
+    /// long a connection may go without a request in flight (before its
+    /// first request, the TLS handshake included, and between requests)
+    /// before it is closed.
     #[arg(long, env = "PORTCULLIS_HEADER_READ_TIMEOUT", default_value_t = 10)]
     pub header_read_timeout: u64,
 
@@ -136,7 +139,15 @@ pub struct ServeCommand {
     #[arg(long, env = "PORTCULLIS_BODY_READ_TIMEOUT", default_value_t = 10)]
     pub body_read_timeout: u64,
 
-    /// Seconds to let in-flight requests finish after SIGTERM.
+    /// Seconds to keep serving after SIGTERM before no longer accepting
+    /// connections, so that the endpoints drop the pod first: meanwhile
+    /// `/readyz` answers 503 and HTTP/1 connections close after their
+    /// response. Set `terminationGracePeriodSeconds` above this plus
+    /// `--shutdown-grace`.
+    #[arg(long, env = "PORTCULLIS_SHUTDOWN_DELAY", default_value_t = 5)]
+    pub shutdown_delay: u64,
+
+    /// Seconds to let in-flight requests finish once no longer accepting.
     #[arg(long, env = "PORTCULLIS_SHUTDOWN_GRACE", default_value_t = 10)]
     pub shutdown_grace: u64,
 }
@@ -189,6 +200,7 @@ impl ServeCommand {
             body_limit: self.body_limit,
             status_on_https: self.status_on_https,
             body_bytes_in_flight: self.body_bytes_in_flight,
+            shutdown_delay: Duration::from_secs(self.shutdown_delay),
             shutdown_grace: Duration::from_secs(self.shutdown_grace),
             allow_empty: self.allow_empty,
             limits: EdgeLimits {

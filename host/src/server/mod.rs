@@ -28,6 +28,7 @@ use portcullis_engine::{EvalPool, PolicyStore};
 pub use self::body::BodyBudget;
 use self::review::Endpoint;
 use crate::limits::EvalLimiter;
+use crate::listener::Phase;
 use crate::metrics::Metrics;
 
 /// Largest review body accepted: an UPDATE carries object and oldObject,
@@ -53,6 +54,8 @@ pub struct ServerState {
     /// How long a client may take to send its body.
     pub body_timeout: Duration,
     pub limiter: Arc<EvalLimiter>,
+    /// Where the process is in its life: `/readyz` fails once it drains.
+    pub phase: tokio::sync::watch::Receiver<Phase>,
 }
 
 /// The webhook router. `/policies` and `/metrics` only with

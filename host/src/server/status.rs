@@ -7,12 +7,16 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use super::{ServerState, json, plain};
+use crate::listener::Phase;
 
 pub(super) async fn healthz() -> Response {
     plain(StatusCode::OK, "ok")
 }
 
 pub(super) async fn readyz(State(state): State<ServerState>) -> Response {
+    if *state.phase.borrow() >= Phase::Draining {
+        return plain(StatusCode::SERVICE_UNAVAILABLE, "not ready: shutting down");
+    }
     let set = state.policies.current();
     if set.generation == 0 {
         return plain(
