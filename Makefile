@@ -8,9 +8,9 @@ CARGO    ?= cargo
 # What `portcullis new policy` generates, kept in tests/scaffold/ and built
 # and tested like any policy (tests/tests/scaffold.rs checks it is current).
 SCAFFOLDS := new-validating new-mutating
-# Every crate under policies/ (so a new one needs no edit here): what
-# policies/standard.yaml serves.
-LIBRARY  := $(notdir $(patsubst %/Cargo.toml,%,$(wildcard policies/*/Cargo.toml)))
+# Every crate under policies/ (so a new one needs no edit here), by package
+# name (policies/cel is `cel-policy`: `cel` is the CEL crate it uses).
+LIBRARY  := $(shell sed -n 's/^name = "\(.*\)"$$/\1/p' policies/*/Cargo.toml)
 # Those, the misbehaving test policy, and the scaffold's output.
 POLICIES := $(LIBRARY) misbehave $(SCAFFOLDS)
 ADDR     ?= 127.0.0.1:8443
