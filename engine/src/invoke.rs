@@ -185,6 +185,29 @@ impl Call {
             })
     }
 
+    /// Calls the optional `prepare` export of `instance`.
+    async fn prepare(
+        &mut self,
+        instance: &wasmtime::component::Instance,
+        settings: &str,
+    ) -> Result<Result<bool, String>, PolicyError> {
+        let missing = || PolicyError::InvalidOutput("the module does not export prepare".into());
+        let interface = instance
+            .get_export_index(&mut self.store, None, crate::prepare::PREPARE_INTERFACE)
+            .ok_or_else(missing)?;
+        let func = instance
+            .get_export_index(&mut self.store, Some(&interface), "prepare")
+            .ok_or_else(missing)?;
+        let func = instance
+            .get_typed_func::<(&str,), (Result<bool, String>,)>(&mut self.store, &func)
+            .map_err(|err| PolicyError::InvalidOutput(format!("prepare: {err:#}")))?;
+        let (prepared,) = func
+            .call_async(&mut self.store, (settings,))
+            .await
+            .map_err(|err| self.classify(err))?;
+        Ok(prepared)
+    }
+
     /// Maps a wasmtime error to a typed policy error, by type, never text.
     fn classify(&self, err: wasmtime::Error) -> PolicyError {
         if err.downcast_ref::<MemoryLimitExceeded>().is_some() {
@@ -253,6 +276,30 @@ async fn bounded<T>(
 }
 
 impl CompiledModule {
+    /// Calls the optional `prepare` in a fresh instance; `Ok(Err(reason))`
+    /// is a rejection of the settings, `Ok(Ok(false))` nothing to prepare.
+    ///
+    /// # Errors
+    /// A [`PolicyError`] when the call itself fails.
+    pub async fn prepare(
+        &self,
+        policy: &Arc<str>,
+        limits: Limits,
+        settings: &str,
+    ) -> Result<Result<bool, String>, PolicyError> {
+        let mut call = Call::new(self, policy, limits);
+        bounded(self, limits, async {
+            let instance = self
+                .pre
+                .instance_pre()
+                .instantiate_async(&mut call.store)
+                .await
+                .map_err(|err| call.classify(err))?;
+            call.prepare(&instance, settings).await
+        })
+        .await
+    }
+
     /// Calls `metadata`.
     ///
     /// # Errors
@@ -403,4 +450,44 @@ mod tests {
             "exceeded its deadline of 250 ms"
         );
     }
+}
+
+/// Runs `prepare` in an instance of `component` (the instrumented copy of
+/// `module`), then hands the live store and instance to `snapshot`, which
+/// reads the state `prepare` left.
+///
+/// # Errors
+/// A [`PolicyError`] when instantiating or the call fails; the settings'
+/// rejection as `Reported`.
+pub(crate) async fn prepare_and_snapshot<R>(
+    module: &CompiledModule,
+    component: &wasmtime::component::Component,
+    policy: &Arc<str>,
+    limits: Limits,
+    settings: &str,
+    snapshot: impl AsyncFnOnce(
+        &mut Store<StoreState>,
+        wasmtime::component::Instance,
+    ) -> Result<R, PolicyError>,
+) -> Result<R, PolicyError> {
+    let mut call = Call::new(module, policy, limits);
+    bounded(module, limits, async {
+        let instance = module
+            .engine
+            .linker()
+            .instantiate_async(&mut call.store, component)
+            .await
+            .map_err(|err| call.classify(err))?;
+        match call.prepare(&instance, settings).await? {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(PolicyError::InvalidOutput(
+                    "prepare answered false in the instrumented copy, true before".into(),
+                ));
+            }
+            Err(reason) => return Err(PolicyError::Reported(reason)),
+        }
+        snapshot(&mut call.store, instance).await
+    })
+    .await
 }

@@ -59,6 +59,7 @@ mod policy;
 mod policy_set;
 mod policy_store;
 mod pool;
+mod prepare;
 mod report;
 mod sandbox;
 

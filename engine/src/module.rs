@@ -44,6 +44,14 @@ pub struct CompiledModule {
     /// Whether it was deserialized from the on-disk cache rather than
     /// compiled.
     pub from_disk_cache: bool,
+    /// Whether it exports the optional `prepare` (pre-initialization).
+    pub prepares: bool,
+    /// Whether this is a pre-initialized copy (its memory starts where
+    /// `prepare` left it for one policy's settings).
+    pub prepared: bool,
+    /// The file as shipped, kept only for a module that prepares: a
+    /// pre-initialized copy is made from it per settings.
+    pub(crate) shipped: Option<Arc<[u8]>>,
     pub(crate) pre: AdmissionPolicyPre<StoreState>,
     pub(crate) engine: Arc<PolicyEngine>,
 }
@@ -84,23 +92,45 @@ impl CompiledModule {
                     (component, format, false)
                 }
             };
-        let contract = contract::check(&component, engine.engine())?;
-        let pre = engine
-            .linker()
-            .instantiate_pre(&component)
-            .map_err(|err| ModuleError::Link(format!("{err:#}")))?;
-        let pre =
-            AdmissionPolicyPre::new(pre).map_err(|err| ModuleError::Link(format!("{err:#}")))?;
+        let mut module = Self::link(engine, &component, digest.clone(), bytes.len(), format)?;
+        module.from_disk_cache = from_disk_cache;
+        if module.prepares {
+            module.shipped = Some(bytes.into());
+        }
         // Only a module that passed every check is cached.
         if let (Some(cache), false) = (cache, from_disk_cache) {
             cache.store(&digest, &component, format);
         }
+        Ok(module)
+    }
+
+    /// Checks a compiled component against the contract and links it.
+    pub(crate) fn link(
+        engine: &Arc<PolicyEngine>,
+        component: &wasmtime::component::Component,
+        digest: String,
+        size: usize,
+        format: ModuleFormat,
+    ) -> Result<Self, ModuleError> {
+        let contract = contract::check(component, engine.engine())?;
+        let prepares = component
+            .get_export_index(None, crate::prepare::PREPARE_INTERFACE)
+            .is_some();
+        let pre = engine
+            .linker()
+            .instantiate_pre(component)
+            .map_err(|err| ModuleError::Link(format!("{err:#}")))?;
+        let pre =
+            AdmissionPolicyPre::new(pre).map_err(|err| ModuleError::Link(format!("{err:#}")))?;
         Ok(Self {
             digest,
-            size: bytes.len(),
+            size,
             format,
             contract,
-            from_disk_cache,
+            from_disk_cache: false,
+            prepares,
+            prepared: false,
+            shipped: None,
             pre,
             engine: engine.clone(),
         })

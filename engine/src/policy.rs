@@ -46,6 +46,10 @@ pub enum LoadError {
          (--memory-budget)"
     )]
     OverBudget { limit: u64, budget: u64 },
+    /// The module's `prepare` rejected the settings, or pre-initializing it
+    /// failed.
+    #[error(transparent)]
+    Prepare(#[from] crate::prepare::PrepareError),
     /// A compiled module went missing between compiling and binding (a bug).
     #[error("the compiled module went missing")]
     Missing,
@@ -104,6 +108,11 @@ impl Policy {
             .await
             .map_err(LoadError::SettingsCall)?
             .map_err(LoadError::SettingsRejected)?;
+        // A module that prepares serves from a copy pre-initialized for
+        // these settings.
+        let module = crate::prepare::prepared(&module, &name, config.limits, &config.settings)
+            .await?
+            .unwrap_or(module);
         Ok(Self {
             name,
             module_path: config.module.clone(),

@@ -6,6 +6,7 @@
 use std::marker::PhantomData;
 
 use crate::bindings::exports::portcullis::policy::policy::Guest;
+use crate::bindings::exports::portcullis::policy::prepare::Guest as PrepareGuest;
 use crate::bindings::portcullis::policy::types as wit;
 use crate::{Metadata, Mutation, Policy, Request, Verdict, parse_settings};
 
@@ -31,6 +32,15 @@ impl<P: Policy> Guest for Exports<P> {
             verdict: verdict.into(),
             object,
         })
+    }
+}
+
+impl<P: Policy> PrepareGuest for Exports<P> {
+    fn prepare(settings: String) -> Result<bool, String> {
+        // Kept, not discarded: the memory snapshot taken after this call
+        // is where `P` keeps what it prepared.
+        let settings = parse_settings::<P::Settings>(&settings)?;
+        P::prepare(&settings)
     }
 }
 

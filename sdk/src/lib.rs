@@ -60,7 +60,7 @@ pub use verdict::{Mutation, Verdict};
 #[allow(unsafe_code, missing_docs, clippy::all)]
 pub mod bindings {
     wit_bindgen::generate!({
-        world: "admission-policy",
+        world: "admission-policy-preparable",
         path: "../wit",
         pub_export_macro: true,
         default_bindings_module: "portcullis_sdk::bindings",

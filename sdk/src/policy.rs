@@ -121,6 +121,19 @@ pub trait Policy {
         Ok(())
     }
 
+    /// Work on the settings worth doing once instead of on every call
+    /// (parsing expressions, compiling patterns): do it here, keep the
+    /// result in a static (e.g. a `OnceLock`) and return `true`. The host
+    /// calls this once per settings when it loads the module and then
+    /// starts every call from a snapshot of the instance's memory taken
+    /// right after it, so `validate` and `mutate` find the static filled
+    /// in. They must still work without it: natively (tests) and on hosts
+    /// that do not pre-initialize, the static is empty. An error rejects
+    /// the settings. The default prepares nothing.
+    fn prepare(_settings: &Self::Settings) -> Result<bool, String> {
+        Ok(false)
+    }
+
     /// Judges a request. An `Err` is a policy error, which the host
     /// handles according to the policy's `onError`, unlike a denial.
     fn validate(_request: &Request, _settings: &Self::Settings) -> Result<Verdict, String> {
