@@ -30,10 +30,19 @@ pub struct Growth {
     pub millis_per_review: f64,
 }
 
+/// The `cel` policy with ten validations on the API server's pod review:
+/// per call, pre-initialized (the server's way) and parsing its
+/// expressions on every call (pre-initialization off), in the same run.
+pub struct CelCall {
+    pub prepared_micros: f64,
+    pub parsed_per_call_micros: f64,
+}
+
 /// What [`measure`] found.
 pub struct Calls {
     pub per_policy: Vec<PolicyCall>,
     pub growth: Vec<Growth>,
+    pub cel: CelCall,
 }
 
 impl Calls {
@@ -96,6 +105,7 @@ pub fn measure(
             });
         }
     }
+    let cel = measure_cel(&runtime, modules, &validate)?;
     let mut growth = Vec::new();
     let (small, large) = (pod_review(1), pod_review(60));
     for policies in [1, 10, 50] {
@@ -130,7 +140,66 @@ pub fn measure(
             });
         }
     }
-    Ok(Calls { per_policy, growth })
+    Ok(Calls {
+        per_policy,
+        growth,
+        cel,
+    })
+}
+
+/// Ten validations of the kind Pod Security and the peers' libraries
+/// write, as a `cel` policy's settings.
+const CEL_TEN: &str = r#"
+policies:
+  - name: cel-ten
+    module: MODULE
+    settings:
+      variables:
+        - name: containers
+          expression: "object.spec.containers + (has(object.spec.initContainers) ? object.spec.initContainers : [])"
+      validations:
+        - expression: "!has(object.spec.hostNetwork) || !object.spec.hostNetwork"
+        - expression: "!has(object.spec.hostPID) || !object.spec.hostPID"
+        - expression: "!has(object.spec.hostIPC) || !object.spec.hostIPC"
+        - expression: "variables.containers.all(c, !has(c.securityContext) || !has(c.securityContext.privileged) || !c.securityContext.privileged)"
+        - expression: "variables.containers.all(c, !has(c.ports) || c.ports.all(p, !has(p.hostPort) || p.hostPort == 0))"
+        - expression: "variables.containers.all(c, !c.image.endsWith(':latest'))"
+        - expression: "variables.containers.all(c, c.image.find('^[a-z0-9.-]+(:[0-9]+)?/') != '' || !c.image.contains('/'))"
+        - expression: "!has(object.spec.volumes) || object.spec.volumes.all(v, !has(v.hostPath))"
+        - expression: "object.metadata.name.size() <= 253 && object.metadata.name.lowerAscii() == object.metadata.name"
+        - expression: "variables.containers.all(c, !has(c.resources) || !has(c.resources.limits) || !('memory' in c.resources.limits) || quantity(c.resources.limits.memory).compareTo(quantity('64Gi')) <= 0)"
+"#;
+
+fn measure_cel(
+    runtime: &tokio::runtime::Runtime,
+    modules: &Path,
+    validate: &Review<'_>,
+) -> Result<CelCall> {
+    let module = modules.join("cel_policy.wasm");
+    let config = CEL_TEN.replace("MODULE", &module.display().to_string());
+    let mut micros = [0.0; 2];
+    for (slot, pre_initialize) in micros.iter_mut().zip([true, false]) {
+        let engine = PolicyEngine::with_options(
+            None,
+            portcullis_engine::EngineOptions {
+                pre_initialize,
+                ..Default::default()
+            },
+        )
+        .context("the policy engine")?;
+        let set = build(runtime, &engine, &modules.join("cel-ten.yaml"), Some(&config))?;
+        let policy = set.policies().first().context("the cel policy")?;
+        let request = validate.request.get();
+        *slot = time(|| {
+            let verdict = runtime.block_on(policy.validate(request, None))?;
+            ensure!(verdict.allowed, "the ten rules denied the pod: {verdict:?}");
+            Ok(())
+        })?;
+    }
+    Ok(CelCall {
+        prepared_micros: micros[0],
+        parsed_per_call_micros: micros[1],
+    })
 }
 
 /// The set of the config at `path` (or `text` standing in for its contents).

@@ -53,10 +53,10 @@ pub async fn prepared(
     limits: Limits,
     settings: &str,
 ) -> Result<Option<Arc<CompiledModule>>, PrepareError> {
-    let Some(shipped) = module.shipped.clone() else {
+    let engine = module.engine.clone();
+    let Some(shipped) = module.shipped.clone().filter(|_| engine.pre_initializes()) else {
         return Ok(None);
     };
-    let engine = module.engine.clone();
     let key = digest(format!("prepared\n{}\n{settings}", module.digest).as_bytes());
     let cache = engine.artifact_cache();
     if let Some(cached) = cache.and_then(|cache| cache.load(engine.engine(), &key)) {

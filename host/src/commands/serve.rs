@@ -111,6 +111,12 @@ pub struct ServeCommand {
     #[arg(long, env = "PORTCULLIS_BREAKER_FAILURES", default_value_t = 5)]
     pub breaker_failures: u32,
 
+    /// Pre-initialize policies that export `prepare` with their settings
+    /// (their once-per-settings work is done at load, not on every call).
+    /// `false` turns it off.
+    #[arg(long, env = "PORTCULLIS_PRE_INITIALIZE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub pre_initialize: bool,
+
     /// Milliseconds a policy's calls fail fast once its breaker opened.
     #[arg(long, env = "PORTCULLIS_BREAKER_OPEN_MS", default_value_t = 5000)]
     pub breaker_open_ms: u64,
@@ -195,6 +201,7 @@ impl ServeCommand {
                     failures: self.breaker_failures,
                     open_for: Duration::from_millis(self.breaker_open_ms),
                 },
+                pre_initialize: self.pre_initialize,
             },
             client_ca: self.client_ca.clone(),
             body_limit: self.body_limit,
