@@ -187,7 +187,12 @@ fn measure_cel(
             },
         )
         .context("the policy engine")?;
-        let set = build(runtime, &engine, &modules.join("cel-ten.yaml"), Some(&config))?;
+        let set = build(
+            runtime,
+            &engine,
+            &modules.join("cel-ten.yaml"),
+            Some(&config),
+        )?;
         let policy = set.policies().first().context("the cel policy")?;
         let request = validate.request.get();
         *slot = time(|| {

@@ -55,6 +55,9 @@ struct PolicyView {
     size_bytes: usize,
     format: portcullis_engine::ModuleFormat,
     contract: String,
+    /// Served from a copy snapshotted after the policy's `prepare` with
+    /// these settings.
+    pre_initialized: bool,
     version: String,
     validates: bool,
     mutates: bool,
@@ -121,6 +124,7 @@ pub(super) async fn policies(State(state): State<ServerState>) -> Response {
                 size_bytes: p.module.size,
                 format: p.module.format,
                 contract: p.module.contract.to_string(),
+                pre_initialized: p.module.prepared,
                 version: p.metadata.version.clone(),
                 validates: p.metadata.validates,
                 mutates: p.metadata.mutates,

@@ -7,6 +7,7 @@
 #![allow(unsafe_code)] // what the export macro expands to
 
 use portcullis_sdk::bindings::exports::portcullis::policy::policy::Guest;
+use portcullis_sdk::bindings::exports::portcullis::policy::prepare::Guest as PrepareGuest;
 use portcullis_sdk::bindings::portcullis::policy::types as wit;
 use portcullis_sdk::{Verdict, parse_settings};
 
@@ -41,6 +42,12 @@ impl Guest for Exports {
             });
         }
         <Sdk as Guest>::mutate(request, settings)
+    }
+}
+
+impl PrepareGuest for Exports {
+    fn prepare(settings: String) -> Result<bool, String> {
+        <Sdk as PrepareGuest>::prepare(settings)
     }
 }
 

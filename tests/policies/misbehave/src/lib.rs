@@ -83,7 +83,25 @@ impl Field {
     }
 }
 
-/// `{ "behaviour": "...", "field": "...", "iterations": N }`.
+/// What `prepare` does (once per settings, at load, when the host
+/// pre-initializes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Prepare {
+    /// Spins forever: the load must fail at the policy's deadline.
+    Loop,
+    /// Rejects the settings.
+    Reject,
+    /// Leaves state for every call: `stateful`'s counter at 1000 and its
+    /// last uid `prepared`, so each call reports `calls=1001 last=prepared`
+    /// when it starts from the prepared state and nothing else carries.
+    Remember,
+}
+
+/// What `prepare` rejects the settings with.
+pub const PREPARE_REJECTION: &str = "misbehave: settings rejected in prepare";
+
+/// `{ "behaviour": "...", "field": "...", "iterations": N, "prepare": "..." }`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
@@ -100,6 +118,9 @@ pub struct Settings {
     /// engine's call stack does.
     #[serde(default, rename = "largeFrames")]
     pub large_frames: bool,
+    /// What `prepare` does; without it there is nothing to prepare.
+    #[serde(default)]
+    pub prepare: Option<Prepare>,
 }
 
 /// What `panic` panics with.
@@ -131,6 +152,21 @@ impl Policy for Misbehave {
             (Behaviour::Slow, Some(_)) => Ok(()),
             (_, Some(_)) => Err("`iterations` is only used by behaviour `slow`".to_string()),
             (_, None) => Ok(()),
+        }
+    }
+
+    fn prepare(settings: &Settings) -> Result<bool, String> {
+        match settings.prepare {
+            None => Ok(false),
+            Some(Prepare::Loop) => spin(),
+            Some(Prepare::Reject) => Err(PREPARE_REJECTION.to_string()),
+            Some(Prepare::Remember) => {
+                STATEFUL_CALLS.store(1000, Ordering::Relaxed);
+                if let Ok(mut last) = STATEFUL_LAST.lock() {
+                    *last = Some("prepared".to_string());
+                }
+                Ok(true)
+            }
         }
     }
 
@@ -264,12 +300,13 @@ fn random() -> String {
 /// What a call finds in state an earlier call may have left: the counter
 /// after this call, the uid of the request before, the buffer's length
 /// after this call grew it by 64 KiB.
+static STATEFUL_CALLS: AtomicU64 = AtomicU64::new(0);
+static STATEFUL_LAST: Mutex<Option<String>> = Mutex::new(None);
+
 fn stateful(request: &Request) -> String {
-    static CALLS: AtomicU64 = AtomicU64::new(0);
-    static LAST: Mutex<Option<String>> = Mutex::new(None);
     static BUFFER: Mutex<Vec<u8>> = Mutex::new(Vec::new());
-    let calls = CALLS.fetch_add(1, Ordering::Relaxed) + 1;
-    let last = LAST
+    let calls = STATEFUL_CALLS.fetch_add(1, Ordering::Relaxed) + 1;
+    let last = STATEFUL_LAST
         .lock()
         .map(|mut last| last.replace(request.uid.clone()))
         .unwrap_or_default();
