@@ -352,6 +352,10 @@ mod tests {
     fn extra_policy_cost_comes_from_the_ends_of_the_chain() {
         let calls = Calls {
             per_policy: Vec::new(),
+            cel: CelCall {
+                prepared_micros: 0.0,
+                parsed_per_call_micros: 0.0,
+            },
             growth: vec![
                 Growth {
                     policies: 1,

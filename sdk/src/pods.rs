@@ -218,6 +218,12 @@ impl<'a> ContainerRef<'a> {
         format!("{} {:?}", self.kind, self.name().unwrap_or(""))
     }
 
+    /// Whether the container's image matches one of `patterns` (an
+    /// `exemptImages` list): a container without a valid image never does.
+    pub fn is_exempt(&self, patterns: &crate::image::ImagePatterns) -> bool {
+        !patterns.is_empty() && self.image_ref().is_ok_and(|image| patterns.matches(&image))
+    }
+
     /// The container's image, parsed and normalized; the error is a
     /// message for the user: `container "web" has no image`, or
     /// `container "web" uses image "Nginx", which is not a valid image

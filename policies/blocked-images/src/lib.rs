@@ -44,6 +44,7 @@ impl Policy for BlockedImages {
         let rules = settings.rules()?;
         let problems: Vec<String> = pods::containers(object)
             .iter()
+            .filter(|container| !container.is_exempt(&settings.exempt_images))
             .filter_map(|container| check::problem(container, &rules))
             .collect();
         if problems.is_empty() {

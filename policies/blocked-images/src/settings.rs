@@ -17,6 +17,11 @@ pub struct Settings {
     /// Blocked registries, `host[:port]`, optionally followed by a
     /// repository path prefix: `quay.io/badorg/`.
     pub registries: Vec<String>,
+    /// Containers whose image matches one of these patterns are not
+    /// checked (e.g. a vetted debug image that is only ever tagged
+    /// `latest`).
+    #[serde(rename = "exemptImages")]
+    pub exempt_images: portcullis_sdk::image::ImagePatterns,
 }
 
 /// A `registries` entry, parsed.

@@ -47,7 +47,9 @@ impl Policy for ContainerDefaults {
             let pod = security::PodLevel::of(spec.spec);
             for container in spec.containers() {
                 let name = container.name().unwrap_or_default();
-                if existing.contains(&(container.kind, name)) {
+                if existing.contains(&(container.kind, name))
+                    || container.is_exempt(&settings.exempt_images)
+                {
                     continue;
                 }
                 targets.push((container.path.clone(), container.kind, pod));

@@ -26,6 +26,9 @@ pub struct Settings {
     /// Resource requests and limits to add where a container sets none
     /// for that resource.
     pub resources: Resources,
+    /// Containers whose image matches one of these patterns are left as
+    /// they are (e.g. a node agent that must run as root).
+    pub exempt_images: portcullis_sdk::image::ImagePatterns,
 }
 
 impl Default for Settings {
@@ -37,6 +40,7 @@ impl Default for Settings {
             drop_all_capabilities: true,
             add_drop_all: false,
             resources: Resources::default(),
+            exempt_images: Default::default(),
         }
     }
 }

@@ -44,7 +44,7 @@ impl Policy for FieldRules {
         let violations: Vec<String> = settings
             .compile()?
             .iter()
-            .filter(|rule| rule.applies_to(&group, &kind))
+            .filter(|rule| rule.applies_to(&group, &kind, request.operation.as_str()))
             .flat_map(|rule| rule.violations(object))
             .collect();
         if violations.is_empty() {

@@ -18,6 +18,7 @@ pub struct Rule<'a> {
     pub name: &'a str,
     pub kinds: &'a [String],
     pub api_groups: &'a [String],
+    pub operations: &'a [String],
     pub when: Condition,
     pub then: Condition,
     pub message: Option<&'a str>,
@@ -42,6 +43,9 @@ pub enum Test {
     /// A string (or a number or boolean, as JSON text) the regex finds a
     /// match in; unanchored.
     Matches(String, Regex),
+    /// `true`: a list with an element equal to this value; `false`: not
+    /// such a list (an unset list passes).
+    Contains(Value, bool),
 }
 
 impl Test {
@@ -51,6 +55,12 @@ impl Test {
             Test::Present(want) => set.is_some() == *want,
             Test::Equals(want) => value == Some(want),
             Test::Matches(_, regex) => scalar_text(set).is_some_and(|text| regex.is_match(&text)),
+            Test::Contains(item, want) => {
+                let has = set
+                    .and_then(Value::as_array)
+                    .is_some_and(|list| list.contains(item));
+                has == *want
+            }
         }
     }
 
@@ -61,6 +71,8 @@ impl Test {
             Test::Present(false) => format!("{at} is not set"),
             Test::Equals(value) => format!("{at} is {value}"),
             Test::Matches(pattern, _) => format!("{at} matches {pattern:?}"),
+            Test::Contains(item, true) => format!("{at} contains {item}"),
+            Test::Contains(item, false) => format!("{at} does not contain {item}"),
         }
     }
 
@@ -75,6 +87,8 @@ impl Test {
             Test::Present(false) => format!("{at} must not be set ({actual})"),
             Test::Equals(want) => format!("{at} must be {want} ({actual})"),
             Test::Matches(pattern, _) => format!("{at} must match {pattern:?} ({actual})"),
+            Test::Contains(item, true) => format!("{at} must contain {item} ({actual})"),
+            Test::Contains(item, false) => format!("{at} must not contain {item} ({actual})"),
         }
     }
 }
@@ -90,10 +104,12 @@ fn scalar_text(value: Option<&Value>) -> Option<String> {
 }
 
 impl Rule<'_> {
-    /// Whether the rule is about objects of this kind and API group.
-    pub fn applies_to(&self, group: &str, kind: &str) -> bool {
+    /// Whether the rule is about objects of this kind and API group, on
+    /// this operation.
+    pub fn applies_to(&self, group: &str, kind: &str, operation: &str) -> bool {
         (self.kinds.is_empty() || self.kinds.iter().any(|k| k == kind))
             && (self.api_groups.is_empty() || self.api_groups.iter().any(|g| g == group))
+            && (self.operations.is_empty() || self.operations.iter().any(|o| o == operation))
     }
 
     /// One message per `then` location that fails where `if` holds.

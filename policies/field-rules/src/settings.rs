@@ -29,6 +29,9 @@ pub struct RuleSpec {
     /// empty.
     #[serde(default)]
     pub api_groups: Vec<String>,
+    /// Only these operations (`CREATE`, `UPDATE`); both when empty.
+    #[serde(default)]
+    pub operations: Vec<String>,
     /// When this holds...
     #[serde(rename = "if")]
     pub when: ConditionSpec,
@@ -54,6 +57,12 @@ pub struct ConditionSpec {
     pub equals: Option<Value>,
     #[serde(default)]
     pub matches: Option<String>,
+    /// A list that has an element equal to this.
+    #[serde(default, deserialize_with = "given")]
+    pub contains: Option<Value>,
+    /// Not a list that has an element equal to this (an unset list passes).
+    #[serde(default, rename = "notContains", deserialize_with = "given")]
+    pub not_contains: Option<Value>,
 }
 
 fn given<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Value>, D::Error> {
@@ -86,6 +95,15 @@ impl Settings {
             if spec.kinds.iter().any(String::is_empty) {
                 errors.push(format!("{at}: kinds must not contain an empty string"));
             }
+            if let Some(op) = spec
+                .operations
+                .iter()
+                .find(|op| !matches!(op.as_str(), "CREATE" | "UPDATE"))
+            {
+                errors.push(format!(
+                    "{at}: operations: {op:?} is not CREATE or UPDATE (the operations with an object to check)"
+                ));
+            }
             if spec.message.as_deref().is_some_and(str::is_empty) {
                 errors.push(format!("{at}: message must not be empty"));
             }
@@ -96,6 +114,7 @@ impl Settings {
                     name: &spec.name,
                     kinds: &spec.kinds,
                     api_groups: &spec.api_groups,
+                    operations: &spec.operations,
                     when,
                     then,
                     message: spec.message.as_deref(),
@@ -120,6 +139,8 @@ impl ConditionSpec {
             self.absent.map(|_| "absent"),
             self.equals.as_ref().map(|_| "equals"),
             self.matches.as_ref().map(|_| "matches"),
+            self.contains.as_ref().map(|_| "contains"),
+            self.not_contains.as_ref().map(|_| "notContains"),
         ]
         .into_iter()
         .flatten()
@@ -131,9 +152,23 @@ impl ConditionSpec {
                 given.join(", ")
             };
             errors.push(format!(
-                "{at} must give exactly one of present, absent, equals, matches (found {found})"
+                "{at} must give exactly one of present, absent, equals, matches, contains, notContains (found {found})"
             ));
             return None;
+        }
+        if let Some(value) = &self.contains {
+            return Some(Condition {
+                text: self.pointer.clone(),
+                pointer: pointer?,
+                test: Test::Contains(value.clone(), true),
+            });
+        }
+        if let Some(value) = &self.not_contains {
+            return Some(Condition {
+                text: self.pointer.clone(),
+                pointer: pointer?,
+                test: Test::Contains(value.clone(), false),
+            });
         }
         let test = match (self.present, self.absent, &self.equals, &self.matches) {
             (Some(present), ..) => Test::Present(present),

@@ -53,6 +53,9 @@ impl Policy for ImageDigests {
             if container.image().is_some() && old.get(&key) == Some(&container.image()) {
                 continue;
             }
+            if container.is_exempt(&settings.exempt_images) {
+                continue;
+            }
             match pin::pin(&container, &digests) {
                 Pin::Keep => {}
                 Pin::Rewrite(image) => rewrites.push((container.path.clone(), image)),

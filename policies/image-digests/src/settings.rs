@@ -14,6 +14,9 @@ pub struct Settings {
     /// Deny a pod with an image that is neither pinned already nor in
     /// `images`.
     pub deny_unpinned: bool,
+    /// Containers whose image matches one of these patterns are left as
+    /// they are, and not denied as unpinned.
+    pub exempt_images: portcullis_sdk::image::ImagePatterns,
 }
 
 /// The digests by normalized `registry/repository:tag`, so that `nginx:1.27`

@@ -11,8 +11,13 @@
 mod baseline;
 mod restricted;
 
+use std::borrow::Cow;
+
+use portcullis_sdk::image::{ImagePatterns, ImageRef};
+use serde_json::Value;
+
 use crate::pod::PodView;
-use crate::settings::Level;
+use crate::settings::{Exclusion, Level};
 
 /// A failed check: upstream's `ForbiddenReason` and `ForbiddenDetail`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,6 +109,77 @@ pub fn evaluate(pod: &PodView<'_>, level: Level, minor: u32) -> Vec<Violation> {
         .into_iter()
         .filter_map(|check| (check.run)(pod, minor))
         .collect()
+}
+
+/// [`evaluate`] with the settings' `exclude` and `exemptImages`: an
+/// excluded check does not run; a check excluded for some images, and
+/// every check when images are exempt, runs on the pod without the
+/// containers whose image matches (its pod-level fields still count).
+pub fn evaluate_excluding(
+    pod: &PodView<'_>,
+    level: Level,
+    minor: u32,
+    exclude: &[Exclusion],
+    exempt_images: &ImagePatterns,
+) -> Vec<Violation> {
+    if exclude.is_empty() && exempt_images.is_empty() {
+        return evaluate(pod, level, minor);
+    }
+    let without_exempt = without_images(pod.spec, |image| exempt_images.matches(image));
+    checks_for(level, minor)
+        .into_iter()
+        .filter_map(|check| {
+            let exclusions: Vec<&Exclusion> =
+                exclude.iter().filter(|e| e.check == check.id).collect();
+            if exclusions.iter().any(|e| e.images.is_empty()) {
+                return None;
+            }
+            let own;
+            let spec: &Value = if exclusions.is_empty() {
+                &without_exempt
+            } else {
+                own = without_images(pod.spec, |image| {
+                    exempt_images.matches(image) || exclusions.iter().any(|e| e.images.matches(image))
+                });
+                &own
+            };
+            (check.run)(
+                &PodView {
+                    meta: pod.meta,
+                    spec,
+                },
+                minor,
+            )
+        })
+        .collect()
+}
+
+/// `spec` without the containers whose image `exempt` says so (borrowed
+/// when there are none).
+fn without_images(spec: &Value, exempt: impl Fn(&ImageRef) -> bool) -> Cow<'_, Value> {
+    const LISTS: [&str; 3] = ["initContainers", "containers", "ephemeralContainers"];
+    let is_exempt = |container: &Value| {
+        container
+            .get("image")
+            .and_then(Value::as_str)
+            .and_then(|image| ImageRef::parse(image).ok())
+            .is_some_and(|image| exempt(&image))
+    };
+    let any = LISTS.iter().any(|list| {
+        spec.get(list)
+            .and_then(Value::as_array)
+            .is_some_and(|containers| containers.iter().any(is_exempt))
+    });
+    if !any {
+        return Cow::Borrowed(spec);
+    }
+    let mut copy = spec.clone();
+    for list in LISTS {
+        if let Some(containers) = copy.get_mut(list).and_then(Value::as_array_mut) {
+            containers.retain(|container| !is_exempt(container));
+        }
+    }
+    Cow::Owned(copy)
 }
 
 /// Upstream's `AggregateCheckResult.ForbiddenDetail`: `reason (detail)`

@@ -92,7 +92,13 @@ fn judge(request: &Request, settings: &Settings) -> Verdict {
             meta: metadata_of(object, spec),
             spec: spec.spec,
         };
-        violations.extend(evaluate(&view, level, minor));
+        violations.extend(checks::evaluate_excluding(
+            &view,
+            level,
+            minor,
+            &settings.exclude,
+            &settings.exempt_images,
+        ));
     }
     if violations.is_empty() {
         return Verdict::allow();

@@ -3,6 +3,7 @@
 
 use std::fmt;
 
+use portcullis_sdk::image::ImagePatterns;
 use serde::Deserialize;
 
 /// The newest policy version this module implements; `latest` means it.
@@ -19,6 +20,24 @@ pub struct Settings {
     pub version: Version,
     /// Requests that are allowed without evaluation.
     pub exemptions: Exemptions,
+    /// Checks that do not run, for every container or only for containers
+    /// whose image matches (like Kyverno's `podSecurity.exclude`).
+    pub exclude: Vec<Exclusion>,
+    /// Containers whose image matches one of these patterns are left out
+    /// of every check; the pod-level fields are still checked.
+    #[serde(rename = "exemptImages")]
+    pub exempt_images: ImagePatterns,
+}
+
+/// One `exclude` entry: a check by its upstream ID (`capabilities_baseline`,
+/// `hostPorts`, `runAsNonRoot`, ...), for the containers whose image
+/// matches `images`, or for the whole pod without `images`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Exclusion {
+    pub check: String,
+    #[serde(default)]
+    pub images: ImagePatterns,
 }
 
 /// A level of the Pod Security Standards. `privileged` is deliberately
@@ -136,6 +155,16 @@ impl Settings {
         for (name, list) in lists {
             if list.iter().any(String::is_empty) {
                 return Err(format!("{name} must not contain an empty string"));
+            }
+        }
+        for (index, exclusion) in self.exclude.iter().enumerate() {
+            if !crate::checks::CHECKS.iter().any(|c| c.id == exclusion.check) {
+                let known: Vec<&str> = crate::checks::CHECKS.iter().map(|c| c.id).collect();
+                return Err(format!(
+                    "exclude[{index}].check: {:?} is not a check; the checks are {}",
+                    exclusion.check,
+                    known.join(", ")
+                ));
             }
         }
         Ok(())
