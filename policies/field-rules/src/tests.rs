@@ -335,8 +335,8 @@ fn settings_validation() {
         ]})),
         Err("rule \"a\": if.pointer \"spec/x\": must start with '/'; \
              rule \"a\": then.pointer \"/x~2\": segment \"x~2\": '~' must be followed by 0 or 1; \
-             rule \"b\": if must give exactly one of present, absent, equals, matches (found none); \
-             rule \"b\": then must give exactly one of present, absent, equals, matches (found present, equals); \
+             rule \"b\": if must give exactly one of present, absent, equals, matches, contains, notContains (found none); \
+             rule \"b\": then must give exactly one of present, absent, equals, matches, contains, notContains (found present, equals); \
              rules[0] and rules[2] are both named \"a\"; \
              rule \"a\": if.matches \"(unclosed\" is not a valid regex: \
              found open group without closing ')'; \
@@ -365,4 +365,24 @@ fn metadata() {
     assert_eq!(m.name, "field-rules");
     assert_eq!(m.resources, &["*"]);
     assert!(m.validates && !m.mutates);
+}
+
+#[test]
+fn operations_must_be_create_or_update_and_lists_are_tested_by_element() {
+    let refused = testing::validate_settings::<FieldRules>(&json!({"rules": [{
+        "name": "r", "operations": ["DELETE"],
+        "if": {"pointer": "/spec", "present": true},
+        "then": {"pointer": "/spec/x", "contains": 1}
+    }]}))
+    .unwrap_err();
+    assert!(refused.contains("\"DELETE\" is not CREATE or UPDATE"), "{refused}");
+    let settings = json!({"rules": [{
+        "name": "r",
+        "if": {"pointer": "/spec", "present": true},
+        "then": {"pointer": "/spec/list", "notContains": "b"}
+    }]});
+    let object = |list: Value| json!({"apiVersion": "v1", "kind": "Thing", "metadata": {"name": "t"}, "spec": {"list": list}});
+    assert_eq!(message(&settings, object(json!(["a"]))), None);
+    assert_eq!(message(&settings, object(Value::Null)), None, "an unset list passes notContains");
+    assert!(message(&settings, object(json!(["a", "b"]))).is_some());
 }

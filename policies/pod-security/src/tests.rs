@@ -978,3 +978,33 @@ fn pinned_version_is_named_in_the_message() {
         Some("host namespaces (hostIPC=true)"),
     );
 }
+
+#[test]
+fn exclusions_name_real_checks_and_skip_only_what_they_say() {
+    let refused = testing::validate_settings::<PodSecurity>(&json!({
+        "level": "baseline", "exclude": [{"check": "Capabilities"}]
+    }))
+    .unwrap_err();
+    assert!(refused.contains("exclude[0].check: \"Capabilities\" is not a check"), "{refused}");
+    assert!(refused.contains("capabilities_baseline"), "{refused}");
+
+    let pod = tweak(
+        compliant(),
+        &[("/spec/containers/0/securityContext/privileged", json!(true))],
+    );
+    let settings = |exclude: Value| json!({"level": "baseline", "exclude": exclude});
+    let denied = run(&review("CREATE", pod.clone()), settings(json!([])));
+    assert!(!denied.allowed);
+    // Excluded for every container.
+    let all = run(&review("CREATE", pod.clone()), settings(json!([{"check": "privileged"}])));
+    assert!(all.allowed, "{:?}", all.message);
+    // Excluded for another image only: still denied.
+    let other = run(
+        &review("CREATE", pod.clone()),
+        settings(json!([{"check": "privileged", "images": ["registry.example.com/agent"]}])),
+    );
+    assert!(!other.allowed);
+    // Another check excluded: still denied for privileged.
+    let unrelated = run(&review("CREATE", pod), settings(json!([{"check": "hostPorts"}])));
+    assert!(!unrelated.allowed);
+}
