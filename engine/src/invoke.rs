@@ -405,6 +405,46 @@ impl CompiledModule {
     }
 }
 
+/// Runs `prepare` in an instance of `component` (the instrumented copy of
+/// `module`), then hands the live store and instance to `snapshot`, which
+/// reads the state `prepare` left.
+///
+/// # Errors
+/// A [`PolicyError`] when instantiating or the call fails; the settings'
+/// rejection as `Reported`.
+pub(crate) async fn prepare_and_snapshot<R>(
+    module: &CompiledModule,
+    component: &wasmtime::component::Component,
+    policy: &Arc<str>,
+    limits: Limits,
+    settings: &str,
+    snapshot: impl AsyncFnOnce(
+        &mut Store<StoreState>,
+        wasmtime::component::Instance,
+    ) -> Result<R, PolicyError>,
+) -> Result<R, PolicyError> {
+    let mut call = Call::new(module, policy, limits);
+    bounded(module, limits, async {
+        let instance = module
+            .engine
+            .linker()
+            .instantiate_async(&mut call.store, component)
+            .await
+            .map_err(|err| call.classify(err))?;
+        match call.prepare(&instance, settings).await? {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(PolicyError::InvalidOutput(
+                    "prepare answered false in the instrumented copy, true before".into(),
+                ));
+            }
+            Err(reason) => return Err(PolicyError::Reported(reason)),
+        }
+        snapshot(&mut call.store, instance).await
+    })
+    .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -450,44 +490,4 @@ mod tests {
             "exceeded its deadline of 250 ms"
         );
     }
-}
-
-/// Runs `prepare` in an instance of `component` (the instrumented copy of
-/// `module`), then hands the live store and instance to `snapshot`, which
-/// reads the state `prepare` left.
-///
-/// # Errors
-/// A [`PolicyError`] when instantiating or the call fails; the settings'
-/// rejection as `Reported`.
-pub(crate) async fn prepare_and_snapshot<R>(
-    module: &CompiledModule,
-    component: &wasmtime::component::Component,
-    policy: &Arc<str>,
-    limits: Limits,
-    settings: &str,
-    snapshot: impl AsyncFnOnce(
-        &mut Store<StoreState>,
-        wasmtime::component::Instance,
-    ) -> Result<R, PolicyError>,
-) -> Result<R, PolicyError> {
-    let mut call = Call::new(module, policy, limits);
-    bounded(module, limits, async {
-        let instance = module
-            .engine
-            .linker()
-            .instantiate_async(&mut call.store, component)
-            .await
-            .map_err(|err| call.classify(err))?;
-        match call.prepare(&instance, settings).await? {
-            Ok(true) => {}
-            Ok(false) => {
-                return Err(PolicyError::InvalidOutput(
-                    "prepare answered false in the instrumented copy, true before".into(),
-                ));
-            }
-            Err(reason) => return Err(PolicyError::Reported(reason)),
-        }
-        snapshot(&mut call.store, instance).await
-    })
-    .await
 }

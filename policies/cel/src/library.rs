@@ -2,13 +2,14 @@
 //! the `cel` crate's standard library and its `strings`, `lists` and
 //! `math` extensions: quantities (`quantity()`, `isQuantity()` and their
 //! methods), regular-expression `find`/`findAll`, and the list functions
-//! `sum`, `min`, `max` and `isSorted`.
+//! `sum`, `min`, `max` and `isSorted`; and `url()`, `ip()` and `cidr()`.
 
 use std::cmp::Ordering;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use cel::extractors::This;
-use cel::objects::Opaque;
+use cel::objects::{Key, Opaque};
 use cel::{Context, ExecutionError, Value};
 
 use crate::quantity::Quantity;
@@ -260,6 +261,344 @@ pub fn install(context: &mut Context<'_, '_>) -> std::result::Result<(), String>
                 }
             }
             Ok(true)
+        }),
+    )?;
+    install_network(context)
+}
+
+/// A URL as Kubernetes' `url()` reads it: an absolute URL
+/// (`scheme://host[:port]/path?query`) or an absolute path.
+#[derive(Debug, PartialEq, Eq)]
+struct UrlValue {
+    scheme: String,
+    host: String,
+    path: String,
+    query: String,
+}
+
+impl Opaque for UrlValue {
+    fn runtime_type_name(&self) -> &str {
+        "kubernetes.URL"
+    }
+}
+
+impl UrlValue {
+    fn parse(text: &str) -> std::result::Result<Self, String> {
+        let invalid = |why: &str| format!("invalid URL {text:?}: {why}");
+        if text.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(invalid("it contains whitespace or control characters"));
+        }
+        let text = text.split_once('#').map_or(text, |(before, _)| before);
+        let (rest, query) = text.split_once('?').unwrap_or((text, ""));
+        if rest.starts_with('/') {
+            return Ok(Self {
+                scheme: String::new(),
+                host: String::new(),
+                path: rest.to_owned(),
+                query: query.to_owned(),
+            });
+        }
+        let (scheme, rest) = rest
+            .split_once("://")
+            .ok_or_else(|| invalid("not an absolute URL or an absolute path"))?;
+        let valid_scheme = scheme
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic())
+            && scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+        if !valid_scheme {
+            return Err(invalid("bad scheme"));
+        }
+        let (authority, path) = rest.find('/').map_or((rest, ""), |i| rest.split_at(i));
+        let host = authority
+            .rsplit_once('@')
+            .map_or(authority, |(_, host)| host);
+        Ok(Self {
+            scheme: scheme.to_owned(),
+            host: host.to_owned(),
+            path: path.to_owned(),
+            query: query.to_owned(),
+        })
+    }
+
+    /// The host without the port (IPv6 without its brackets).
+    fn hostname(&self) -> &str {
+        if let Some(inner) = self.host.strip_prefix('[') {
+            return inner.split_once(']').map_or(inner, |(ip, _)| ip);
+        }
+        self.host
+            .rsplit_once(':')
+            .map_or(&self.host, |(name, _)| name)
+    }
+
+    fn port(&self) -> &str {
+        if self.host.starts_with('[') {
+            return self.host.rsplit_once("]:").map_or("", |(_, port)| port);
+        }
+        self.host.rsplit_once(':').map_or("", |(_, port)| port)
+    }
+}
+
+/// An IP address or a CIDR, as Kubernetes' `ip()` and `cidr()` read them.
+#[derive(Debug, PartialEq, Eq)]
+struct IpValue(std::net::IpAddr);
+
+impl Opaque for IpValue {
+    fn runtime_type_name(&self) -> &str {
+        "net.IP"
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+struct CidrValue {
+    ip: std::net::IpAddr,
+    prefix: u8,
+}
+
+impl Opaque for CidrValue {
+    fn runtime_type_name(&self) -> &str {
+        "net.CIDR"
+    }
+}
+
+impl CidrValue {
+    fn parse(text: &str) -> std::result::Result<Self, String> {
+        let invalid = || format!("invalid CIDR {text:?}");
+        let (ip, prefix) = text.split_once('/').ok_or_else(invalid)?;
+        let ip: std::net::IpAddr = ip.parse().map_err(|_| invalid())?;
+        let prefix: u8 = prefix.parse().map_err(|_| invalid())?;
+        let bits = if ip.is_ipv4() { 32 } else { 128 };
+        if prefix > bits {
+            return Err(invalid());
+        }
+        Ok(Self { ip, prefix })
+    }
+
+    fn masked(&self) -> std::net::IpAddr {
+        mask(self.ip, self.prefix)
+    }
+
+    fn contains(&self, ip: std::net::IpAddr) -> bool {
+        ip.is_ipv4() == self.ip.is_ipv4() && mask(ip, self.prefix) == self.masked()
+    }
+}
+
+fn mask(ip: std::net::IpAddr, prefix: u8) -> std::net::IpAddr {
+    use std::net::IpAddr;
+    match ip {
+        IpAddr::V4(v4) => {
+            let bits = u32::from(v4);
+            let kept = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+            IpAddr::V4((bits & kept).into())
+        }
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6);
+            let kept = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
+            IpAddr::V6((bits & kept).into())
+        }
+    }
+}
+
+/// Kubernetes' `ip()` refuses IPv4-mapped IPv6 and zones; std refuses
+/// zones already.
+fn parse_ip(text: &str) -> std::result::Result<std::net::IpAddr, String> {
+    let ip: std::net::IpAddr = text.parse().map_err(|_| format!("invalid IP {text:?}"))?;
+    if let std::net::IpAddr::V6(v6) = ip
+        && v6.to_ipv4_mapped().is_some()
+    {
+        return Err(format!(
+            "invalid IP {text:?}: IPv4-mapped IPv6 is not accepted"
+        ));
+    }
+    Ok(ip)
+}
+
+fn opaque<'v, T: Opaque>(function: &str, value: &'v Value) -> Result<&'v T> {
+    match value {
+        Value::Opaque(o) => o
+            .downcast_ref::<T>()
+            .ok_or_else(|| error(function, "wrong type of value")),
+        _ => Err(error(function, format!("wrong type of value: {value:?}"))),
+    }
+}
+
+fn string_value(text: impl Into<String>) -> Value {
+    Value::String(Arc::new(text.into()))
+}
+
+/// Adds Kubernetes' URL, IP and CIDR libraries to `context`.
+///
+/// # Errors
+/// When a name is already taken (a bug: the names are fixed).
+pub fn install_network(context: &mut Context<'_, '_>) -> std::result::Result<(), String> {
+    let add = |result: std::result::Result<(), cel::DeclarationError>| {
+        result.map_err(|e| format!("installing the CEL network libraries: {e}"))
+    };
+    add(
+        context.add_function("url", |text: Arc<String>| -> Result<Value> {
+            UrlValue::parse(&text)
+                .map(|u| Value::Opaque(Arc::new(u)))
+                .map_err(|e| error("url", e))
+        }),
+    )?;
+    add(context.add_function("isURL", |text: Arc<String>| -> bool {
+        UrlValue::parse(&text).is_ok()
+    }))?;
+    add(
+        context.add_function("getScheme", |This(this): This<Value>| -> Result<Value> {
+            Ok(string_value(
+                opaque::<UrlValue>("getScheme", &this)?.scheme.clone(),
+            ))
+        }),
+    )?;
+    add(
+        context.add_function("getHost", |This(this): This<Value>| -> Result<Value> {
+            Ok(string_value(
+                opaque::<UrlValue>("getHost", &this)?.host.clone(),
+            ))
+        }),
+    )?;
+    add(
+        context.add_function("getHostname", |This(this): This<Value>| -> Result<Value> {
+            Ok(string_value(
+                opaque::<UrlValue>("getHostname", &this)?.hostname(),
+            ))
+        }),
+    )?;
+    add(
+        context.add_function("getPort", |This(this): This<Value>| -> Result<Value> {
+            Ok(string_value(opaque::<UrlValue>("getPort", &this)?.port()))
+        }),
+    )?;
+    add(context.add_function(
+        "getEscapedPath",
+        |This(this): This<Value>| -> Result<Value> {
+            Ok(string_value(
+                opaque::<UrlValue>("getEscapedPath", &this)?.path.clone(),
+            ))
+        },
+    ))?;
+    add(
+        context.add_function("getQuery", |This(this): This<Value>| -> Result<Value> {
+            let url = opaque::<UrlValue>("getQuery", &this)?;
+            let mut query: HashMap<Key, Vec<Value>> = HashMap::new();
+            for pair in url.query.split('&').filter(|p| !p.is_empty()) {
+                let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+                query
+                    .entry(Key::String(Arc::new(key.to_owned())))
+                    .or_default()
+                    .push(string_value(value));
+            }
+            Ok(Value::from(
+                query
+                    .into_iter()
+                    .map(|(k, v)| (k, Value::List(Arc::new(v))))
+                    .collect::<HashMap<Key, Value>>(),
+            ))
+        }),
+    )?;
+
+    // `ip('10.0.0.1')`, and `cidr('10.0.0.0/8').ip()`.
+    add(
+        context.add_function("ip", |This(this): This<Value>| -> Result<Value> {
+            let ip = match &this {
+                Value::String(text) => parse_ip(text).map_err(|e| error("ip", e))?,
+                other => opaque::<CidrValue>("ip", other)?.ip,
+            };
+            Ok(Value::Opaque(Arc::new(IpValue(ip))))
+        }),
+    )?;
+    add(context.add_function("isIP", |text: Arc<String>| -> bool {
+        parse_ip(&text).is_ok()
+    }))?;
+    add(
+        context.add_function("cidr", |text: Arc<String>| -> Result<Value> {
+            CidrValue::parse(&text)
+                .map(|c| Value::Opaque(Arc::new(c)))
+                .map_err(|e| error("cidr", e))
+        }),
+    )?;
+    add(context.add_function("isCIDR", |text: Arc<String>| -> bool {
+        CidrValue::parse(&text).is_ok()
+    }))?;
+    add(
+        context.add_function("family", |This(this): This<Value>| -> Result<i64> {
+            Ok(if opaque::<IpValue>("family", &this)?.0.is_ipv4() {
+                4
+            } else {
+                6
+            })
+        }),
+    )?;
+    add(
+        context.add_function("isLoopback", |This(this): This<Value>| -> Result<bool> {
+            Ok(opaque::<IpValue>("isLoopback", &this)?.0.is_loopback())
+        }),
+    )?;
+    add(
+        context.add_function("isUnspecified", |This(this): This<Value>| -> Result<bool> {
+            Ok(opaque::<IpValue>("isUnspecified", &this)?
+                .0
+                .is_unspecified())
+        }),
+    )?;
+    add(context.add_function(
+        "isGlobalUnicast",
+        |This(this): This<Value>| -> Result<bool> {
+            let ip = opaque::<IpValue>("isGlobalUnicast", &this)?.0;
+            // Go's definition: not unspecified, loopback, multicast, link-local
+            // or the IPv4 broadcast address.
+            Ok(!(ip.is_unspecified()
+                || ip.is_loopback()
+                || ip.is_multicast()
+                || match ip {
+                    std::net::IpAddr::V4(v4) => v4.is_link_local() || v4.is_broadcast(),
+                    std::net::IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
+                }))
+        },
+    ))?;
+    add(context.add_function(
+        "containsIP",
+        |This(this): This<Value>, other: Value| -> Result<bool> {
+            let cidr = opaque::<CidrValue>("containsIP", &this)?;
+            let ip = match &other {
+                Value::String(text) => parse_ip(text).map_err(|e| error("containsIP", e))?,
+                other => opaque::<IpValue>("containsIP", other)?.0,
+            };
+            Ok(cidr.contains(ip))
+        },
+    ))?;
+    add(context.add_function(
+        "containsCIDR",
+        |This(this): This<Value>, other: Value| -> Result<bool> {
+            let cidr = opaque::<CidrValue>("containsCIDR", &this)?;
+            let parsed;
+            let inner = match &other {
+                Value::String(text) => {
+                    parsed = CidrValue::parse(text).map_err(|e| error("containsCIDR", e))?;
+                    &parsed
+                }
+                other => opaque::<CidrValue>("containsCIDR", other)?,
+            };
+            Ok(inner.prefix >= cidr.prefix && cidr.contains(inner.ip))
+        },
+    ))?;
+    add(
+        context.add_function("prefixLength", |This(this): This<Value>| -> Result<i64> {
+            Ok(i64::from(
+                opaque::<CidrValue>("prefixLength", &this)?.prefix,
+            ))
+        }),
+    )?;
+    add(
+        context.add_function("masked", |This(this): This<Value>| -> Result<Value> {
+            let cidr = opaque::<CidrValue>("masked", &this)?;
+            Ok(Value::Opaque(Arc::new(CidrValue {
+                ip: cidr.masked(),
+                prefix: cidr.prefix,
+            })))
         }),
     )?;
     Ok(())

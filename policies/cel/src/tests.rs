@@ -245,3 +245,67 @@ fn match_conditions_skip_requests_they_exclude() {
             .allowed
     );
 }
+
+#[test]
+fn kubernetes_libraries_urls_ips_and_cidrs() {
+    let check = |expression: &str| {
+        judge(
+            json!({"validations": [{"expression": expression}]}),
+            deployment(3),
+        )
+        .unwrap_or_else(|e| panic!("{expression}: {e}"))
+        .allowed
+    };
+    assert!(check(
+        "url('https://example.com:8443/a/b?x=1&x=2&y').getScheme() == 'https'"
+    ));
+    assert!(check(
+        "url('https://example.com:8443/a/b').getHost() == 'example.com:8443'"
+    ));
+    assert!(check(
+        "url('https://example.com:8443/a/b').getHostname() == 'example.com'"
+    ));
+    assert!(check(
+        "url('https://example.com:8443/a/b').getPort() == '8443'"
+    ));
+    assert!(check(
+        "url('https://[::1]:80/').getHostname() == '::1' && url('https://[::1]:80/').getPort() == '80'"
+    ));
+    assert!(check(
+        "url('https://example.com/a/b').getEscapedPath() == '/a/b'"
+    ));
+    assert!(check(
+        "url('https://example.com/?x=1&x=2&y').getQuery() == {'x': ['1', '2'], 'y': ['']}"
+    ));
+    assert!(check(
+        "url('/healthz').getEscapedPath() == '/healthz' && url('/healthz').getScheme() == ''"
+    ));
+    assert!(check(
+        "isURL('https://example.com') && !isURL('example.com') && !isURL('a b')"
+    ));
+    assert!(check(
+        "ip('10.0.0.1').family() == 4 && ip('::1').family() == 6"
+    ));
+    assert!(check(
+        "ip('127.0.0.1').isLoopback() && ip('0.0.0.0').isUnspecified()"
+    ));
+    assert!(check(
+        "ip('8.8.8.8').isGlobalUnicast() && !ip('169.254.1.1').isGlobalUnicast()"
+    ));
+    assert!(check(
+        "ip('::1') == ip('0:0::1') && isIP('1.2.3.4') && !isIP('1.2.3') && !isIP('::ffff:1.2.3.4')"
+    ));
+    assert!(check(
+        "cidr('10.0.0.0/8').containsIP('10.1.2.3') && !cidr('10.0.0.0/8').containsIP(ip('11.0.0.1'))"
+    ));
+    assert!(check(
+        "cidr('10.0.0.0/8').containsCIDR('10.1.0.0/16') && !cidr('10.1.0.0/16').containsCIDR('10.0.0.0/8')"
+    ));
+    assert!(check(
+        "cidr('10.1.2.3/8').masked() == cidr('10.0.0.0/8') && cidr('10.1.2.3/8').prefixLength() == 8"
+    ));
+    assert!(check(
+        "cidr('10.1.2.3/8').ip() == ip('10.1.2.3') && isCIDR('::/0') && !isCIDR('1.2.3.4/33')"
+    ));
+    assert!(!check("cidr('fd00::/8').containsIP('10.0.0.1')"));
+}

@@ -375,7 +375,10 @@ fn operations_must_be_create_or_update_and_lists_are_tested_by_element() {
         "then": {"pointer": "/spec/x", "contains": 1}
     }]}))
     .unwrap_err();
-    assert!(refused.contains("\"DELETE\" is not CREATE or UPDATE"), "{refused}");
+    assert!(
+        refused.contains("\"DELETE\" is not CREATE or UPDATE"),
+        "{refused}"
+    );
     let settings = json!({"rules": [{
         "name": "r",
         "if": {"pointer": "/spec", "present": true},
@@ -383,6 +386,10 @@ fn operations_must_be_create_or_update_and_lists_are_tested_by_element() {
     }]});
     let object = |list: Value| json!({"apiVersion": "v1", "kind": "Thing", "metadata": {"name": "t"}, "spec": {"list": list}});
     assert_eq!(message(&settings, object(json!(["a"]))), None);
-    assert_eq!(message(&settings, object(Value::Null)), None, "an unset list passes notContains");
+    assert_eq!(
+        message(&settings, object(Value::Null)),
+        None,
+        "an unset list passes notContains"
+    );
     assert!(message(&settings, object(json!(["a", "b"]))).is_some());
 }

@@ -139,7 +139,8 @@ pub fn evaluate_excluding(
                 &without_exempt
             } else {
                 own = without_images(pod.spec, |image| {
-                    exempt_images.matches(image) || exclusions.iter().any(|e| e.images.matches(image))
+                    exempt_images.matches(image)
+                        || exclusions.iter().any(|e| e.images.matches(image))
                 });
                 &own
             };

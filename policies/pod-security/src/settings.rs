@@ -158,7 +158,10 @@ impl Settings {
             }
         }
         for (index, exclusion) in self.exclude.iter().enumerate() {
-            if !crate::checks::CHECKS.iter().any(|c| c.id == exclusion.check) {
+            if !crate::checks::CHECKS
+                .iter()
+                .any(|c| c.id == exclusion.check)
+            {
                 let known: Vec<&str> = crate::checks::CHECKS.iter().map(|c| c.id).collect();
                 return Err(format!(
                     "exclude[{index}].check: {:?} is not a check; the checks are {}",

@@ -985,7 +985,10 @@ fn exclusions_name_real_checks_and_skip_only_what_they_say() {
         "level": "baseline", "exclude": [{"check": "Capabilities"}]
     }))
     .unwrap_err();
-    assert!(refused.contains("exclude[0].check: \"Capabilities\" is not a check"), "{refused}");
+    assert!(
+        refused.contains("exclude[0].check: \"Capabilities\" is not a check"),
+        "{refused}"
+    );
     assert!(refused.contains("capabilities_baseline"), "{refused}");
 
     let pod = tweak(
@@ -996,7 +999,10 @@ fn exclusions_name_real_checks_and_skip_only_what_they_say() {
     let denied = run(&review("CREATE", pod.clone()), settings(json!([])));
     assert!(!denied.allowed);
     // Excluded for every container.
-    let all = run(&review("CREATE", pod.clone()), settings(json!([{"check": "privileged"}])));
+    let all = run(
+        &review("CREATE", pod.clone()),
+        settings(json!([{"check": "privileged"}])),
+    );
     assert!(all.allowed, "{:?}", all.message);
     // Excluded for another image only: still denied.
     let other = run(
@@ -1005,6 +1011,9 @@ fn exclusions_name_real_checks_and_skip_only_what_they_say() {
     );
     assert!(!other.allowed);
     // Another check excluded: still denied for privileged.
-    let unrelated = run(&review("CREATE", pod), settings(json!([{"check": "hostPorts"}])));
+    let unrelated = run(
+        &review("CREATE", pod),
+        settings(json!([{"check": "hostPorts"}])),
+    );
     assert!(!unrelated.allowed);
 }
