@@ -147,36 +147,19 @@ pub fn measure(
     })
 }
 
-/// Ten validations of the kind Pod Security and the peers' libraries
-/// write, as a `cel` policy's settings.
-const CEL_TEN: &str = r#"
-policies:
-  - name: cel-ten
-    module: MODULE
-    settings:
-      variables:
-        - name: containers
-          expression: "object.spec.containers + (has(object.spec.initContainers) ? object.spec.initContainers : [])"
-      validations:
-        - expression: "!has(object.spec.hostNetwork) || !object.spec.hostNetwork"
-        - expression: "!has(object.spec.hostPID) || !object.spec.hostPID"
-        - expression: "!has(object.spec.hostIPC) || !object.spec.hostIPC"
-        - expression: "variables.containers.all(c, !has(c.securityContext) || !has(c.securityContext.privileged) || !c.securityContext.privileged)"
-        - expression: "variables.containers.all(c, !has(c.ports) || c.ports.all(p, !has(p.hostPort) || p.hostPort == 0))"
-        - expression: "variables.containers.all(c, !c.image.endsWith(':latest'))"
-        - expression: "variables.containers.all(c, c.image.find('^[a-z0-9.-]+(:[0-9]+)?/') != '' || !c.image.contains('/'))"
-        - expression: "!has(object.spec.volumes) || object.spec.volumes.all(v, !has(v.hostPath))"
-        - expression: "object.metadata.name.size() <= 253 && object.metadata.name.lowerAscii() == object.metadata.name"
-        - expression: "variables.containers.all(c, !has(c.resources) || !has(c.resources.limits) || !('memory' in c.resources.limits) || quantity(c.resources.limits.memory).compareTo(quantity('64Gi')) <= 0)"
-"#;
 
 fn measure_cel(
     runtime: &tokio::runtime::Runtime,
     modules: &Path,
     validate: &Review<'_>,
 ) -> Result<CelCall> {
-    let module = modules.join("cel_policy.wasm");
-    let config = CEL_TEN.replace("MODULE", &module.display().to_string());
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("cel-ten.yaml");
+    let config = std::fs::read_to_string(&path)
+        .with_context(|| path.display().to_string())?
+        .replace(
+            "../target/wasm32-wasip1/policy/",
+            &format!("{}/", modules.display()),
+        );
     let mut micros = [0.0; 2];
     for (slot, pre_initialize) in micros.iter_mut().zip([true, false]) {
         let engine = PolicyEngine::with_options(

@@ -164,6 +164,49 @@ fn evaluation(c: &mut Criterion) {
     group.finish();
 }
 
+/// The `cel` policy with ten validations (bench/cel-ten.yaml) on the API
+/// server's pod review: pre-initialized, and parsing its expressions on
+/// every call.
+fn cel(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("a runtime");
+    let validate = request("004-validate-CREATE-Pod-allowed-pod.json");
+    let path = root().join("bench/cel-ten.yaml");
+    let text = std::fs::read_to_string(&path)
+        .expect("bench/cel-ten.yaml")
+        .replace(
+            "../target/wasm32-wasip1/policy/",
+            &format!("{}/", modules().display()),
+        );
+    let config = Config::parse(&path, &text).expect("the cel config");
+    let mut group = c.benchmark_group("cel, 10 validations (3 KB pod review)");
+    for (label, pre_initialize) in [("pre-initialized", true), ("parsing per call", false)] {
+        let engine = PolicyEngine::with_options(
+            None,
+            portcullis_engine::EngineOptions {
+                pre_initialize,
+                ..Default::default()
+            },
+        )
+        .expect("an engine");
+        let set = runtime
+            .block_on(PolicySet::build(&engine, &config, 1, &mut ModuleCache::new(0)))
+            .unwrap_or_else(|e| panic!("{e}: run `make build` first"))
+            .0;
+        let policy = set.policies().first().expect("the cel policy").clone();
+        group.bench_function(label, |b| {
+            b.iter(|| {
+                runtime
+                    .block_on(policy.validate(&validate, None))
+                    .expect("validates")
+            });
+        });
+    }
+    group.finish();
+}
+
 fn loading(c: &mut Criterion) {
     let engine = PolicyEngine::new().expect("engine");
     let path = modules().join("allowed_images.wasm");
@@ -185,5 +228,5 @@ fn loading(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, evaluation, loading);
+criterion_group!(benches, evaluation, cel, loading);
 criterion_main!(benches);
