@@ -147,7 +147,6 @@ pub fn measure(
     })
 }
 
-
 fn measure_cel(
     runtime: &tokio::runtime::Runtime,
     modules: &Path,

@@ -192,7 +192,12 @@ fn cel(c: &mut Criterion) {
         )
         .expect("an engine");
         let set = runtime
-            .block_on(PolicySet::build(&engine, &config, 1, &mut ModuleCache::new(0)))
+            .block_on(PolicySet::build(
+                &engine,
+                &config,
+                1,
+                &mut ModuleCache::new(0),
+            ))
             .unwrap_or_else(|e| panic!("{e}: run `make build` first"))
             .0;
         let policy = set.policies().first().expect("the cel policy").clone();

@@ -350,3 +350,25 @@ fn metadata() {
     assert!(m.resources.contains(&"cronjobs.batch"));
     assert!(m.validates && !m.mutates);
 }
+
+#[test]
+fn exempt_images_are_not_checked() {
+    let mut exempting = settings();
+    exempting["exemptImages"] = json!(["registry.example.com/debug/", "nginx:1.*"]);
+    let object = pod(
+        json!([
+            {"name": "debug", "image": "registry.example.com/debug/toolbox:latest"},
+            {"name": "web", "image": "nginx:1.27"},
+            {"name": "bad", "image": "evil.io/x:1"}
+        ]),
+        json!([]),
+    );
+    let verdict = validate_with(&review("CREATE", object), &exempting);
+    let message = verdict.message.unwrap_or_default();
+    assert!(message.contains("container \"bad\""), "{message}");
+    assert!(!message.contains("debug"), "{message}");
+    let refused = testing::validate_settings::<BlockedImages>(
+        &json!({"tags": ["latest"], "exemptImages": ["Nginx"]}),
+    );
+    assert!(refused.is_err(), "an invalid pattern is refused");
+}

@@ -468,7 +468,7 @@ fn settings_validation() {
     );
     assert_eq!(
         check(json!({"runAsNonroot": true})),
-        Err("invalid settings: unknown field `runAsNonroot`, expected one of `runAsNonRoot`, `seccompProfile`, `allowPrivilegeEscalation`, `dropAllCapabilities`, `addDropAll`, `resources` at line 1 column 15".to_string())
+        Err("invalid settings: unknown field `runAsNonroot`, expected one of `runAsNonRoot`, `seccompProfile`, `allowPrivilegeEscalation`, `dropAllCapabilities`, `addDropAll`, `resources`, `exemptImages` at line 1 column 15".to_string())
     );
     assert_eq!(
         check(json!({"resources": {"request": {}}})),
@@ -484,4 +484,24 @@ fn mutates_only() {
     );
     let m = ContainerDefaults::METADATA;
     assert_eq!((m.validates, m.mutates), (false, true));
+}
+
+#[test]
+fn exempt_images_are_left_as_they_are() {
+    let object = pod(json!({"containers": [
+        {"name": "agent", "image": "registry.example.com/node-agent:2.4"},
+        {"name": "app", "image": "nginx:1.27"}
+    ]}));
+    let out = mutated_with(
+        object,
+        json!({"exemptImages": ["registry.example.com/node-agent"]}),
+    );
+    assert_eq!(
+        out["spec"]["containers"][0],
+        json!({"name": "agent", "image": "registry.example.com/node-agent:2.4"})
+    );
+    assert_eq!(
+        out["spec"]["containers"][1]["securityContext"],
+        restricted()
+    );
 }

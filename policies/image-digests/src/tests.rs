@@ -312,7 +312,7 @@ fn settings_validation() {
     assert_eq!(
         check(json!({"image": {}})),
         err(
-            "invalid settings: unknown field `image`, expected `images` or `denyUnpinned` at line 1 column 8"
+            "invalid settings: unknown field `image`, expected one of `images`, `denyUnpinned`, `exemptImages` at line 1 column 8"
         )
     );
 }
@@ -325,4 +325,26 @@ fn mutates_only() {
     );
     let m = ImageDigests::METADATA;
     assert_eq!((m.validates, m.mutates), (false, true));
+}
+
+#[test]
+fn exempt_images_are_neither_pinned_nor_denied() {
+    let mut exempting = strict();
+    exempting["exemptImages"] = json!(["registry.example.com/dev/", "nginx"]);
+    let object = pod(json!({"containers": [
+        {"name": "app", "image": "registry.example.com/dev/app:main"},
+        {"name": "web", "image": "nginx:1.27"}
+    ]}));
+    assert_eq!(
+        mutate_with(object, &exempting),
+        Mutation::patched(pod(json!({"containers": [
+            {"name": "app", "image": "registry.example.com/dev/app:main"},
+            {"name": "web", "image": "nginx:1.27"}
+        ]})))
+    );
+    let unpinned = mutate_with(one("redis:7"), &exempting);
+    assert!(
+        !unpinned.verdict.allowed,
+        "an image outside the exemption is still denied"
+    );
 }
