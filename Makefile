@@ -88,10 +88,11 @@ test: build components
 	$(MAKE) --no-print-directory suites
 	$(MAKE) --no-print-directory lint
 
-# The policy test suites shipped with each policy (policies/*/suite.yaml).
+# The policy test suites shipped with each policy (policies/*/suite.yaml),
+# and the library page's proof (policies/README.md: one case per row).
 suites: build components
-	./target/release/portcullis test policies/*/suite.yaml tests/scaffold/*/suite.yaml \
-	    tests/policies/required-labels-py/suite.yaml
+	./target/release/portcullis test policies/*/suite.yaml policies/cel/library-suite.yaml \
+	    tests/scaffold/*/suite.yaml tests/policies/required-labels-py/suite.yaml
 
 # Regenerates tests/scaffold/ after a change to testing/templates/policy/.
 scaffold-examples: host
