@@ -84,7 +84,20 @@ pub async fn prepared(
     let (context, instrumented) = wizer
         .instrument_component(&component_bytes)
         .map_err(|e| PrepareError::Wizer(format!("{e:#}")))?;
-    let instrumented = compile(&engine, instrumented).await?;
+    // The instrumented copy depends on the module alone: cached, so a
+    // change of settings costs one compilation, not two.
+    let instrumented_key = digest(format!("instrumented\n{}", module.digest).as_bytes());
+    let instrumented = match cache.and_then(|cache| cache.load(engine.engine(), &instrumented_key))
+    {
+        Some(cached) => cached.component,
+        None => {
+            let component = compile(&engine, instrumented).await?;
+            if let Some(cache) = cache {
+                cache.store(&instrumented_key, &component, module.format);
+            }
+            component
+        }
+    };
     let snapshot = prepare_and_snapshot(
         module,
         &instrumented,
