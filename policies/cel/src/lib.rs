@@ -92,7 +92,7 @@ pub fn evaluate(rules: &Rules, request: &Request) -> Result<Verdict, String> {
     context.add_variable_from_value("variables", CelValue::from(HashMap::<Key, CelValue>::new()));
 
     for (name, condition) in &rules.match_conditions {
-        match run(&context, condition)? {
+        match run(&context, condition).map_err(|e| explain_null_object(request, e))? {
             CelValue::Bool(true) => {}
             CelValue::Bool(false) => return Ok(Verdict::allow()),
             other => {
@@ -119,11 +119,12 @@ pub fn evaluate(rules: &Rules, request: &Request) -> Result<Verdict, String> {
         }
     }
     let with_variables = |error: String| {
-        if failed_variables.is_empty() {
+        let error = if failed_variables.is_empty() {
             error
         } else {
             format!("{error} ({})", failed_variables.join("; "))
-        }
+        };
+        explain_null_object(request, error)
     };
 
     let mut violations = Vec::new();
@@ -173,6 +174,20 @@ pub fn evaluate(rules: &Rules, request: &Request) -> Result<Verdict, String> {
         }
     }
     Ok(verdict)
+}
+
+/// A rule that reads `object` on a request without one (DELETE) fails
+/// with the interpreter's words for null; say what happened.
+fn explain_null_object(request: &Request, error: String) -> String {
+    if request.object().is_none() && error.contains("null") {
+        format!(
+            "{error}; `object` is null: this {} request has none (match CREATE and UPDATE, \
+             or test `object != null` first)",
+            request.operation.as_str()
+        )
+    } else {
+        error
+    }
 }
 
 /// Evaluates one expression; an error names it.

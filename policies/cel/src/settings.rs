@@ -140,7 +140,50 @@ pub fn environment() -> Result<Env, String> {
         env.add_extension(extension)
             .map_err(|e| format!("the CEL {name} extension: {e}"))?;
     }
+    env.add_macro(cel::parser::Macro::receiver("bind", 3, bind_macro))
+        .map_err(|e| format!("the cel.bind macro: {e}"))?;
     Ok(env)
+}
+
+/// `cel.bind(name, init, result)`, as cel-go's `ext.Bindings()` has it
+/// (Kubernetes enables it for admission policies): `result` with `name`
+/// bound to `init`, evaluated once. Expanded, like cel-go does, to a
+/// comprehension over no elements whose accumulator is the binding.
+fn bind_macro(
+    helper: &mut cel::parser::MacroExprHelper<'_>,
+    target: &mut Option<cel::IdedExpr>,
+    args: &mut Vec<cel::IdedExpr>,
+) -> Result<Option<cel::IdedExpr>, cel::ParseError> {
+    use cel::common::ast::{ComprehensionExpr, Expr, ListExpr, LiteralValue};
+    let on_cel =
+        matches!(target.as_ref().map(|t| &t.expr), Some(Expr::Ident(name)) if name == "cel");
+    if !on_cel || args.len() != 3 {
+        // Another receiver's `bind(...)`: an ordinary call.
+        return Ok(None);
+    }
+    let result = args.remove(2);
+    let init = args.remove(1);
+    let var = args.remove(0);
+    let Expr::Ident(name) = &var.expr else {
+        return Err(helper.new_error(
+            var.id,
+            "cel.bind() variable name must be a simple identifier",
+        ));
+    };
+    let name = name.clone();
+    let binding = ComprehensionExpr {
+        iter_range: helper.next_expr(Expr::List(ListExpr::new(Vec::new()))),
+        iter_var: "#unused".to_owned(),
+        iter_var2: None,
+        accu_var: name.clone(),
+        accu_init: init,
+        loop_cond: helper.next_expr(Expr::Literal(LiteralValue::Boolean(false.into()))),
+        loop_step: helper.next_expr(Expr::Ident(name)),
+        result,
+    };
+    Ok(Some(
+        helper.next_expr(Expr::Comprehension(Box::new(binding))),
+    ))
 }
 
 impl Settings {

@@ -198,6 +198,11 @@ fn kubernetes_libraries_quantities_regex_and_lists() {
         "'Hello'.lowerAscii() == 'hello' && 'a,b'.split(',') == ['a', 'b']"
     ));
     assert!(check("[[1], [2, 3]].flatten() == [1, 2, 3]"));
+    assert!(check(&format!(
+        "cel.bind(cs, {containers}, size(cs) == 2 && cs[0].name == 'web')"
+    )));
+    assert!(check("cel.bind(a, 2, cel.bind(b, a * 3, b == 6))"));
+    assert!(check("'%s has %d'.format(['web', 2]) == 'web has 2'"));
     assert!(check(
         "request.userInfo.groups.exists(g, g == 'dev') && request.operation == 'CREATE'"
     ));
@@ -308,4 +313,24 @@ fn kubernetes_libraries_urls_ips_and_cidrs() {
         "cidr('10.1.2.3/8').ip() == ip('10.1.2.3') && isCIDR('::/0') && !isCIDR('1.2.3.4/33')"
     ));
     assert!(!check("cidr('fd00::/8').containsIP('10.0.0.1')"));
+}
+
+#[test]
+fn a_rule_that_reads_a_missing_object_says_so() {
+    let rules = settings(json!({"validations": [{"expression": "object.metadata.name != 'x'"}]}))
+        .compile()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let text = json!({
+        "uid": "1", "kind": {"group": "", "version": "v1", "kind": "ConfigMap"},
+        "resource": {"group": "", "version": "v1", "resource": "configmaps"},
+        "name": "c", "namespace": "shop", "operation": "DELETE",
+        "userInfo": {"username": "alice"}, "oldObject": {"metadata": {"name": "c"}}
+    })
+    .to_string();
+    let request = Request::from_json(&text).unwrap_or_else(|e| panic!("{e}"));
+    let error = evaluate(&rules, &request).err().unwrap_or_default();
+    assert!(
+        error.contains("`object` is null: this DELETE request has none"),
+        "{error}"
+    );
 }
