@@ -45,9 +45,24 @@ pub enum PrepareError {
 /// `module` pre-initialized for `settings`; `None` when the module does
 /// not prepare, or has nothing to prepare for these settings.
 ///
+/// Runs as a task of its own: a panic in the toolchain (wizer's rewrite,
+/// Cranelift) fails this policy's load, never the reload that asked.
+///
 /// # Errors
 /// See [`PrepareError`]. CPU-heavy (two compilations on a cache miss).
 pub async fn prepared(
+    module: &Arc<CompiledModule>,
+    policy: &Arc<str>,
+    limits: Limits,
+    settings: &str,
+) -> Result<Option<Arc<CompiledModule>>, PrepareError> {
+    let (module, policy, settings) = (module.clone(), policy.clone(), settings.to_owned());
+    tokio::spawn(async move { prepare_now(&module, &policy, limits, &settings).await })
+        .await
+        .map_err(|e| PrepareError::Wizer(format!("pre-initialization failed: {e}")))?
+}
+
+async fn prepare_now(
     module: &Arc<CompiledModule>,
     policy: &Arc<str>,
     limits: Limits,
