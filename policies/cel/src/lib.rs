@@ -76,16 +76,27 @@ static PREPARED: OnceLock<(Value, Rules)> = OnceLock::new();
 pub fn evaluate(rules: &Rules, request: &Request) -> Result<Verdict, String> {
     let mut context = Context::with_env(rules.env.clone());
     library::install(&mut context)?;
-    context.add_variable_from_value(
-        "object",
-        json_to_cel(request.object().unwrap_or(&Value::Null)),
-    );
-    context.add_variable_from_value(
-        "oldObject",
-        json_to_cel(request.old_object().unwrap_or(&Value::Null)),
-    );
-    context.add_variable_from_value("request", request_to_cel(request));
-    context.add_variable_from_value("params", json_to_cel(&rules.params));
+    // Only what some expression reads is converted: the object is most of
+    // a call's conversion work, and `request` or `oldObject` often unread.
+    let reads = |name: &str| rules.reads.contains(name);
+    if reads("object") {
+        context.add_variable_from_value(
+            "object",
+            json_to_cel(request.object().unwrap_or(&Value::Null)),
+        );
+    }
+    if reads("oldObject") {
+        context.add_variable_from_value(
+            "oldObject",
+            json_to_cel(request.old_object().unwrap_or(&Value::Null)),
+        );
+    }
+    if reads("request") {
+        context.add_variable_from_value("request", request_to_cel(request));
+    }
+    if reads("params") {
+        context.add_variable_from_value("params", json_to_cel(&rules.params));
+    }
     // The API server adds the namespace's object; a webhook's request has
     // none, so rules that read it see null.
     context.add_variable_from_value("namespaceObject", CelValue::Null);

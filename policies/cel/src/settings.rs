@@ -126,6 +126,9 @@ pub struct Rules {
     pub audit_annotations: Vec<(String, Expression)>,
     pub params: Value,
     pub actions: Actions,
+    /// The top-level variables some expression reads (`object`,
+    /// `request`, ...): the others are not built for a call.
+    pub reads: std::collections::HashSet<String>,
 }
 
 /// The environment every expression is parsed and run in: the standard
@@ -252,7 +255,7 @@ impl Settings {
         };
         let match_conditions = named("matchConditions", &spec.match_conditions)?;
         let variables = named("variables", &spec.variables)?;
-        let validations = spec
+        let validations: Vec<Validation> = spec
             .validations
             .iter()
             .enumerate()
@@ -270,7 +273,7 @@ impl Settings {
                 })
             })
             .collect::<Result<_, String>>()?;
-        let audit_annotations = spec
+        let audit_annotations: Vec<(String, Expression)> = spec
             .audit_annotations
             .iter()
             .enumerate()
@@ -284,8 +287,26 @@ impl Settings {
                 ))
             })
             .collect::<Result<_, String>>()?;
+        let reads = match_conditions
+            .iter()
+            .chain(&variables)
+            .map(|(_, e)| e)
+            .chain(validations.iter().flat_map(|v: &Validation| {
+                std::iter::once(&v.expression).chain(v.message_expression.as_ref())
+            }))
+            .chain(audit_annotations.iter().map(|(_, e)| e))
+            .flat_map(|e| {
+                e.program
+                    .references()
+                    .variables()
+                    .into_iter()
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
         Ok(Rules {
             env: Arc::new(env),
+            reads,
             match_conditions,
             variables,
             validations,
