@@ -1051,6 +1051,35 @@ impl Server {
         }
     }
 
+    /// Sends SIGTERM (with `kill -TERM`), as the kubelet does to stop a pod.
+    pub fn terminate(&self) -> Result<()> {
+        let kill = run_cli(
+            Path::new("kill"),
+            &["-TERM", &self.pid().to_string()],
+            None,
+            Duration::from_secs(10),
+        )?;
+        ensure!(kill.status.success(), "kill -TERM failed: {kill}");
+        Ok(())
+    }
+
+    /// Polls until the process has exited, for at most `within`; its
+    /// status.
+    pub fn wait_exit(&self, within: Duration) -> Result<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.exit_status()? {
+                return Ok(status);
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "the server still runs {within:?} later\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Asks an in-process server to reload, as SIGHUP asks a process.
     pub fn reload(&self) -> Result<()> {
         match &self.backend {

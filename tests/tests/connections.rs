@@ -300,13 +300,7 @@ fn sigterm_answers_every_request_sent_before_the_listener_closes() -> Result<()>
 
     // Let the load run, then SIGTERM.
     std::thread::sleep(Duration::from_secs(1));
-    let kill = run_cli(
-        Path::new("kill"),
-        &["-TERM", &server.pid().to_string()],
-        None,
-        Duration::from_secs(10),
-    )?;
-    ensure!(kill.status.success(), "kill -TERM failed: {kill}");
+    server.terminate()?;
     let signalled = started.elapsed();
     // Readiness fails at once, while the webhook still answers.
     let readiness = server.url("/readyz");
@@ -372,18 +366,7 @@ fn sigterm_answers_every_request_sent_before_the_listener_closes() -> Result<()>
     );
 
     // Then it stops accepting and exits 0, within delay + grace.
-    let deadline = Instant::now() + DELAY + Duration::from_secs(5);
-    let status = loop {
-        if let Some(status) = server.exit_status()? {
-            break status;
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "still running after delay and grace\n{}",
-            server.logs()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = server.wait_exit(DELAY + Duration::from_secs(5))?;
     let exited = started.elapsed() - signalled;
     ensure!(
         status.code() == Some(0),

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, ensure};
 use portcullis_e2e::{
     Paths, Proto, Server, block_on, fixture, https_client, metric_value, repo_root, rss_bytes,
-    run_cli, yaml_str,
+    yaml_str,
 };
 
 /// Each review spends this long in a policy (an endless loop cut at its
@@ -199,13 +199,7 @@ fn sigterm_drains_in_flight_reviews_and_exits_zero() -> Result<()> {
         );
         std::thread::sleep(Duration::from_millis(5));
     }
-    let kill = run_cli(
-        Path::new("kill"),
-        &["-TERM", &server.pid().to_string()],
-        None,
-        Duration::from_secs(10),
-    )?;
-    ensure!(kill.status.success(), "kill -TERM failed: {kill}");
+    server.terminate()?;
     let signalled = started.elapsed();
 
     let mut completed = 0;
@@ -224,18 +218,7 @@ fn sigterm_drains_in_flight_reviews_and_exits_zero() -> Result<()> {
     }
 
     // The process exits by itself, with 0, well within the grace period.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = server.exit_status()? {
-            break status;
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "the server did not exit within 10 s of SIGTERM\n{}",
-            server.logs()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = server.wait_exit(Duration::from_secs(10))?;
     let exited = started.elapsed();
     ensure!(
         status.code() == Some(0),

@@ -135,20 +135,27 @@ fn eval(config: &Path) -> Result<portcullis_e2e::CliOutput> {
 }
 
 #[test]
-fn a_prepare_that_loops_or_rejects_keeps_the_policy_out() -> Result<()> {
+fn a_prepare_that_loops_hogs_memory_or_rejects_keeps_the_policy_out() -> Result<()> {
     let paths = paths()?;
     let dir = tempfile::tempdir()?;
-    for (settings, expected) in [
+    for (limits, settings, expected) in [
         (
+            "timeoutMs: 300",
             "{ behaviour: allow, prepare: loop }",
             "prepare exceeded its deadline of 300 ms",
         ),
         (
+            "memoryLimit: 16Mi",
+            "{ behaviour: allow, prepare: memory-bomb }",
+            "prepare exceeded its memory limit of 16777216 bytes",
+        ),
+        (
+            "timeoutMs: 300",
             "{ behaviour: allow, prepare: reject }",
             "the policy rejected its settings in prepare: misbehave: settings rejected in prepare",
         ),
     ] {
-        let config = misbehave(&[("p", "timeoutMs: 300", settings)])(&paths, dir.path())?;
+        let config = misbehave(&[("p", limits, settings)])(&paths, dir.path())?;
         let started = Instant::now();
         let out = eval(&config)?;
         ensure!(out.code() == Some(2), "{settings}: expected exit 2\n{out}");

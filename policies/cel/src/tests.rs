@@ -6,19 +6,30 @@ fn settings(value: Value) -> Settings {
     Settings(value)
 }
 
-fn request(object: Value) -> Request {
+/// A Deployment request by alice; `object` goes where `operation` puts it
+/// (`oldObject` for DELETE).
+fn request_for(operation: &str, object: Value) -> Request {
+    let side = if operation == "DELETE" {
+        "oldObject"
+    } else {
+        "object"
+    };
     let text = json!({
         "uid": "1",
         "kind": {"group": "apps", "version": "v1", "kind": "Deployment"},
         "resource": {"group": "apps", "version": "v1", "resource": "deployments"},
         "name": "web",
         "namespace": "shop",
-        "operation": "CREATE",
+        "operation": operation,
         "userInfo": {"username": "alice", "groups": ["dev", "system:authenticated"]},
-        "object": object,
+        side: object,
     })
     .to_string();
     Request::from_json(&text).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn request(object: Value) -> Request {
+    request_for("CREATE", object)
 }
 
 fn deployment(replicas: i64) -> Value {
@@ -320,14 +331,7 @@ fn a_rule_that_reads_a_missing_object_says_so() {
     let rules = settings(json!({"validations": [{"expression": "object.metadata.name != 'x'"}]}))
         .compile()
         .unwrap_or_else(|e| panic!("{e}"));
-    let text = json!({
-        "uid": "1", "kind": {"group": "", "version": "v1", "kind": "ConfigMap"},
-        "resource": {"group": "", "version": "v1", "resource": "configmaps"},
-        "name": "c", "namespace": "shop", "operation": "DELETE",
-        "userInfo": {"username": "alice"}, "oldObject": {"metadata": {"name": "c"}}
-    })
-    .to_string();
-    let request = Request::from_json(&text).unwrap_or_else(|e| panic!("{e}"));
+    let request = request_for("DELETE", deployment(3));
     let error = evaluate(&rules, &request).err().unwrap_or_default();
     assert!(
         error.contains("`object` is null: this DELETE request has none"),

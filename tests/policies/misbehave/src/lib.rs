@@ -92,6 +92,8 @@ pub enum Prepare {
     Loop,
     /// Rejects the settings.
     Reject,
+    /// Allocates until the memory limit stops it: the load must fail.
+    MemoryBomb,
     /// Leaves state for every call: `stateful`'s counter at 1000 and its
     /// last uid `prepared`, so each call reports `calls=1001 last=prepared`
     /// when it starts from the prepared state and nothing else carries.
@@ -160,6 +162,7 @@ impl Policy for Misbehave {
             None => Ok(false),
             Some(Prepare::Loop) => spin(),
             Some(Prepare::Reject) => Err(PREPARE_REJECTION.to_string()),
+            Some(Prepare::MemoryBomb) => memory_bomb(),
             Some(Prepare::Remember) => {
                 STATEFUL_CALLS.store(1000, Ordering::Relaxed);
                 if let Ok(mut last) = STATEFUL_LAST.lock() {
