@@ -12,6 +12,9 @@
 //!       resources: [pods, deployments.apps]
 //!       namespaces: { exclude: [kube-system] }
 //!     settings: { allowed: ["registry.k8s.io/"] }
+//!   - name: labels
+//!     module: oci://registry.example:5000/policies/required-labels:v1
+//!     verify: { keys: [keys/policies.pub] }   # cosign-style signature
 //! ```
 
 use std::collections::HashSet;
@@ -206,11 +209,19 @@ struct RawMatch {
     namespaces: RawNamespaces,
 }
 
+/// Public keys a registry module's signature must verify with.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RawVerify {
+    keys: Vec<PathBuf>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RawPolicy {
     name: PolicyName,
-    module: PathBuf,
+    module: String,
+    verify: Option<RawVerify>,
     mode: Option<Mode>,
     on_error: Option<OnError>,
     timeout_ms: Option<u64>,
@@ -226,15 +237,64 @@ pub struct RawPolicy {
 struct RawConfig {
     #[serde(default)]
     defaults: RawDefaults,
+    /// Keys every registry module must be signed with, unless its policy
+    /// names its own.
+    verify: Option<RawVerify>,
     policies: Vec<RawPolicy>,
+}
+
+/// The scheme of a module kept in an OCI registry.
+pub const REGISTRY_SCHEME: &str = "oci://";
+
+/// What a registry module resolved to when the set was built.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistryOrigin {
+    /// The manifest digest in service.
+    pub manifest: String,
+    /// Fingerprint of the key its signature verified with.
+    pub signed_by: Option<String>,
+    /// The registry was unreachable and the tag was taken as it resolved
+    /// last.
+    pub stale: bool,
+}
+
+/// Where a policy's module comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ModuleSource {
+    /// A file (absolute, or resolved against the config's directory).
+    File(PathBuf),
+    /// An OCI artifact: `oci://REGISTRY/REPOSITORY:TAG` or
+    /// `oci://REGISTRY/REPOSITORY@sha256:...`, as written. The server
+    /// pulls it into its content store before the policy set is built.
+    Registry(String),
+}
+
+impl std::fmt::Display for ModuleSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::File(path) => write!(f, "{}", path.display()),
+            Self::Registry(reference) => f.write_str(reference),
+        }
+    }
 }
 
 /// One policy as configured.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PolicyConfig {
     pub name: PolicyName,
-    /// Absolute (or config-relative resolved) path of the `.wasm` file.
+    /// Where the module comes from, as configured.
+    pub source: ModuleSource,
+    /// The local file the module's bytes are read from: the configured file,
+    /// or for a registry module the blob in the content store (empty until
+    /// the server has resolved it).
     pub module: PathBuf,
+    /// The sha256 the bytes must have: a registry module's layer digest.
+    pub expected_digest: Option<String>,
+    /// Public keys (PEM files) the registry module's signature must verify
+    /// with; empty: no signature required.
+    pub verify_keys: Vec<PathBuf>,
+    /// What a registry module resolved to, filled in by the server.
+    pub origin: Option<RegistryOrigin>,
     pub mode: Mode,
     pub on_error: OnError,
     pub limits: Limits,
@@ -278,7 +338,7 @@ impl Config {
             path: path.to_path_buf(),
             message: err.to_string(),
         })?;
-        Self::from_parts(path, raw.defaults, raw.policies)
+        Self::from_raw(path, raw)
     }
 
     /// Validates `defaults` and `policies` read from `path` (a config file,
@@ -291,7 +351,17 @@ impl Config {
         defaults: RawDefaults,
         policies: Vec<RawPolicy>,
     ) -> Result<Self, ConfigError> {
-        let raw = RawConfig { defaults, policies };
+        Self::from_raw(
+            path,
+            RawConfig {
+                defaults,
+                verify: None,
+                policies,
+            },
+        )
+    }
+
+    fn from_raw(path: &Path, raw: RawConfig) -> Result<Self, ConfigError> {
         let invalid = |message: String| ConfigError::Invalid {
             path: path.to_path_buf(),
             message,
@@ -303,6 +373,15 @@ impl Config {
         let default_memory = defaults.memory_limit.map_or(DEFAULT_MEMORY, |q| q.0);
         check_memory(default_memory).map_err(|m| invalid(format!("defaults.memoryLimit: {m}")))?;
 
+        let global_keys: Vec<PathBuf> = match &raw.verify {
+            None => Vec::new(),
+            Some(verify) if verify.keys.is_empty() => {
+                return Err(invalid(
+                    "verify.keys: name at least one public key file".to_string(),
+                ));
+            }
+            Some(verify) => verify.keys.iter().map(|key| base.join(key)).collect(),
+        };
         let mut seen = HashSet::new();
         let mut policies = Vec::with_capacity(raw.policies.len());
         for (index, policy) in raw.policies.into_iter().enumerate() {
@@ -319,9 +398,37 @@ impl Config {
                 Some(value) => value.to_string(),
             };
             let matching = policy.matching.unwrap_or_default();
+            let source = module_source(base, &policy.module)
+                .map_err(|m| invalid(format!("{at}.module: {m}")))?;
+            let verify_keys = match (&source, policy.verify) {
+                (ModuleSource::File(_), Some(_)) => {
+                    return Err(invalid(format!(
+                        "{at}.verify: signatures are checked for {REGISTRY_SCHEME} modules only; \
+                         a file is trusted as the file system delivers it"
+                    )));
+                }
+                (ModuleSource::File(_), None) => Vec::new(),
+                (ModuleSource::Registry(_), Some(verify)) => {
+                    if verify.keys.is_empty() {
+                        return Err(invalid(format!(
+                            "{at}.verify.keys: name at least one public key file"
+                        )));
+                    }
+                    verify.keys.iter().map(|key| base.join(key)).collect()
+                }
+                (ModuleSource::Registry(_), None) => global_keys.clone(),
+            };
+            let module = match &source {
+                ModuleSource::File(path) => path.clone(),
+                ModuleSource::Registry(_) => PathBuf::new(),
+            };
             policies.push(PolicyConfig {
                 name: policy.name,
-                module: base.join(policy.module),
+                source,
+                module,
+                expected_digest: None,
+                verify_keys,
+                origin: None,
                 mode: policy.mode.or(defaults.mode).unwrap_or_default(),
                 on_error: policy.on_error.or(defaults.on_error).unwrap_or_default(),
                 limits: Limits {
@@ -342,6 +449,31 @@ impl Config {
             policies,
         })
     }
+}
+
+/// Reads a `module` value: a registry reference, or a path resolved against
+/// the config's directory.
+fn module_source(base: &Path, module: &str) -> Result<ModuleSource, String> {
+    if let Some(rest) = module.strip_prefix(REGISTRY_SCHEME) {
+        // The full grammar is checked where the reference is resolved; here
+        // only what makes it unusable whatever the registry says.
+        if rest.is_empty() || !rest.contains('/') || rest.chars().any(char::is_whitespace) {
+            return Err(format!(
+                "invalid registry reference {module:?}: expected \
+                 {REGISTRY_SCHEME}REGISTRY/REPOSITORY:TAG or {REGISTRY_SCHEME}REGISTRY/REPOSITORY@sha256:DIGEST"
+            ));
+        }
+        return Ok(ModuleSource::Registry(module.to_string()));
+    }
+    if module.contains("://") {
+        return Err(format!(
+            "unsupported module location {module:?}: use a file path or {REGISTRY_SCHEME}..."
+        ));
+    }
+    if module.is_empty() {
+        return Err("empty module path".to_string());
+    }
+    Ok(ModuleSource::File(base.join(module)))
 }
 
 fn check_timeout(ms: u64) -> Result<(), String> {

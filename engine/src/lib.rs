@@ -73,7 +73,8 @@ pub use chain::{ChainFailure, Evaluation, Selection, mutate, validate};
 pub use componentize::{ComponentizeError, ModuleFormat};
 pub use config::{
     Config, ConfigError, DEFAULT_MEMORY, DEFAULT_TIMEOUT_MS, Limits, MAX_POLICY_MEMORY, Mode,
-    OnError, PolicyConfig, PolicyName, Quantity, RawDefaults, RawPolicy,
+    ModuleSource, OnError, PolicyConfig, PolicyName, Quantity, REGISTRY_SCHEME, RawDefaults,
+    RawPolicy, RegistryOrigin,
 };
 pub use contract::{ContractError, VERSION as CONTRACT_VERSION, Version};
 pub use engine::{DEFAULT_MEMORY_BUDGET, EPOCH_TICK, EngineError, EngineOptions, PolicyEngine};

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use crate::breaker::Breaker;
 use crate::config::Limits;
-use crate::config::{Mode, OnError, PolicyConfig};
+use crate::config::{Mode, ModuleSource, OnError, PolicyConfig, RegistryOrigin};
 use crate::invoke::{Metadata, MutationOutput, PolicyError, Verdict};
 use crate::matcher::{Matcher, RequestFacts};
 use crate::module::{CompiledModule, ModuleError};
@@ -50,6 +50,15 @@ pub enum LoadError {
     /// failed.
     #[error(transparent)]
     Prepare(#[from] crate::prepare::PrepareError),
+    /// The module's bytes are not those its registry manifest names: the
+    /// stored copy was altered or the registry served other bytes.
+    #[error("the module's digest is {actual}, not {expected} as its manifest says")]
+    DigestMismatch { expected: String, actual: String },
+    /// A registry module was not pulled before the set was built.
+    #[error(
+        "registry modules are pulled by the server before loading; this command reads files only"
+    )]
+    Unresolved,
     /// A compiled module went missing between compiling and binding (a bug).
     #[error("the compiled module went missing")]
     Missing,
@@ -59,7 +68,12 @@ pub enum LoadError {
 #[derive(Debug)]
 pub struct Policy {
     pub name: Arc<str>,
+    /// Where the module came from, as configured.
+    pub source: ModuleSource,
+    /// The file its bytes were read from.
     pub module_path: PathBuf,
+    /// What its registry reference resolved to.
+    pub origin: Option<RegistryOrigin>,
     pub module: Arc<CompiledModule>,
     pub metadata: Metadata,
     pub mode: Mode,
@@ -115,7 +129,9 @@ impl Policy {
             .unwrap_or(module);
         Ok(Self {
             name,
+            source: config.source.clone(),
             module_path: config.module.clone(),
+            origin: config.origin.clone(),
             module,
             metadata,
             mode: config.mode,
@@ -130,7 +146,9 @@ impl Policy {
     /// Whether `other` is the same policy with the same code and config.
     pub fn same_as(&self, other: &Policy) -> bool {
         self.name == other.name
+            && self.source == other.source
             && self.module_path == other.module_path
+            && self.origin == other.origin
             && self.module.digest == other.module.digest
             && self.mode == other.mode
             && self.on_error == other.on_error

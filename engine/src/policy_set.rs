@@ -3,11 +3,10 @@
 //! entirely by it; a reload builds a whole new snapshot and swaps it in.
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use crate::config::Config;
+use crate::config::{Config, ModuleSource};
 use crate::engine::PolicyEngine;
 use crate::files;
 use crate::module::{self, CompiledModule, ModuleError};
@@ -22,12 +21,13 @@ pub struct PolicySet {
     policies: Vec<Arc<Policy>>,
 }
 
-/// A policy that failed to load, with its name and module path.
+/// A policy that failed to load, with its name and where its module came
+/// from (a path or a registry reference).
 #[derive(Debug, thiserror::Error)]
-#[error("policy {policy:?} (module {})", module.display())]
+#[error("policy {policy:?} (module {module})")]
 pub struct SetError {
     pub policy: String,
-    pub module: PathBuf,
+    pub module: ModuleSource,
     #[source]
     pub error: LoadError,
 }
@@ -58,7 +58,7 @@ impl PolicySet {
             let policy = &config.policies[index];
             SetError {
                 policy: policy.name.to_string(),
-                module: policy.module.clone(),
+                module: policy.source.clone(),
                 error,
             }
         };
@@ -70,6 +70,11 @@ impl PolicySet {
         let mut digests: Vec<String> = Vec::with_capacity(config.policies.len());
         let mut compiling = tokio::task::JoinSet::new();
         for (index, policy_config) in config.policies.iter().enumerate() {
+            if matches!(policy_config.source, ModuleSource::Registry(_))
+                && policy_config.expected_digest.is_none()
+            {
+                return Err(fail(index, LoadError::Unresolved));
+            }
             let path = policy_config.module.clone();
             let bytes = tokio::task::spawn_blocking(move || {
                 files::read_bounded(&path, files::MAX_MODULE_BYTES)
@@ -78,6 +83,17 @@ impl PolicySet {
             .map_err(|err| fail(index, LoadError::Task(err)))?
             .map_err(|err| fail(index, LoadError::Read(err)))?;
             let digest = module::digest(&bytes);
+            if let Some(expected) = &policy_config.expected_digest
+                && *expected != digest
+            {
+                return Err(fail(
+                    index,
+                    LoadError::DigestMismatch {
+                        expected: expected.clone(),
+                        actual: digest,
+                    },
+                ));
+            }
             if !digests.contains(&digest) {
                 if cache.contains(&digest) {
                     stats.reused += 1;

@@ -24,6 +24,7 @@ use crate::control::{ControlHandle, ControlLoop, Debounce};
 use crate::limits::EvalLimiter;
 use crate::listener::{ConnectionLimits, Listener, Phase};
 use crate::metrics::Metrics;
+use crate::registry::{ModuleResolver, RegistrySettings};
 use crate::reload::{ReloadError, Reloader};
 use crate::server::{self, BodyBudget, ServerState};
 use crate::tls::{self, ServingConfig, TlsError, TlsFiles};
@@ -94,6 +95,8 @@ pub struct ServeOptions {
     pub allow_empty: bool,
     pub debounce: Debounce,
     pub limits: EdgeLimits,
+    /// How `oci://` modules are pulled and re-checked.
+    pub registry: RegistrySettings,
 }
 
 /// Bounds at the HTTP edge.
@@ -360,6 +363,7 @@ async fn load_policies(
         options.config.clone(),
         store.clone(),
         metrics.clone(),
+        ModuleResolver::new(options.registry.clone()),
     );
     if let Err(error) = reloader.reload().await {
         if !options.allow_empty {

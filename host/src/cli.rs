@@ -4,7 +4,12 @@
 use clap::{Parser, Subcommand};
 
 use crate::commands::{
-    certs::CertsCommand, eval::EvalCommand, new::NewCommand, serve::ServeCommand, test::TestCommand,
+    certs::CertsCommand,
+    eval::EvalCommand,
+    new::NewCommand,
+    registry::{KeygenCommand, PullCommand, PushCommand, SignCommand},
+    serve::ServeCommand,
+    test::TestCommand,
 };
 use crate::telemetry::LogFormat;
 
@@ -43,6 +48,15 @@ pub enum Command {
     Test(TestCommand),
     /// Scaffold a policy crate: `portcullis new policy NAME [--mutating]`.
     New(NewCommand),
+    /// Push a module to an OCI registry (Wasm artifact layout, annotated
+    /// from the module's metadata).
+    Push(PushCommand),
+    /// Pull a module from an OCI registry, optionally checking its signature.
+    Pull(PullCommand),
+    /// Sign a module in an OCI registry (cosign's keyed layout).
+    Sign(SignCommand),
+    /// Make an ECDSA P-256 key pair for `sign` and `verify`.
+    Keygen(KeygenCommand),
 }
 
 impl Cli {

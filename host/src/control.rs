@@ -132,6 +132,11 @@ impl ControlLoop {
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
         let mut pending = Pending::default();
+        let mut registry_poll = self.policies.registry_poll_interval().map(|every| {
+            let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            interval
+        });
         loop {
             if !pending.any() {
                 tokio::select! {
@@ -140,6 +145,17 @@ impl ControlLoop {
                         Some(control) => pending.add(control),
                         None => return,
                     },
+                    () = tick(&mut registry_poll) => {
+                        // Asking the registry takes time: shutdown must
+                        // not wait for it.
+                        tokio::select! {
+                            () = &mut shutdown => return,
+                            changed = self.policies.registry_changed() => {
+                                pending.policies |= changed;
+                            }
+                        }
+                        continue;
+                    }
                 }
             }
             if pending.from_files {
@@ -185,6 +201,16 @@ impl ControlLoop {
         // A Secret volume swap replaces the directories the files resolve
         // to: watch where they lead now.
         self.certificate_watcher.watch(&self.certificates.watched());
+    }
+}
+
+/// The next tick of the registry poll; never, when there is none.
+async fn tick(poll: &mut Option<tokio::time::Interval>) {
+    match poll {
+        Some(interval) => {
+            interval.tick().await;
+        }
+        None => std::future::pending().await,
     }
 }
 

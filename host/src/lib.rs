@@ -12,8 +12,10 @@
 //! - `metrics`: Prometheus metrics; `telemetry`: logs.
 //! - `reload`: build a new policy set and swap it in; `cert_reload`: the
 //!   same for the certificate; `watch`: file watching at directory level.
-//! - `control`: the one control loop that file events and reload
-//!   requests feed.
+//! - `registry`: `oci://` modules resolved to verified files before a
+//!   reload builds its set, and the check for moved tags.
+//! - `control`: the one control loop that file events, reload requests
+//!   and the registry poll feed.
 //! - `app`: start-up, the tasks, the drain that joins them
 //!   ([`app::start`], [`app::Server::wait`]).
 //! - `certs`: generating a CA and serving certificates.
@@ -29,6 +31,7 @@ pub mod control;
 mod limits;
 mod listener;
 mod metrics;
+pub mod registry;
 mod reload;
 pub mod server;
 mod signals;

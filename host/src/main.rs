@@ -18,6 +18,10 @@ fn main() -> ExitCode {
         Command::Eval(command) => command.execute(),
         Command::Test(command) => command.execute(),
         Command::New(command) => command.execute(),
+        Command::Push(command) => command.execute(),
+        Command::Pull(command) => command.execute(),
+        Command::Sign(command) => command.execute(),
+        Command::Keygen(command) => command.execute(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

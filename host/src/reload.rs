@@ -9,14 +9,30 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use crate::metrics::Metrics;
+use crate::registry::{ModuleResolver, ResolveError, TrackedTag};
 use crate::watch::Fingerprint;
-use portcullis_engine::PolicyEngine;
+use portcullis_engine::{ModuleSource, PolicyEngine};
 use portcullis_engine::{Config, ConfigError, Report};
 use portcullis_engine::{LoadFailure, PolicyStore};
 use portcullis_engine::{ModuleCache, PolicySet, SetError};
 
 /// Compiled modules kept beyond those in service, for rollbacks.
 const SPARE_MODULES: usize = 16;
+
+/// Most registry polls skipped between retries of a refused module.
+const MAX_POLL_BACKOFF: u32 = 16;
+
+/// The registry check's memory of the tags it last reloaded for.
+#[derive(Debug)]
+struct Polled {
+    manifests: Vec<String>,
+    /// The reload it asked for failed.
+    failed: bool,
+    /// Polls to skip before trying the same refused module again, and the
+    /// pause it grows from.
+    skip: u32,
+    backoff: u32,
+}
 
 /// Why a reload did not swap.
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +41,8 @@ pub enum ReloadError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Policies(#[from] SetError),
+    #[error(transparent)]
+    Registry(#[from] ResolveError),
 }
 
 /// What a successful reload did.
@@ -44,6 +62,15 @@ pub struct Reloader {
     store: Arc<PolicyStore>,
     metrics: Arc<Metrics>,
     cache: ModuleCache,
+    resolver: ModuleResolver,
+    /// Registry tags the newest successful reload resolved.
+    tags: Vec<TrackedTag>,
+    /// The newest reload failed for a reason that may pass (a registry
+    /// that could not be reached): the registry check retries it.
+    retry_registry: bool,
+    /// What the tags named when the registry check last asked for a
+    /// reload, and how that went.
+    polled: Option<Polled>,
     /// Files whose change should trigger a reload: the config and every
     /// module the newest parsable config names (even if it failed to load,
     /// so that fixing a missing file is noticed).
@@ -59,6 +86,7 @@ impl Reloader {
         config_path: PathBuf,
         store: Arc<PolicyStore>,
         metrics: Arc<Metrics>,
+        resolver: ModuleResolver,
     ) -> Self {
         let watched = vec![config_path.clone()];
         Self {
@@ -67,6 +95,10 @@ impl Reloader {
             store,
             metrics,
             cache: ModuleCache::new(SPARE_MODULES),
+            resolver,
+            tags: Vec::new(),
+            retry_registry: false,
+            polled: None,
             watched,
             read_fingerprint: Fingerprint::default(),
         }
@@ -82,6 +114,45 @@ impl Reloader {
     /// watched) would otherwise be lost.
     pub fn changed_since_read(&self) -> bool {
         Fingerprint::of(&self.watched) != self.read_fingerprint
+    }
+
+    /// How often registry tags are checked; `None`: never.
+    pub fn registry_poll_interval(&self) -> Option<std::time::Duration> {
+        self.resolver.poll_interval()
+    }
+
+    /// Whether a reload is due because of the registry: a tag in service
+    /// moved, or the newest reload could not reach a registry.
+    pub async fn registry_changed(&mut self) -> bool {
+        if self.retry_registry {
+            return true;
+        }
+        let Some(now) = self.resolver.tags_moved(&self.tags).await else {
+            return false;
+        };
+        if let Some(polled) = &mut self.polled
+            && polled.manifests == now
+            && polled.failed
+        {
+            // The same refused module (unsigned, broken): try again with
+            // a growing pause, so a signature added after the push is
+            // still found but the log is not flooded.
+            if polled.skip > 0 {
+                polled.skip -= 1;
+                return false;
+            }
+            polled.backoff = (polled.backoff * 2).clamp(1, MAX_POLL_BACKOFF);
+            polled.skip = polled.backoff;
+        } else {
+            self.polled = Some(Polled {
+                manifests: now.clone(),
+                failed: false,
+                backoff: 0,
+                skip: 0,
+            });
+        }
+        tracing::info!(manifests = %now.join(","), "registry tags moved; reloading");
+        true
     }
 
     /// Reads the config and every module, builds a complete new set and,
@@ -111,6 +182,11 @@ impl Reloader {
         self.metrics
             .last_reload_failed
             .set(i64::from(result.is_err()));
+        self.retry_registry =
+            matches!(&result, Err(ReloadError::Registry(error)) if error.is_transient());
+        if let Some(polled) = &mut self.polled {
+            polled.failed = result.is_err();
+        }
         self.store.update_status(|status| {
             status.last_attempt = Some(now);
             match &result {
@@ -128,6 +204,7 @@ impl Reloader {
                         at: now,
                         policy: match error {
                             ReloadError::Policies(set) => Some(set.policy.clone()),
+                            ReloadError::Registry(resolve) => resolve.policy().map(str::to_string),
                             ReloadError::Config(_) => None,
                         },
                         message: Report(error).to_string(),
@@ -142,18 +219,27 @@ impl Reloader {
         // Stat before reading: whatever changes after this is caught by the
         // fingerprint check, even if no event reports it.
         let config_fingerprint = Fingerprint::of(std::slice::from_ref(&self.config_path));
-        let config = match Config::load(&self.config_path) {
+        let mut config = match Config::load(&self.config_path) {
             Ok(config) => config,
             Err(error) => {
                 self.read_fingerprint = Fingerprint::of(&self.watched);
                 return Err(error.into());
             }
         };
+        // Module files and verification keys are watched; registry
+        // modules are content-addressed and checked by the registry poll.
         self.watched = std::iter::once(self.config_path.clone())
-            .chain(config.policies.iter().map(|p| p.module.clone()))
+            .chain(config.policies.iter().flat_map(|p| {
+                let file = match &p.source {
+                    ModuleSource::File(path) => Some(path.clone()),
+                    ModuleSource::Registry(_) => None,
+                };
+                file.into_iter().chain(p.verify_keys.iter().cloned())
+            }))
             .collect();
         let modules_fingerprint = Fingerprint::of(&self.watched[1..]);
         self.read_fingerprint = config_fingerprint.then(modules_fingerprint);
+        let tags = self.resolver.resolve(&mut config).await?;
         let current = self.store.current();
         let generation = current.generation + 1;
         let (set, stats) =
@@ -168,6 +254,7 @@ impl Reloader {
         });
         // A first load always swaps, even an empty set: it makes the
         // server ready.
+        self.tags = tags;
         if current.generation > 0 && current.same_policies(&set) {
             self.cache.prune(&current.digests());
             return Ok(ReloadOutcome::Unchanged {
@@ -178,7 +265,7 @@ impl Reloader {
             tracing::info!(
                 generation,
                 policy = %policy.name,
-                module = %policy.module_path.display(),
+                module = %policy.source,
                 digest = %policy.module.digest,
                 validates = policy.metadata.validates,
                 mutates = policy.metadata.mutates,

@@ -3,12 +3,16 @@
 pub mod certs;
 pub mod eval;
 pub mod new;
+pub mod registry;
 pub mod serve;
 pub mod test;
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::Args;
+
+use crate::registry::RegistrySettings;
 
 /// How a command failed, and the exit code that says so.
 #[derive(Debug)]
@@ -62,6 +66,54 @@ impl ModuleCacheArgs {
             self.cache_dir
                 .clone()
                 .or_else(portcullis_engine::default_cache_dir)
+        }
+    }
+}
+
+/// How registries are reached; shared by `serve`, `push`, `pull` and
+/// `sign`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct RegistryArgs {
+    /// Registry logins: a Docker `config.json` (the `.dockerconfigjson` of
+    /// a `kubernetes.io/dockerconfigjson` Secret). Read again at every
+    /// reload. Registries it does not name are used anonymously.
+    #[arg(long, env = "PORTCULLIS_REGISTRY_AUTH", value_name = "FILE")]
+    pub registry_auth: Option<PathBuf>,
+
+    /// PEM certificates to trust for registries, besides the system's.
+    #[arg(long, env = "PORTCULLIS_REGISTRY_CA", value_name = "FILE")]
+    pub registry_ca: Option<PathBuf>,
+
+    /// Speak plain HTTP (no TLS) to this registry (`host:port`);
+    /// repeatable. Only for registries on a trusted network.
+    #[arg(long, env = "PORTCULLIS_REGISTRY_PLAIN_HTTP", value_name = "HOST:PORT", value_delimiter = ',')]
+    pub registry_plain_http: Vec<String>,
+
+    /// Longest one registry request may take, in seconds.
+    #[arg(long, env = "PORTCULLIS_REGISTRY_TIMEOUT", default_value_t = 30)]
+    pub registry_timeout: u64,
+
+    /// Where pulled modules are kept by digest, so a restart or a registry
+    /// outage needs no network for a digest already pulled (default:
+    /// `$XDG_CACHE_HOME/portcullis/registry` or
+    /// `~/.cache/portcullis/registry`).
+    #[arg(long, env = "PORTCULLIS_REGISTRY_STORE", value_name = "DIR")]
+    pub registry_store: Option<PathBuf>,
+}
+
+impl RegistryArgs {
+    /// The settings these flags give, with `poll_interval` for `serve`.
+    pub fn settings(&self, poll_interval: Option<Duration>) -> RegistrySettings {
+        RegistrySettings {
+            store_dir: self
+                .registry_store
+                .clone()
+                .unwrap_or_else(crate::registry::default_store_dir),
+            credentials: self.registry_auth.clone(),
+            ca_bundle: self.registry_ca.clone(),
+            plain_http: self.registry_plain_http.clone(),
+            timeout: Duration::from_secs(self.registry_timeout.max(1)),
+            poll_interval,
         }
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::Args;
 
 use crate::app::{self, EdgeLimits, Listeners, ServeOptions, TlsSource};
-use crate::commands::CliError;
+use crate::commands::{CliError, RegistryArgs};
 use crate::control::Debounce;
 use crate::server::{DEFAULT_BODY_BYTES_IN_FLIGHT, DEFAULT_BODY_LIMIT};
 use crate::signals;
@@ -156,6 +156,15 @@ pub struct ServeCommand {
     /// Seconds to let in-flight requests finish once no longer accepting.
     #[arg(long, env = "PORTCULLIS_SHUTDOWN_GRACE", default_value_t = 10)]
     pub shutdown_grace: u64,
+
+    /// Seconds between asking registries whether the tags of `oci://`
+    /// modules moved (a moved tag reloads through the normal path); 0:
+    /// never.
+    #[arg(long, env = "PORTCULLIS_REGISTRY_POLL", default_value_t = 300)]
+    pub registry_poll: u64,
+
+    #[command(flatten)]
+    pub registry: RegistryArgs,
 }
 
 impl ServeCommand {
@@ -219,6 +228,9 @@ impl ServeCommand {
                 header_read_timeout: Duration::from_secs(self.header_read_timeout),
                 body_read_timeout: Duration::from_secs(self.body_read_timeout),
             },
+            registry: self
+                .registry
+                .settings((self.registry_poll > 0).then(|| Duration::from_secs(self.registry_poll))),
             debounce: Debounce {
                 quiet: Duration::from_millis(self.reload_debounce_ms),
                 // A steady stream of events must not postpone a reload forever.

@@ -50,7 +50,12 @@ pub(super) async fn metrics(State(state): State<ServerState>) -> Response {
 #[serde(rename_all = "camelCase")]
 struct PolicyView {
     name: String,
+    /// The file, or the `oci://` reference as configured.
     module: String,
+    /// For a registry module: the manifest in service.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    registry: Option<RegistryView>,
+    /// sha256 of the module's bytes (for a registry module, its layer).
     digest: String,
     size_bytes: usize,
     format: portcullis_engine::ModuleFormat,
@@ -68,6 +73,19 @@ struct PolicyView {
     /// The newest reload's error for this policy; the version listed here
     /// keeps serving meanwhile.
     last_load_error: Option<String>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct RegistryView {
+    manifest: String,
+    /// Fingerprint of the key its signature verified with; absent when no
+    /// signature was asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    signed_by: Option<String>,
+    /// The registry could not be reached and the tag was taken as it
+    /// resolved last.
+    stale: bool,
 }
 
 #[derive(Serialize)]
@@ -119,7 +137,12 @@ pub(super) async fn policies(State(state): State<ServerState>) -> Response {
             .iter()
             .map(|p| PolicyView {
                 name: p.name.to_string(),
-                module: p.module_path.display().to_string(),
+                module: p.source.to_string(),
+                registry: p.origin.as_ref().map(|origin| RegistryView {
+                    manifest: origin.manifest.clone(),
+                    signed_by: origin.signed_by.clone(),
+                    stale: origin.stale,
+                }),
                 digest: p.module.digest.clone(),
                 size_bytes: p.module.size,
                 format: p.module.format,

@@ -1,0 +1,263 @@
+//! Registry modules: before a policy set is built, every `oci://` module
+//! of the config is resolved to a verified file in the content store (see
+//! the `portcullis-oci` crate), and the control loop asks the registry now
+//! and then whether a tag has moved.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use portcullis_engine::{Config, ModuleSource, RegistryOrigin, Report};
+use portcullis_oci::{
+    Credentials, CredentialsError, KeyError, PolicyRef, PublicKey, ReferenceError, Registry,
+    RegistryError, RegistryOptions, Resolved,
+};
+
+/// How the server reaches registries.
+#[derive(Debug, Clone)]
+pub struct RegistrySettings {
+    /// Blobs and resolutions kept across starts.
+    pub store_dir: PathBuf,
+    /// A Docker `config.json`; read at every reload, so a rotated Secret
+    /// is picked up.
+    pub credentials: Option<PathBuf>,
+    /// PEM certificates to trust besides the system's.
+    pub ca_bundle: Option<PathBuf>,
+    /// Registries spoken to over plain HTTP.
+    pub plain_http: Vec<String>,
+    pub timeout: Duration,
+    /// How often tags are asked for again; `None`: never.
+    pub poll_interval: Option<Duration>,
+}
+
+/// Why a registry module could not be resolved.
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    #[error("policy {policy:?}: invalid module reference")]
+    Reference {
+        policy: String,
+        #[source]
+        source: ReferenceError,
+    },
+    #[error("policy {policy:?}: cannot use the verification key")]
+    Key {
+        policy: String,
+        #[source]
+        source: KeyError,
+    },
+    #[error("policy {policy:?}: cannot pull its module")]
+    Registry {
+        policy: String,
+        #[source]
+        source: RegistryError,
+    },
+    #[error("cannot use the registry settings")]
+    Credentials(#[source] CredentialsError),
+    #[error("cannot read the registry CA bundle {}", .path.display())]
+    CaBundle {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl ResolveError {
+    /// The policy it concerns, if one.
+    pub fn policy(&self) -> Option<&str> {
+        match self {
+            Self::Reference { policy, .. }
+            | Self::Key { policy, .. }
+            | Self::Registry { policy, .. } => Some(policy),
+            Self::Credentials(_) | Self::CaBundle { .. } => None,
+        }
+    }
+
+    /// Whether trying again later may succeed without a config change.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Self::Registry {
+                source: RegistryError::Unreachable { .. } | RegistryError::TimedOut { .. },
+                ..
+            }
+        )
+    }
+}
+
+/// A tag in service and the manifest it resolved to.
+#[derive(Debug, Clone)]
+pub struct TrackedTag {
+    pub reference: PolicyRef,
+    pub manifest: String,
+    /// It was taken from the store because the registry was unreachable.
+    pub stale: bool,
+}
+
+/// Resolves registry modules with the settings.
+#[derive(Debug, Clone)]
+pub struct ModuleResolver {
+    settings: RegistrySettings,
+}
+
+impl ModuleResolver {
+    pub fn new(settings: RegistrySettings) -> Self {
+        Self { settings }
+    }
+
+    pub fn poll_interval(&self) -> Option<Duration> {
+        self.settings.poll_interval
+    }
+
+    /// A client with the current credentials and CA bundle.
+    ///
+    /// # Errors
+    /// When the credentials or the CA bundle cannot be read.
+    pub fn registry(&self) -> Result<Registry, ResolveError> {
+        let credentials = match &self.settings.credentials {
+            Some(path) => Credentials::load(path).map_err(ResolveError::Credentials)?,
+            None => Credentials::anonymous(),
+        };
+        let ca_bundle = match &self.settings.ca_bundle {
+            Some(path) => Some(portcullis_engine::read_bounded(path, 1 << 20).map_err(|err| {
+                ResolveError::CaBundle {
+                    path: path.clone(),
+                    source: std::io::Error::other(Report(&err).to_string()),
+                }
+            })?),
+            None => None,
+        };
+        Ok(Registry::new(RegistryOptions {
+            store_dir: self.settings.store_dir.clone(),
+            credentials,
+            ca_bundle,
+            plain_http: self.settings.plain_http.clone(),
+            timeout: self.settings.timeout,
+            max_module_bytes: portcullis_engine::MAX_MODULE_BYTES,
+        }))
+    }
+
+    /// Pulls (or finds in the store) every registry module of `config` and
+    /// points its policy at the verified file. Returns the tags resolved.
+    ///
+    /// # Errors
+    /// The first policy whose module could not be resolved.
+    pub async fn resolve(&self, config: &mut Config) -> Result<Vec<TrackedTag>, ResolveError> {
+        if !config
+            .policies
+            .iter()
+            .any(|p| matches!(p.source, ModuleSource::Registry(_)))
+        {
+            return Ok(Vec::new());
+        }
+        let registry = self.registry()?;
+        let mut resolved: HashMap<(String, Vec<PathBuf>), Resolved> = HashMap::new();
+        let mut tags = Vec::new();
+        for policy in &mut config.policies {
+            let ModuleSource::Registry(text) = &policy.source else {
+                continue;
+            };
+            let name = policy.name.to_string();
+            let reference: PolicyRef =
+                text.parse().map_err(|source| ResolveError::Reference {
+                    policy: name.clone(),
+                    source,
+                })?;
+            let key = (text.clone(), policy.verify_keys.clone());
+            let result = match resolved.get(&key) {
+                Some(result) => result.clone(),
+                None => {
+                    let keys = policy
+                        .verify_keys
+                        .iter()
+                        .map(|path| PublicKey::load(path))
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(|source| ResolveError::Key {
+                            policy: name.clone(),
+                            source,
+                        })?;
+                    let started = std::time::Instant::now();
+                    let result = registry.resolve(&reference, &keys).await.map_err(|source| {
+                        ResolveError::Registry {
+                            policy: name.clone(),
+                            source,
+                        }
+                    })?;
+                    tracing::info!(
+                        policy = %name,
+                        reference = %reference,
+                        manifest = %result.manifest,
+                        signed_by = result.verified_with.as_deref().unwrap_or("-"),
+                        contacted_registry = result.contacted_registry,
+                        stale = result.stale,
+                        elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+                        "registry module resolved"
+                    );
+                    resolved.insert(key, result.clone());
+                    result
+                }
+            };
+            if reference.tag().is_some() {
+                tags.push(TrackedTag {
+                    reference,
+                    manifest: result.manifest.clone(),
+                    stale: result.stale,
+                });
+            }
+            policy.module = result.path.clone();
+            policy.expected_digest = Some(result.layer.clone());
+            policy.origin = Some(RegistryOrigin {
+                manifest: result.manifest.clone(),
+                signed_by: result.verified_with.clone(),
+                stale: result.stale,
+            });
+        }
+        Ok(tags)
+    }
+
+    /// What the tags in service name now, if any moved (or a stale tag's
+    /// registry answers again); `None` when nothing changed. A registry
+    /// that cannot be asked counts as unchanged (it is logged).
+    pub async fn tags_moved(&self, tags: &[TrackedTag]) -> Option<Vec<String>> {
+        if tags.is_empty() {
+            return None;
+        }
+        let registry = match self.registry() {
+            Ok(registry) => registry,
+            Err(error) => {
+                tracing::warn!(error = %Report(&error), "cannot check registry tags");
+                return None;
+            }
+        };
+        let mut now = Vec::with_capacity(tags.len());
+        let mut moved = false;
+        for tag in tags {
+            match registry.current_digest(&tag.reference).await {
+                Ok(digest) => {
+                    if digest != tag.manifest || tag.stale {
+                        tracing::debug!(
+                            reference = %tag.reference,
+                            from = %tag.manifest,
+                            to = %digest,
+                            "registry tag moved"
+                        );
+                        moved = true;
+                    }
+                    now.push(digest);
+                }
+                Err(error) => {
+                    tracing::warn!(reference = %tag.reference, error = %Report(&error), "cannot check a registry tag; the module in service stays");
+                    return None;
+                }
+            }
+        }
+        moved.then_some(now)
+    }
+}
+
+/// The default content store: `$XDG_CACHE_HOME/portcullis/registry`, else
+/// `$HOME/.cache/portcullis/registry`, else under the temporary directory.
+pub fn default_store_dir() -> PathBuf {
+    portcullis_engine::default_cache_dir()
+        .and_then(|modules| modules.parent().map(|base| base.join("registry")))
+        .unwrap_or_else(|| std::env::temp_dir().join("portcullis-registry"))
+}
