@@ -21,7 +21,7 @@ KUBECTL  ?= kubectl
 DEPLOY   := deploy/kubernetes
 OVERLAYS := cert-manager self-signed
 
-.PHONY: all setup build policies library components host server run test suites scaffold-examples bench bench-engine lint fmt clean \
+.PHONY: all setup build policies library components host server run test test-tools suites scaffold-examples bench bench-engine lint fmt clean \
         deploy-policies deploy-render deploy-self-signed
 
 all: build
@@ -79,11 +79,22 @@ library: setup
 run: server library
 	./target/release/portcullis serve --config $(CONFIG) --addr $(ADDR) --metrics-addr $(OPS_ADDR)
 
+# A real OCI registry for the registry tests: distribution 2.8 from
+# Debian's docker-registry package. The tests start it themselves, on
+# loopback with TLS and a login (tests/src/registry.rs).
+test-tools:
+	@command -v docker-registry >/dev/null 2>&1 || { \
+	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	    $$SUDO apt-get install -y --no-install-recommends docker-registry >/dev/null 2>&1 || { \
+	        $$SUDO apt-get update -qq && \
+	        $$SUDO apt-get install -y --no-install-recommends docker-registry; }; }
+	@command -v docker-registry >/dev/null 2>&1 || { echo "error: docker-registry could not be installed"; exit 2; }
+
 # One native profile (release) for the host, the SDK, the policies' unit
 # tests, the fuzz regression replays and the end-to-end tests, so
 # everything is compiled once; then every policy's test suite through
 # `portcullis test`; then fmt and clippy.
-test: build components
+test: build components test-tools
 	$(CARGO) test --locked --release --workspace
 	$(MAKE) --no-print-directory suites
 	$(MAKE) --no-print-directory lint

@@ -625,6 +625,70 @@ policies:
     }
 
     #[test]
+    fn registry_modules_and_their_keys() {
+        let config = parse(
+            "verify: { keys: [keys/all.pub] }\npolicies:\n\
+             - { name: a, module: a.wasm }\n\
+             - { name: b, module: \"oci://registry.example:5000/p/b:v1\" }\n\
+             - { name: c, module: \"oci://registry.example/p/c@sha256:00\", verify: { keys: [/k/c.pub] } }\n",
+        )
+        .expect("valid config");
+        let [a, b, c] = &config.policies[..] else {
+            panic!("three policies")
+        };
+        assert_eq!(
+            a.source,
+            ModuleSource::File(PathBuf::from("/etc/portcullis/a.wasm"))
+        );
+        assert!(a.verify_keys.is_empty(), "files are not verified");
+        assert_eq!(
+            b.source,
+            ModuleSource::Registry("oci://registry.example:5000/p/b:v1".to_string())
+        );
+        assert_eq!(b.module, PathBuf::new(), "resolved by the server");
+        assert_eq!(
+            b.verify_keys,
+            vec![PathBuf::from("/etc/portcullis/keys/all.pub")]
+        );
+        assert_eq!(c.verify_keys, vec![PathBuf::from("/k/c.pub")]);
+        assert_eq!(b.source.to_string(), "oci://registry.example:5000/p/b:v1");
+    }
+
+    #[test]
+    fn bad_module_locations_and_verify_blocks_are_refused() {
+        for (text, expected) in [
+            (
+                "policies:\n  - { name: a, module: \"oci://\" }\n",
+                "invalid registry reference",
+            ),
+            (
+                "policies:\n  - { name: a, module: \"oci://nohost\" }\n",
+                "invalid registry reference",
+            ),
+            (
+                "policies:\n  - { name: a, module: \"https://x/y.wasm\" }\n",
+                "unsupported module location",
+            ),
+            (
+                "policies:\n  - { name: a, module: \"\" }\n",
+                "empty module path",
+            ),
+            (
+                "policies:\n  - { name: a, module: a.wasm, verify: { keys: [k.pub] } }\n",
+                "signatures are checked for oci:// modules only",
+            ),
+            (
+                "policies:\n  - { name: a, module: \"oci://r.example/a:v1\", verify: { keys: [] } }\n",
+                "name at least one public key file",
+            ),
+            ("verify: { keys: [] }\npolicies: []\n", "verify.keys"),
+        ] {
+            let err = parse(text).expect_err(text);
+            assert!(err.to_string().contains(expected), "{text}: {err}");
+        }
+    }
+
+    #[test]
     fn empty_and_missing_files_are_errors() {
         assert!(parse("").is_err());
         let err = Config::load(Path::new("/nonexistent/portcullis.yaml")).expect_err("missing");

@@ -39,7 +39,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the admission webhook over HTTPS.
-    Serve(ServeCommand),
+    Serve(Box<ServeCommand>),
     /// Generate a CA and a server certificate for the webhook.
     Certs(CertsCommand),
     /// Run the mutate and validate chains on one review, offline.

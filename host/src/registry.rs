@@ -30,6 +30,21 @@ pub struct RegistrySettings {
     pub poll_interval: Option<Duration>,
 }
 
+impl Default for RegistrySettings {
+    /// The default store, anonymous HTTPS with the system's roots, 30 s
+    /// per request, no polling.
+    fn default() -> Self {
+        Self {
+            store_dir: default_store_dir(),
+            credentials: None,
+            ca_bundle: None,
+            plain_http: Vec::new(),
+            timeout: Duration::from_secs(30),
+            poll_interval: None,
+        }
+    }
+}
+
 /// Why a registry module could not be resolved.
 #[derive(Debug, thiserror::Error)]
 pub enum ResolveError {
@@ -117,15 +132,16 @@ impl ModuleResolver {
             Some(path) => Credentials::load(path).map_err(ResolveError::Credentials)?,
             None => Credentials::anonymous(),
         };
-        let ca_bundle = match &self.settings.ca_bundle {
-            Some(path) => Some(portcullis_engine::read_bounded(path, 1 << 20).map_err(|err| {
-                ResolveError::CaBundle {
-                    path: path.clone(),
-                    source: std::io::Error::other(Report(&err).to_string()),
-                }
-            })?),
-            None => None,
-        };
+        let ca_bundle =
+            match &self.settings.ca_bundle {
+                Some(path) => Some(portcullis_engine::read_bounded(path, 1 << 20).map_err(
+                    |err| ResolveError::CaBundle {
+                        path: path.clone(),
+                        source: std::io::Error::other(Report(&err).to_string()),
+                    },
+                )?),
+                None => None,
+            };
         Ok(Registry::new(RegistryOptions {
             store_dir: self.settings.store_dir.clone(),
             credentials,
@@ -157,11 +173,10 @@ impl ModuleResolver {
                 continue;
             };
             let name = policy.name.to_string();
-            let reference: PolicyRef =
-                text.parse().map_err(|source| ResolveError::Reference {
-                    policy: name.clone(),
-                    source,
-                })?;
+            let reference: PolicyRef = text.parse().map_err(|source| ResolveError::Reference {
+                policy: name.clone(),
+                source,
+            })?;
             let key = (text.clone(), policy.verify_keys.clone());
             let result = match resolved.get(&key) {
                 Some(result) => result.clone(),
@@ -176,12 +191,13 @@ impl ModuleResolver {
                             source,
                         })?;
                     let started = std::time::Instant::now();
-                    let result = registry.resolve(&reference, &keys).await.map_err(|source| {
-                        ResolveError::Registry {
+                    let result = registry
+                        .resolve(&reference, &keys)
+                        .await
+                        .map_err(|source| ResolveError::Registry {
                             policy: name.clone(),
                             source,
-                        }
-                    })?;
+                        })?;
                     tracing::info!(
                         policy = %name,
                         reference = %reference,

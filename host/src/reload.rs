@@ -11,10 +11,10 @@ use std::time::{Instant, SystemTime};
 use crate::metrics::Metrics;
 use crate::registry::{ModuleResolver, ResolveError, TrackedTag};
 use crate::watch::Fingerprint;
-use portcullis_engine::{ModuleSource, PolicyEngine};
 use portcullis_engine::{Config, ConfigError, Report};
 use portcullis_engine::{LoadFailure, PolicyStore};
 use portcullis_engine::{ModuleCache, PolicySet, SetError};
+use portcullis_engine::{ModuleSource, PolicyEngine};
 
 /// Compiled modules kept beyond those in service, for rollbacks.
 const SPARE_MODULES: usize = 16;

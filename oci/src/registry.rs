@@ -468,7 +468,7 @@ impl Registry {
         }
 
         if !self.store.has_blob(&layer.digest) {
-            let bytes = self.blob(&pinned, layer, size).await?;
+            let bytes = self.blob(&pinned, reference, layer, size).await?;
             self.store
                 .put_blob(&layer.digest, &bytes)
                 .map_err(|source| match source {
@@ -581,24 +581,26 @@ impl Registry {
                 limit: MAX_SMALL_BLOB,
             });
         }
-        self.blob(target, layer, size).await
+        self.blob(target, target, layer, size).await
     }
 
-    /// Pulls a blob, never holding more than its descriptor's size; the
-    /// client checks it against the descriptor's digest.
+    /// Pulls a blob of `target`, never holding more than its descriptor's
+    /// size; the client checks it against the descriptor's digest. Errors
+    /// name `name` (the reference as the operator wrote it).
     async fn blob(
         &self,
         target: &PolicyRef,
+        name: &PolicyRef,
         layer: &OciDescriptor,
         size: u64,
     ) -> Result<Vec<u8>, RegistryError> {
         let mut out = Bounded::new(size);
         let pulled = self
-            .call(target, self.client.pull_blob(target.oci(), layer, &mut out))
+            .call(name, self.client.pull_blob(target.oci(), layer, &mut out))
             .await;
         if out.overflowed {
             return Err(RegistryError::Tampered {
-                reference: target.to_string(),
+                reference: name.to_string(),
                 message: format!(
                     "the blob {} is larger than its manifest says ({size} bytes)",
                     layer.digest

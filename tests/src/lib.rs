@@ -32,6 +32,8 @@ use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 pub use serde_json::{Value as Json, json};
 
+pub mod registry;
+
 /// How long the server may take to answer `/readyz` with 200 after start.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Upper bound for one HTTP request.

@@ -106,6 +106,7 @@ fn build(which: Config) -> Result<Router> {
         shutdown_delay: Duration::ZERO,
         shutdown_grace: Duration::from_secs(1),
         allow_empty: false,
+        registry: Default::default(),
         debounce: Debounce {
             quiet: Duration::from_millis(100),
             max: Duration::from_secs(1),

@@ -86,7 +86,12 @@ pub struct RegistryArgs {
 
     /// Speak plain HTTP (no TLS) to this registry (`host:port`);
     /// repeatable. Only for registries on a trusted network.
-    #[arg(long, env = "PORTCULLIS_REGISTRY_PLAIN_HTTP", value_name = "HOST:PORT", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "PORTCULLIS_REGISTRY_PLAIN_HTTP",
+        value_name = "HOST:PORT",
+        value_delimiter = ','
+    )]
     pub registry_plain_http: Vec<String>,
 
     /// Longest one registry request may take, in seconds.

@@ -33,6 +33,11 @@ pub struct PushCommand {
     #[arg(long, value_name = "FILE")]
     pub sign_key: Option<PathBuf>,
 
+    /// The module is compiled once to ask its metadata for the
+    /// annotations; the compilation is cached like the server's.
+    #[command(flatten)]
+    pub module_cache: super::ModuleCacheArgs,
+
     #[command(flatten)]
     pub registry: RegistryArgs,
 }
@@ -90,19 +95,20 @@ fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
 impl PushCommand {
     pub fn execute(self) -> Result<(), CliError> {
         let target = reference(&self.reference)?;
-        let bytes = portcullis_engine::read_bounded(&self.module, portcullis_engine::MAX_MODULE_BYTES)
-            .map_err(CliError::usage)?;
+        let bytes =
+            portcullis_engine::read_bounded(&self.module, portcullis_engine::MAX_MODULE_BYTES)
+                .map_err(CliError::usage)?;
         let key = self
             .sign_key
             .as_deref()
             .map(SigningKey::load)
             .transpose()
             .map_err(CliError::usage)?;
-        let mut annotations = describe(&self.module, &bytes)?;
+        let mut annotations = describe(&self.module, &bytes, self.module_cache.dir())?;
         for pair in &self.annotations {
-            let (key, value) = pair
-                .split_once('=')
-                .ok_or_else(|| CliError::usage(anyhow!("--annotation {pair:?}: expected KEY=VALUE")))?;
+            let (key, value) = pair.split_once('=').ok_or_else(|| {
+                CliError::usage(anyhow!("--annotation {pair:?}: expected KEY=VALUE"))
+            })?;
             annotations.insert(key.to_string(), value.to_string());
         }
         let resolver = ModuleResolver::new(self.registry.settings(None));
@@ -125,7 +131,10 @@ impl PushCommand {
                     .sign(&target.at_digest(&manifest), key)
                     .await
                     .map_err(CliError::failure)?;
-                println!("signed {signed} with {} (tag {tag})", key.public().fingerprint);
+                println!(
+                    "signed {signed} with {} (tag {tag})",
+                    key.public().fingerprint
+                );
             }
             Ok(())
         })
@@ -134,8 +143,12 @@ impl PushCommand {
 
 /// Annotations from the module's own metadata: its name, version, the
 /// contract it was built against and the resources it declares.
-fn describe(path: &std::path::Path, bytes: &[u8]) -> Result<BTreeMap<String, String>, CliError> {
-    let engine = PolicyEngine::with_cache(None).map_err(CliError::failure)?;
+fn describe(
+    path: &std::path::Path,
+    bytes: &[u8],
+    cache_dir: Option<PathBuf>,
+) -> Result<BTreeMap<String, String>, CliError> {
+    let engine = PolicyEngine::with_cache(cache_dir.as_deref()).map_err(CliError::failure)?;
     let module = CompiledModule::compile(&engine, bytes)
         .with_context(|| format!("{} is not a policy module", path.display()))
         .map_err(CliError::usage)?;
@@ -155,7 +168,10 @@ fn describe(path: &std::path::Path, bytes: &[u8]) -> Result<BTreeMap<String, Str
         .map_err(CliError::usage)?;
     let mut annotations = BTreeMap::from([
         (portcullis_oci::ANNOTATION_POLICY.to_string(), metadata.name),
-        (portcullis_oci::ANNOTATION_VERSION.to_string(), metadata.version),
+        (
+            portcullis_oci::ANNOTATION_VERSION.to_string(),
+            metadata.version,
+        ),
         (
             portcullis_oci::ANNOTATION_CONTRACT.to_string(),
             module.contract.to_string(),
@@ -166,7 +182,10 @@ fn describe(path: &std::path::Path, bytes: &[u8]) -> Result<BTreeMap<String, Str
         ),
     ]);
     if let Some(file) = path.file_name().and_then(|f| f.to_str()) {
-        annotations.insert(portcullis_oci::ANNOTATION_TITLE.to_string(), file.to_string());
+        annotations.insert(
+            portcullis_oci::ANNOTATION_TITLE.to_string(),
+            file.to_string(),
+        );
     }
     Ok(annotations)
 }

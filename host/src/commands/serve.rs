@@ -228,9 +228,9 @@ impl ServeCommand {
                 header_read_timeout: Duration::from_secs(self.header_read_timeout),
                 body_read_timeout: Duration::from_secs(self.body_read_timeout),
             },
-            registry: self
-                .registry
-                .settings((self.registry_poll > 0).then(|| Duration::from_secs(self.registry_poll))),
+            registry: self.registry.settings(
+                (self.registry_poll > 0).then(|| Duration::from_secs(self.registry_poll)),
+            ),
             debounce: Debounce {
                 quiet: Duration::from_millis(self.reload_debounce_ms),
                 // A steady stream of events must not postpone a reload forever.
