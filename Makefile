@@ -3,6 +3,7 @@
 #   make test   build everything once and run every test (unit, end-to-end, fuzz replays), then lint
 #   make bench  the server under load, standard policy set against no policies
 #   make deploy-render   render the Kubernetes manifests into target/deploy/
+#   make publish REGISTRY=host[:port]/prefix   push the policy library to an OCI registry
 
 CARGO    ?= cargo
 # What `portcullis new policy` generates, kept in tests/scaffold/ and built
@@ -19,10 +20,13 @@ OPS_ADDR ?= 127.0.0.1:9090
 CONFIG   ?= policies/standard.yaml
 KUBECTL  ?= kubectl
 DEPLOY   := deploy/kubernetes
-OVERLAYS := cert-manager self-signed
+OVERLAYS := cert-manager self-signed registry
+# The version the library is published under (the workspace's).
+VERSION  := $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' Cargo.toml | head -n 1)
+PORTCULLIS_BIN ?= target/release/portcullis
 
 .PHONY: all setup build policies library components host server run test test-tools suites scaffold-examples bench bench-engine lint fmt clean \
-        deploy-policies deploy-render deploy-self-signed
+        deploy-policies deploy-render deploy-self-signed publish
 
 all: build
 
@@ -146,6 +150,19 @@ deploy-render: deploy-policies
 	    echo "$(KUBECTL) kustomize $(DEPLOY)/overlays/$$overlay >target/deploy/$$overlay.yaml"; \
 	    $(KUBECTL) kustomize $(DEPLOY)/overlays/$$overlay >target/deploy/$$overlay.yaml.tmp || exit 1; \
 	    mv target/deploy/$$overlay.yaml.tmp target/deploy/$$overlay.yaml; \
+	done
+
+# Pushes every library policy to oci://$(REGISTRY)/policies/NAME:$(VERSION)
+# in the Wasm OCI artifact layout, annotated from each module's metadata;
+# SIGN_KEY=key.pem also signs each one. Registry logins and CA come from
+# PORTCULLIS_REGISTRY_AUTH / PORTCULLIS_REGISTRY_CA (docs/registry.md).
+publish: library
+	@[ -n "$(REGISTRY)" ] || { echo "usage: make publish REGISTRY=host[:port]/prefix [SIGN_KEY=key.pem]"; exit 2; }
+	@[ -x "$(PORTCULLIS_BIN)" ] || { echo "error: $(PORTCULLIS_BIN) is missing: run make server first"; exit 2; }
+	@set -e; for name in $(LIBRARY); do \
+	    module=target/wasm32-wasip1/policy/$$(echo $$name | tr - _).wasm; \
+	    $(PORTCULLIS_BIN) push $$module oci://$(REGISTRY)/policies/$$name:$(VERSION) \
+	        $(if $(SIGN_KEY),--sign-key $(SIGN_KEY)); \
 	done
 
 # Installs the self-signed overlay into the current kubectl context.

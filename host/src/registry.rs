@@ -129,6 +129,8 @@ impl ModuleResolver {
     /// When the credentials or the CA bundle cannot be read.
     pub fn registry(&self) -> Result<Registry, ResolveError> {
         let credentials = match &self.settings.credentials {
+            // An optional Secret that does not exist: no logins.
+            Some(path) if !path.exists() => Credentials::anonymous(),
             Some(path) => Credentials::load(path).map_err(ResolveError::Credentials)?,
             None => Credentials::anonymous(),
         };

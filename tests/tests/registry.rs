@@ -587,3 +587,144 @@ fn signatures_gate_what_enters_service() -> Result<()> {
     ensure!(ask(&server, "signed")?.1 == sha256_file(&component)?);
     Ok(())
 }
+
+/// `make publish` pushes the library, and the deployed config of the
+/// registry overlay (`deploy/kubernetes/overlays/registry`, rendered with
+/// `kubectl kustomize`) serves it from the registry, deciding as the
+/// ConfigMap base does.
+#[test]
+fn the_registry_overlay_serves_the_published_library() -> Result<()> {
+    let _serial = serial();
+    let paths = paths()?;
+    let registry = TestRegistry::start()?;
+    let prefix = format!("{}/portcullis", registry.host());
+
+    let out = std::process::Command::new("make")
+        .arg("--no-print-directory")
+        .arg("publish")
+        .arg(format!("REGISTRY={prefix}"))
+        .arg(format!("PORTCULLIS_BIN={}", paths.bin.display()))
+        .env("PORTCULLIS_REGISTRY_AUTH", registry.auth_file())
+        .env("PORTCULLIS_REGISTRY_CA", registry.ca_file())
+        .env("PORTCULLIS_REGISTRY_STORE", tempfile::tempdir()?.path())
+        .current_dir(&paths.root)
+        .output()
+        .context("running make publish")?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.success(),
+        "make publish failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pushed = stdout.lines().filter(|l| l.starts_with("pushed ")).count();
+    ensure!(
+        pushed >= 10,
+        "make publish pushed {pushed} modules:\n{stdout}"
+    );
+
+    // The overlay: only the config ConfigMap, modules by reference, the
+    // store on the writable cache volume, logins from an optional Secret.
+    // Rendered as `make deploy-render` does: the base's generator reads
+    // the module files even though the component drops their ConfigMaps.
+    let tree = tempfile::tempdir()?;
+    let copied = std::process::Command::new("cp")
+        .arg("-r")
+        .arg(paths.root.join("deploy/kubernetes"))
+        .arg(tree.path())
+        .status()?;
+    ensure!(copied.success(), "copying deploy/kubernetes");
+    let kubernetes = tree.path().join("kubernetes");
+    let copied = std::process::Command::new("sh")
+        .arg(kubernetes.join("copy-policies.sh"))
+        .arg(&paths.modules)
+        .arg(kubernetes.join("base/policies"))
+        .status()?;
+    ensure!(copied.success(), "copy-policies.sh");
+    let rendered = std::process::Command::new("kubectl")
+        .arg("kustomize")
+        .arg(kubernetes.join("overlays/registry"))
+        .output()
+        .context("kubectl kustomize (install kubectl 1.27 or later)")?;
+    ensure!(
+        rendered.status.success(),
+        "kubectl kustomize overlays/registry failed:\n{}",
+        String::from_utf8_lossy(&rendered.stderr)
+    );
+    let docs: Vec<Json> = serde_yaml_ng::Deserializer::from_slice(&rendered.stdout)
+        .map(|doc| serde::Deserialize::deserialize(doc).context("a rendered document"))
+        .collect::<Result<_>>()?;
+    let config_maps: Vec<&Json> = docs.iter().filter(|d| d["kind"] == "ConfigMap").collect();
+    ensure!(config_maps.len() == 1, "expected the config ConfigMap only");
+    let config_text = config_maps[0]["data"]["config.yaml"]
+        .as_str()
+        .context("config.yaml in the ConfigMap")?;
+    let deployment = docs
+        .iter()
+        .find(|d| d["kind"] == "Deployment")
+        .context("a Deployment")?;
+    let pod = &deployment["spec"]["template"]["spec"];
+    let image = pod["containers"][0]["image"].as_str().unwrap_or_default();
+    ensure!(
+        image.starts_with("registry.example/portcullis/"),
+        "image {image}"
+    );
+    let args: Vec<&str> = pod["containers"][0]["args"]
+        .as_array()
+        .context("args")?
+        .iter()
+        .filter_map(Json::as_str)
+        .collect();
+    ensure!(
+        args.contains(&"--registry-store=/var/cache/portcullis/registry"),
+        "{args:?}"
+    );
+    ensure!(
+        args.contains(&"--registry-auth=/etc/portcullis/registry/.dockerconfigjson"),
+        "{args:?}"
+    );
+    let secret = pod["volumes"]
+        .as_array()
+        .context("volumes")?
+        .iter()
+        .find(|v| v["name"] == "registry-auth")
+        .context("the registry-auth volume")?;
+    ensure!(secret["secret"]["optional"] == true, "{secret}");
+
+    // Its config, pointed at the test registry, serves the library.
+    let config: Json = serde_yaml_ng::from_str(config_text)?;
+    for policy in config["policies"].as_array().context("policies")? {
+        let module = policy["module"].as_str().unwrap_or_default();
+        let expected = format!(
+            "oci://registry.example/portcullis/policies/{}:0.1.0",
+            policy["name"].as_str().unwrap_or_default()
+        );
+        ensure!(module == expected, "{module} != {expected}");
+    }
+    let local = config_text.replace("registry.example/portcullis", &prefix);
+    let store = tempfile::tempdir()?;
+    let server = start(&registry.flags(store.path())?, |_, dir| {
+        let path = dir.join("config.yaml");
+        fs::write(&path, &local)?;
+        Ok(path)
+    })?;
+    let policies = server.policies()?;
+    let listed = policies["policies"].as_array().context("policies")?;
+    ensure!(listed.len() == 5, "{policies}");
+    for policy in listed {
+        ensure!(
+            policy["registry"]["manifest"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("sha256:")),
+            "{policy}"
+        );
+    }
+    // An unlabelled pod with a privileged-free spec: the deployed set
+    // denies it for its missing `app` label.
+    let review = with_uid(&fixture("pod-unlabelled.json")?, "overlay");
+    let answer = server.review_over(Proto::H2, "/validate", &review)?;
+    ensure!(
+        !answer.allowed() && answer.message().contains("required-labels"),
+        "{answer}"
+    );
+    Ok(())
+}

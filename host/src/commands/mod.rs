@@ -76,7 +76,8 @@ impl ModuleCacheArgs {
 pub struct RegistryArgs {
     /// Registry logins: a Docker `config.json` (the `.dockerconfigjson` of
     /// a `kubernetes.io/dockerconfigjson` Secret). Read again at every
-    /// reload. Registries it does not name are used anonymously.
+    /// reload. Registries it does not name are used anonymously, and so
+    /// are all while the file does not exist (an optional Secret).
     #[arg(long, env = "PORTCULLIS_REGISTRY_AUTH", value_name = "FILE")]
     pub registry_auth: Option<PathBuf>,
 
