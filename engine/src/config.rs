@@ -12,6 +12,8 @@
 //!       resources: [pods, deployments.apps]
 //!       namespaces: { exclude: [kube-system] }
 //!     settings: { allowed: ["registry.k8s.io/"] }
+//!     shadow:                          # optional: a candidate evaluated beside it
+//!       settings: { allowed: ["registry.k8s.io/", "quay.io/"] }
 //! ```
 
 use std::collections::HashSet;
@@ -219,6 +221,19 @@ pub struct RawPolicy {
     matching: Option<RawMatch>,
     #[serde(default)]
     settings: Option<serde_json::Value>,
+    #[serde(default)]
+    shadow: Option<RawShadow>,
+}
+
+/// A policy's shadow candidate as written: what differs from the live
+/// version; everything left out is the live version's.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RawShadow {
+    module: Option<PathBuf>,
+    settings: Option<serde_json::Value>,
+    timeout_ms: Option<u64>,
+    memory_limit: Option<Quantity>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -243,6 +258,46 @@ pub struct PolicyConfig {
     pub matcher: Matcher,
     /// Settings as JSON text (`{}` when none were given).
     pub settings: String,
+    /// A candidate version evaluated beside this one, off the response
+    /// path, whose verdicts never change an answer.
+    pub shadow: Option<ShadowConfig>,
+}
+
+/// A policy's shadow candidate, resolved: the live version's module,
+/// settings and limits wherever the config left them out.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShadowConfig {
+    /// Resolved like the live module (relative to the config file).
+    pub module: PathBuf,
+    /// Settings as JSON text.
+    pub settings: String,
+    pub limits: Limits,
+}
+
+impl PolicyConfig {
+    /// Every module file this policy reads: the live one, then the
+    /// candidate's.
+    pub fn modules(&self) -> impl Iterator<Item = &Path> {
+        std::iter::once(self.module.as_path())
+            .chain(self.shadow.as_ref().map(|s| s.module.as_path()))
+    }
+
+    /// The candidate as a policy config of its own: the live version's
+    /// name, mode, onError and match rules with the candidate's module,
+    /// settings and limits. What the engine binds the candidate from.
+    pub fn candidate(&self) -> Option<PolicyConfig> {
+        let shadow = self.shadow.as_ref()?;
+        Some(PolicyConfig {
+            name: self.name.clone(),
+            module: shadow.module.clone(),
+            mode: self.mode,
+            on_error: self.on_error,
+            limits: shadow.limits,
+            matcher: self.matcher.clone(),
+            settings: shadow.settings.clone(),
+            shadow: None,
+        })
+    }
 }
 
 /// The whole configuration.
@@ -314,20 +369,29 @@ impl Config {
             check_timeout(timeout).map_err(|m| invalid(format!("{at}.timeoutMs: {m}")))?;
             let memory = policy.memory_limit.map_or(default_memory, |q| q.0);
             check_memory(memory).map_err(|m| invalid(format!("{at}.memoryLimit: {m}")))?;
-            let settings = match policy.settings {
-                None | Some(serde_json::Value::Null) => "{}".to_string(),
-                Some(value) => value.to_string(),
+            let settings = settings_text(policy.settings);
+            let limits = Limits {
+                timeout: Duration::from_millis(timeout),
+                memory,
             };
+            let module = module_path(base, &policy.module);
+            let live = ShadowConfig {
+                module: module.clone(),
+                settings: settings.clone(),
+                limits,
+            };
+            let shadow = policy
+                .shadow
+                .map(|raw| shadow_config(raw, base, &live))
+                .transpose()
+                .map_err(|m| invalid(format!("{at}.shadow: {m}")))?;
             let matching = policy.matching.unwrap_or_default();
             policies.push(PolicyConfig {
                 name: policy.name,
-                module: base.join(policy.module),
+                module,
                 mode: policy.mode.or(defaults.mode).unwrap_or_default(),
                 on_error: policy.on_error.or(defaults.on_error).unwrap_or_default(),
-                limits: Limits {
-                    timeout: Duration::from_millis(timeout),
-                    memory,
-                },
+                limits,
                 matcher: Matcher {
                     operations: matching.operations,
                     resources: matching.resources,
@@ -335,6 +399,7 @@ impl Config {
                     exclude_namespaces: matching.namespaces.exclude,
                 },
                 settings,
+                shadow,
             });
         }
         Ok(Self {
@@ -342,6 +407,56 @@ impl Config {
             policies,
         })
     }
+}
+
+/// Where a module named in the config is: relative paths are relative to
+/// the config file's directory. The one place the live and the candidate
+/// module are resolved, so they always mean the same thing.
+fn module_path(base: &Path, module: &Path) -> PathBuf {
+    base.join(module)
+}
+
+/// Settings as the JSON text passed to the policy (`{}` when none).
+fn settings_text(settings: Option<serde_json::Value>) -> String {
+    match settings {
+        None | Some(serde_json::Value::Null) => "{}".to_string(),
+        Some(value) => value.to_string(),
+    }
+}
+
+/// Resolves a shadow candidate against its live version (`live`: the
+/// live module, settings and limits).
+fn shadow_config(raw: RawShadow, base: &Path, live: &ShadowConfig) -> Result<ShadowConfig, String> {
+    let limits = live.limits;
+    if raw.module.is_none() && raw.settings.is_none() {
+        return Err("a shadow candidate needs a `module`, `settings` or both: \
+                    without either it would be the live version itself"
+            .to_string());
+    }
+    let timeout = match raw.timeout_ms {
+        Some(ms) => {
+            check_timeout(ms).map_err(|m| format!("timeoutMs: {m}"))?;
+            Duration::from_millis(ms)
+        }
+        None => limits.timeout,
+    };
+    let memory = match raw.memory_limit {
+        Some(quantity) => {
+            check_memory(quantity.0).map_err(|m| format!("memoryLimit: {m}"))?;
+            quantity.0
+        }
+        None => limits.memory,
+    };
+    Ok(ShadowConfig {
+        module: raw
+            .module
+            .map_or_else(|| live.module.clone(), |module| module_path(base, &module)),
+        settings: match raw.settings {
+            Some(value) => settings_text(Some(value)),
+            None => live.settings.clone(),
+        },
+        limits: Limits { timeout, memory },
+    })
 }
 
 fn check_timeout(ms: u64) -> Result<(), String> {
@@ -475,6 +590,90 @@ policies:
         assert!(
             err.to_string()
                 .contains("policies[1] (a): duplicate policy name"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_shadow_defaults_to_the_live_module_settings_and_limits() {
+        let config = parse(
+            r#"
+defaults: { timeoutMs: 100 }
+policies:
+  - name: images
+    module: images.wasm
+    memoryLimit: 16Mi
+    settings: { allowed: ["a/"] }
+    shadow: { settings: { allowed: ["a/", "b/"] } }
+  - name: labels
+    module: labels.wasm
+    settings: { labels: { app: null } }
+    shadow: { module: v2/labels.wasm, timeoutMs: 500, memoryLimit: 64Mi }
+  - name: plain
+    module: plain.wasm
+"#,
+        )
+        .expect("valid config");
+        let images = config.policies[0].shadow.as_ref().expect("a candidate");
+        assert_eq!(images.module, Path::new("/etc/portcullis/images.wasm"));
+        assert_eq!(images.settings, r#"{"allowed":["a/","b/"]}"#);
+        assert_eq!(images.limits, config.policies[0].limits);
+        let labels = config.policies[1].shadow.as_ref().expect("a candidate");
+        assert_eq!(labels.module, Path::new("/etc/portcullis/v2/labels.wasm"));
+        assert_eq!(labels.settings, r#"{"labels":{"app":null}}"#);
+        assert_eq!(labels.limits.timeout, Duration::from_millis(500));
+        assert_eq!(labels.limits.memory, 64 << 20);
+        assert!(config.policies[2].shadow.is_none());
+
+        let candidate = config.policies[1].candidate().expect("a candidate");
+        assert_eq!(candidate.name, config.policies[1].name);
+        assert_eq!(candidate.module, labels.module);
+        assert_eq!(candidate.settings, labels.settings);
+        assert_eq!(candidate.limits, labels.limits);
+        assert!(candidate.shadow.is_none());
+        let modules: Vec<&Path> = config.policies[1].modules().collect();
+        assert_eq!(
+            modules,
+            [
+                Path::new("/etc/portcullis/labels.wasm"),
+                Path::new("/etc/portcullis/v2/labels.wasm")
+            ]
+        );
+    }
+
+    #[test]
+    fn a_shadow_must_differ_and_fit_the_schema() {
+        let err =
+            parse("policies:\n  - name: a\n    module: a.wasm\n    shadow: { timeoutMs: 10 }\n")
+                .expect_err("a shadow that is the live version");
+        let message = err.to_string();
+        assert!(message.contains("policies[0] (a).shadow"), "{message}");
+        assert!(
+            message.contains("needs a `module`, `settings` or both"),
+            "{message}"
+        );
+
+        let err = parse("policies:\n  - name: a\n    module: a.wasm\n    shadow: { settings: {}, mode: warn }\n")
+            .expect_err("unknown key");
+        assert!(err.to_string().contains("unknown field `mode`"), "{err}");
+        assert!(err.to_string().contains("line 4"), "{err}");
+
+        let err = parse(
+            "policies:\n  - name: a\n    module: a.wasm\n    shadow: { settings: {}, timeoutMs: 0 }\n",
+        )
+        .expect_err("zero timeout");
+        assert!(
+            err.to_string()
+                .contains("policies[0] (a).shadow: timeoutMs"),
+            "{err}"
+        );
+        let err = parse(
+            "policies:\n  - name: a\n    module: a.wasm\n    shadow: { module: b.wasm, memoryLimit: 2Gi }\n",
+        )
+        .expect_err("too much memory");
+        assert!(
+            err.to_string()
+                .contains("policies[0] (a).shadow: memoryLimit"),
             "{err}"
         );
     }

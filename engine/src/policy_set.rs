@@ -24,12 +24,25 @@ pub struct PolicySet {
 
 /// A policy that failed to load, with its name and module path.
 #[derive(Debug, thiserror::Error)]
-#[error("policy {policy:?} (module {})", module.display())]
+#[error(
+    "policy {policy:?}{} (module {})",
+    if *candidate { ", its shadow candidate" } else { "" },
+    module.display()
+)]
 pub struct SetError {
     pub policy: String,
     pub module: PathBuf,
+    /// Whether it is the policy's shadow candidate that failed.
+    pub candidate: bool,
     #[source]
     pub error: LoadError,
+}
+
+/// One module a config names: a policy's (by index), or its candidate's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+struct ModuleRef {
+    policy: usize,
+    candidate: bool,
 }
 
 impl PolicySet {
@@ -54,59 +67,95 @@ impl PolicySet {
         generation: u64,
         cache: &mut ModuleCache,
     ) -> Result<(Self, BuildStats), SetError> {
-        let fail = |index: usize, error: LoadError| {
-            let policy = &config.policies[index];
+        let fail = |module: ModuleRef, error: LoadError| {
+            let policy = &config.policies[module.policy];
+            let (path, candidate) = match (module.candidate, &policy.shadow) {
+                (true, Some(shadow)) => (shadow.module.clone(), true),
+                _ => (policy.module.clone(), false),
+            };
             SetError {
                 policy: policy.name.to_string(),
-                module: policy.module.clone(),
+                module: path,
+                candidate,
                 error,
             }
         };
         let mut stats = BuildStats::default();
 
+        // Every module to load: each policy's, then its candidate's.
+        let modules: Vec<(ModuleRef, &std::path::Path)> = config
+            .policies
+            .iter()
+            .enumerate()
+            .flat_map(|(policy, policy_config)| {
+                policy_config.modules().enumerate().map(move |(n, path)| {
+                    let candidate = n > 0;
+                    (ModuleRef { policy, candidate }, path)
+                })
+            })
+            .collect();
+
         // Read every module, then compile each new digest once, all at once:
         // componentizing and Cranelift are CPU-bound, so they run on the
         // blocking pool, off the threads that serve requests.
-        let mut digests: Vec<String> = Vec::with_capacity(config.policies.len());
+        let mut digests: HashMap<ModuleRef, String> = HashMap::with_capacity(modules.len());
         let mut compiling = tokio::task::JoinSet::new();
-        for (index, policy_config) in config.policies.iter().enumerate() {
-            let path = policy_config.module.clone();
-            let bytes = tokio::task::spawn_blocking(move || {
-                files::read_bounded(&path, files::MAX_MODULE_BYTES)
-            })
-            .await
-            .map_err(|err| fail(index, LoadError::Task(err)))?
-            .map_err(|err| fail(index, LoadError::Read(err)))?;
+        let mut first = ModuleRef::default();
+        for (index, &(module, path)) in modules.iter().enumerate() {
+            if index == 0 {
+                first = module;
+            }
+            let bytes = read_module(path).await.map_err(|err| fail(module, err))?;
             let digest = module::digest(&bytes);
-            if !digests.contains(&digest) {
+            if !digests.values().any(|seen| *seen == digest) {
                 if cache.contains(&digest) {
                     stats.reused += 1;
                 } else {
                     let engine = engine.clone();
-                    compiling.spawn_blocking(move || (index, compile_guarded(&engine, &bytes)));
+                    compiling.spawn_blocking(move || (module, compile_guarded(&engine, &bytes)));
                 }
             }
-            digests.push(digest);
+            digests.insert(module, digest);
         }
         while let Some(joined) = compiling.join_next().await {
-            let (index, result) = joined.map_err(|err| fail(0, LoadError::Task(err)))?;
-            let module = result.map_err(|err| fail(index, LoadError::Module(err)))?;
-            if module.from_disk_cache {
+            let (module, result) = joined.map_err(|err| fail(first, LoadError::Task(err)))?;
+            let compiled = result.map_err(|err| fail(module, LoadError::Module(err)))?;
+            if compiled.from_disk_cache {
                 stats.from_disk += 1;
             } else {
                 stats.compiled += 1;
             }
-            cache.insert(digests[index].clone(), Arc::new(module), generation);
+            let digest = digests.get(&module).cloned().unwrap_or_default();
+            cache.insert(digest, Arc::new(compiled), generation);
         }
 
+        let mut bound = |module: ModuleRef| {
+            digests
+                .get(&module)
+                .and_then(|digest| cache.get(digest, generation))
+                .ok_or_else(|| fail(module, LoadError::Missing))
+        };
         let mut policies = Vec::with_capacity(config.policies.len());
         for (index, policy_config) in config.policies.iter().enumerate() {
-            let module = cache
-                .get(&digests[index], generation)
-                .ok_or_else(|| fail(index, LoadError::Missing))?;
-            let policy = Policy::bind(policy_config, module)
+            let live = ModuleRef {
+                policy: index,
+                candidate: false,
+            };
+            let mut policy = Policy::bind(policy_config, bound(live)?)
                 .await
-                .map_err(|err| fail(index, err))?;
+                .map_err(|err| fail(live, err))?;
+            if let Some(candidate_config) = policy_config.candidate() {
+                let shadow = ModuleRef {
+                    policy: index,
+                    candidate: true,
+                };
+                let candidate = Policy::bind(&candidate_config, bound(shadow)?)
+                    .await
+                    .map_err(|err| fail(shadow, err))?;
+                policy = policy
+                    .with_shadow(candidate)
+                    .map_err(|err| fail(shadow, err))?;
+            }
             policies.push(Arc::new(policy));
         }
         Ok((
@@ -131,12 +180,18 @@ impl PolicySet {
                 .all(|(a, b)| a.same_as(b))
     }
 
-    /// Digests of the modules this set uses.
+    /// Digests of the modules this set uses, candidates' included.
     pub fn digests(&self) -> HashSet<String> {
         self.policies
             .iter()
+            .flat_map(|p| std::iter::once(p).chain(&p.shadow))
             .map(|p| p.module.digest.clone())
             .collect()
+    }
+
+    /// Whether any policy has a shadow candidate.
+    pub fn has_shadows(&self) -> bool {
+        self.policies.iter().any(|p| p.shadow.is_some())
     }
 
     /// Every policy, in config order.
@@ -248,6 +303,16 @@ impl ModuleCache {
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
+}
+
+/// Reads a module's bytes off the async threads. The one way a policy's
+/// module (live or candidate) is read.
+async fn read_module(path: &std::path::Path) -> Result<Vec<u8>, LoadError> {
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || files::read_bounded(&path, files::MAX_MODULE_BYTES))
+        .await
+        .map_err(LoadError::Task)?
+        .map_err(LoadError::Read)
 }
 
 /// Compiles a module; a panic inside the toolchain (componentizing,
