@@ -9,7 +9,8 @@
 //!   the graceful end of each connection.
 //! - `server`: routes, the review body extractor, handlers; `limits`:
 //!   `?timeout=` deadlines, bounded evaluation.
-//! - `metrics`: Prometheus metrics; `telemetry`: logs.
+//! - `metrics`: Prometheus metrics; `telemetry`: logs; `throttle`:
+//!   warnings a flood could multiply.
 //! - `reload`: build a new policy set and swap it in; `cert_reload`: the
 //!   same for the certificate; `watch`: file watching at directory level.
 //! - `control`: the one control loop that file events and reload
@@ -33,6 +34,7 @@ mod reload;
 pub mod server;
 mod signals;
 mod telemetry;
+mod throttle;
 mod tls;
 mod watch;
 
