@@ -26,6 +26,7 @@ use crate::listener::{ConnectionLimits, Listener, Phase};
 use crate::metrics::Metrics;
 use crate::reload::{ReloadError, Reloader};
 use crate::server::{self, BodyBudget, ServerState};
+use crate::shadow::Shadows;
 use crate::tls::{self, ServingConfig, TlsError, TlsFiles};
 use crate::watch::WatchError;
 
@@ -94,6 +95,8 @@ pub struct ServeOptions {
     pub allow_empty: bool,
     pub debounce: Debounce,
     pub limits: EdgeLimits,
+    /// Shadow candidate evaluations running at once; 0 turns them off.
+    pub shadow_concurrency: usize,
 }
 
 /// Bounds at the HTTP edge.
@@ -402,6 +405,7 @@ fn server_state(
             edge.max_queued_reviews,
             metrics.clone(),
         )),
+        shadows: Arc::new(Shadows::new(options.shadow_concurrency, metrics.clone())),
         metrics,
         status_on_https: options.status_on_https,
         body_limit: options.body_limit,

@@ -9,6 +9,8 @@
 //!   the graceful end of each connection.
 //! - `server`: routes, the review body extractor, handlers; `limits`:
 //!   `?timeout=` deadlines, bounded evaluation.
+//! - `shadow`: candidate evaluations after the answer, their budget, and
+//!   what they found.
 //! - `metrics`: Prometheus metrics; `telemetry`: logs; `throttle`:
 //!   warnings a flood could multiply.
 //! - `reload`: build a new policy set and swap it in; `cert_reload`: the
@@ -32,6 +34,7 @@ mod listener;
 mod metrics;
 mod reload;
 pub mod server;
+mod shadow;
 mod signals;
 mod telemetry;
 mod throttle;

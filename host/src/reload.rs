@@ -150,7 +150,12 @@ impl Reloader {
             }
         };
         self.watched = std::iter::once(self.config_path.clone())
-            .chain(config.policies.iter().map(|p| p.module.clone()))
+            .chain(
+                config
+                    .policies
+                    .iter()
+                    .flat_map(|p| p.modules().map(std::path::Path::to_path_buf)),
+            )
             .collect();
         let modules_fingerprint = Fingerprint::of(&self.watched[1..]);
         self.read_fingerprint = config_fingerprint.then(modules_fingerprint);
