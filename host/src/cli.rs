@@ -4,7 +4,8 @@
 use clap::{Parser, Subcommand};
 
 use crate::commands::{
-    certs::CertsCommand, eval::EvalCommand, new::NewCommand, serve::ServeCommand, test::TestCommand,
+    certs::CertsCommand, eval::EvalCommand, new::NewCommand, promote::PromoteCommand,
+    serve::ServeCommand, test::TestCommand,
 };
 use crate::telemetry::LogFormat;
 
@@ -31,6 +32,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once per process: boxing the serve flags would save nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the admission webhook over HTTPS.
@@ -43,6 +46,9 @@ pub enum Command {
     Test(TestCommand),
     /// Scaffold a policy crate: `portcullis new policy NAME [--mutating]`.
     New(NewCommand),
+    /// Make a policy's shadow candidate its enforcing version (rewrites
+    /// the config file; comments are not kept).
+    Promote(PromoteCommand),
 }
 
 impl Cli {

@@ -18,6 +18,7 @@ fn main() -> ExitCode {
         Command::Eval(command) => command.execute(),
         Command::Test(command) => command.execute(),
         Command::New(command) => command.execute(),
+        Command::Promote(command) => command.execute(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
