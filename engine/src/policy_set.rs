@@ -100,11 +100,7 @@ impl PolicySet {
         // blocking pool, off the threads that serve requests.
         let mut digests: HashMap<ModuleRef, String> = HashMap::with_capacity(modules.len());
         let mut compiling = tokio::task::JoinSet::new();
-        let mut first = ModuleRef::default();
-        for (index, &(module, path)) in modules.iter().enumerate() {
-            if index == 0 {
-                first = module;
-            }
+        for &(module, path) in &modules {
             let bytes = read_module(path).await.map_err(|err| fail(module, err))?;
             let digest = module::digest(&bytes);
             if !digests.values().any(|seen| *seen == digest) {
@@ -118,7 +114,10 @@ impl PolicySet {
             digests.insert(module, digest);
         }
         while let Some(joined) = compiling.join_next().await {
-            let (module, result) = joined.map_err(|err| fail(first, LoadError::Task(err)))?;
+            // A task that died cannot say whose module it had: name the
+            // first policy's, as before.
+            let (module, result) =
+                joined.map_err(|err| fail(ModuleRef::default(), LoadError::Task(err)))?;
             let compiled = result.map_err(|err| fail(module, LoadError::Module(err)))?;
             if compiled.from_disk_cache {
                 stats.from_disk += 1;
