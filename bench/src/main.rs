@@ -289,6 +289,8 @@ async fn main() -> Result<()> {
     );
     let mut samples: Vec<(&str, usize, Sample)> = Vec::new();
     let mut peak_rss_standard = 0;
+    // Candidate evaluations of the shadowed set, over all its runs.
+    let (mut shadow_evaluated, mut shadow_dropped) = (0.0, 0.0);
     for round in 1..=args.rounds {
         for (label, config, reviews) in configurations {
             let served = Served::start(&run.launch, config, Some(&cache)).await?;
@@ -304,6 +306,11 @@ async fn main() -> Result<()> {
                     peak_rss_standard = peak_rss_standard.max(peak);
                 }
                 samples.push((label, connections, sample));
+            }
+            if label == "shadowed" {
+                let (evaluated, dropped) = server::shadow_results(&served.metrics().await?);
+                shadow_evaluated += evaluated;
+                shadow_dropped += dropped;
             }
         }
     }
@@ -378,6 +385,14 @@ async fn main() -> Result<()> {
                 without.cpu
             );
         }
+    }
+    let candidates = shadow_evaluated + shadow_dropped;
+    if candidates > 0.0 {
+        println!(
+            "shadow: {shadow_evaluated:.0} candidate evaluations run and {shadow_dropped:.0} \
+             dropped ({:.1}%; default --shadow-concurrency, every connection count)",
+            100.0 * shadow_dropped / candidates
+        );
     }
 
     // Per-policy cost from the server's own metrics, standard set, busiest
