@@ -33,6 +33,30 @@ pub fn one(root: &Path, modules: &Path, dir: &Path) -> Result<PathBuf> {
     write(dir, "one.yaml", &serde_yaml_ng::to_string(&config)?)
 }
 
+/// The standard set with `allowed-images` shadowed by a candidate (the
+/// same module with stricter settings, so it disagrees on some images):
+/// what shadow evaluation adds to a review.
+pub fn shadowed(root: &Path, modules: &Path, dir: &Path) -> Result<PathBuf> {
+    let standard = std::fs::read_to_string(standard(root, modules, dir)?)?;
+    let mut config: Value = serde_yaml_ng::from_str(&standard)?;
+    let Some(policy) = config
+        .get_mut("policies")
+        .and_then(Value::as_sequence_mut)
+        .and_then(|policies| {
+            policies
+                .iter_mut()
+                .find(|p| p.get("name").and_then(Value::as_str) == Some("allowed-images"))
+        })
+        .and_then(Value::as_mapping_mut)
+    else {
+        bail!("policies/standard.yaml has no allowed-images policy");
+    };
+    let shadow: Value =
+        serde_yaml_ng::from_str("settings: { allowed: [registry.k8s.io/, ghcr.io/] }")?;
+    policy.insert(Value::from("shadow"), shadow);
+    write(dir, "shadowed.yaml", &serde_yaml_ng::to_string(&config)?)
+}
+
 /// No policies at all: the cost of HTTPS and the AdmissionReview alone.
 pub fn empty(dir: &Path) -> Result<PathBuf> {
     write(dir, "empty.yaml", "policies: []\n")

@@ -236,12 +236,14 @@ async fn main() -> Result<()> {
     run.launch.extra = args.server_args.clone();
     let standard = configs::standard(&run.root, &run.modules, dir.path())?;
     let one = configs::one(&run.root, &run.modules, dir.path())?;
+    let shadowed = configs::shadowed(&run.root, &run.modules, dir.path())?;
     let empty = configs::empty(dir.path())?;
     let ten = configs::ten(&run.root, &run.modules, dir.path())?;
     let cache = dir.path().join("cache");
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
-        "portcullis bench: {} rounds x {{standard set, one policy, no policies}} x connections {:?}, \
+        "portcullis bench: {} rounds x {{standard set, standard set with one policy shadowed, one \
+         policy, no policies}} x connections {:?}, \
          {} s each after 1 s warm-up; HTTPS keep-alive (HTTP/1.1), alternating /mutate and \
          /validate with the API server's two reviews of one pod creation (the one-policy server: \
          /validate only); load and server share {cores} cores",
@@ -255,8 +257,9 @@ async fn main() -> Result<()> {
         validate_only: true,
         ..run.reviews.clone()
     };
-    let configurations: [(&str, &PathBuf, &Reviews); 3] = [
+    let configurations: [(&str, &PathBuf, &Reviews); 4] = [
         ("standard", &standard, &run.reviews),
+        ("shadowed", &shadowed, &run.reviews),
         ("one", &one, &one_policy),
         ("none", &empty, &run.reviews),
     ];
@@ -286,6 +289,8 @@ async fn main() -> Result<()> {
     );
     let mut samples: Vec<(&str, usize, Sample)> = Vec::new();
     let mut peak_rss_standard = 0;
+    // Candidate evaluations of the shadowed set, over all its runs.
+    let (mut shadow_evaluated, mut shadow_dropped) = (0.0, 0.0);
     for round in 1..=args.rounds {
         for (label, config, reviews) in configurations {
             let served = Served::start(&run.launch, config, Some(&cache)).await?;
@@ -301,6 +306,11 @@ async fn main() -> Result<()> {
                     peak_rss_standard = peak_rss_standard.max(peak);
                 }
                 samples.push((label, connections, sample));
+            }
+            if label == "shadowed" {
+                let (evaluated, dropped) = server::shadow_results(&served.metrics().await?);
+                shadow_evaluated += evaluated;
+                shadow_dropped += dropped;
             }
         }
     }
@@ -357,6 +367,31 @@ async fn main() -> Result<()> {
         println!(
             "| {label} | {connections} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {server} | {:.3} | {} | {share} |",
             m.rate, m.p50, m.p90, m.p99, m.max, m.cpu, m.errors
+        );
+    }
+
+    // What one shadowed policy adds: the same set and load with and
+    // without a candidate for allowed-images (default --shadow-concurrency).
+    for &connections in &args.connections {
+        if let (Some(with), Some(without)) =
+            (find("shadowed", connections), find("standard", connections))
+        {
+            println!(
+                "shadow: standard set with allowed-images shadowed vs without, c={connections}: \
+                 req/s ratio {:.3}, server CPU {:+.3} ms/review ({:.3} vs {:.3})",
+                with.rate / without.rate,
+                with.cpu - without.cpu,
+                with.cpu,
+                without.cpu
+            );
+        }
+    }
+    let candidates = shadow_evaluated + shadow_dropped;
+    if candidates > 0.0 {
+        println!(
+            "shadow: {shadow_evaluated:.0} candidate evaluations run and {shadow_dropped:.0} \
+             dropped ({:.1}%; default --shadow-concurrency, every connection count)",
+            100.0 * shadow_dropped / candidates
         );
     }
 

@@ -205,6 +205,28 @@ pub fn policy_means(before: &str, after: &str) -> Vec<(String, f64)> {
     means
 }
 
+/// Shadow candidate evaluations in one scrape, as (evaluated, dropped),
+/// from `portcullis_shadow_evaluations_total`.
+pub fn shadow_results(metrics: &str) -> (f64, f64) {
+    let mut evaluated = 0.0;
+    let mut dropped = 0.0;
+    for line in metrics.lines() {
+        let Some(rest) = line.strip_prefix("portcullis_shadow_evaluations_total{") else {
+            continue;
+        };
+        let Some((labels, value)) = rest.split_once("} ") else {
+            continue;
+        };
+        let value: f64 = value.trim().parse().unwrap_or(0.0);
+        if labels.contains("result=\"dropped\"") {
+            dropped += value;
+        } else {
+            evaluated += value;
+        }
+    }
+    (evaluated, dropped)
+}
+
 pub fn duration_buckets(metrics: &str) -> Vec<(f64, f64)> {
     let mut buckets: Vec<(f64, f64)> = Vec::new();
     for line in metrics.lines() {

@@ -8,12 +8,15 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::invoke::parse_mutated;
+
 use crate::admission::{Decision, Review};
 use crate::config::{Mode, OnError};
 use crate::invoke::{PolicyError, Verdict};
 use crate::log_text::LogText;
 use crate::policy::Policy;
 use crate::policy_set::PolicySet;
+use crate::shadow::ShadowCall;
 
 /// HTTP code of a denial caused by a policy error.
 const POLICY_ERROR_CODE: u16 = 500;
@@ -38,13 +41,17 @@ pub enum Selection<'a> {
 }
 
 /// One policy call of a chain run, for metrics and the decision log.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Evaluation {
     pub policy: Arc<str>,
     /// `allow`, `deny`, `mutate` (allowed with a changed object), or the
     /// error's kind (`timeout`, `memory`, `trap`, `invalid_output`, ...).
     pub outcome: &'static str,
     pub duration: Duration,
+    /// For a policy with a shadow candidate: the candidate's evaluation
+    /// on the same input, to run once the answer is out. `None` (and no
+    /// work done) for every other policy.
+    pub shadow: Option<Box<ShadowCall>>,
 }
 
 /// Accumulates what the policies said.
@@ -52,6 +59,8 @@ struct Outcome<'t> {
     decision: Decision,
     denials: Vec<String>,
     evaluations: &'t mut Vec<Evaluation>,
+    /// The shadow call of the policy call being recorded.
+    shadow: Option<Box<ShadowCall>>,
 }
 
 impl<'t> Outcome<'t> {
@@ -67,6 +76,7 @@ impl<'t> Outcome<'t> {
             decision,
             denials: Vec::new(),
             evaluations,
+            shadow: None,
         }
     }
 
@@ -75,6 +85,7 @@ impl<'t> Outcome<'t> {
             policy: policy.name.clone(),
             outcome,
             duration: started.elapsed(),
+            shadow: self.shadow.take(),
         });
     }
 
@@ -211,7 +222,17 @@ pub async fn mutate(
     for policy in policies {
         let request = next_request.as_deref().unwrap_or(review.request.get());
         let started = Instant::now();
-        let output = match policy.mutate(request, deadline).await {
+        let result = policy.mutate(request, deadline).await;
+        if let Some(candidate) = &policy.shadow {
+            // The candidate sees the object as this mutator saw it.
+            outcome.shadow = Some(ShadowCall::mutated(
+                policy,
+                candidate,
+                request.into(),
+                &result,
+            ));
+        }
+        let output = match result {
             Ok(output) => output,
             Err(error) => {
                 outcome.evaluated(policy, error.kind(), started);
@@ -273,9 +294,16 @@ pub async fn validate(
 ) -> Result<Decision, ChainFailure> {
     let mut outcome = Outcome::new(set, evaluations);
     let request = review.request.get();
+    // The request text, copied once for every candidate that judges it.
+    let mut shared: Option<Arc<str>> = None;
     for policy in selected(set.validators(), selection, review) {
         let started = Instant::now();
-        match policy.validate(request, deadline).await {
+        let result = policy.validate(request, deadline).await;
+        if let Some(candidate) = &policy.shadow {
+            let request = shared.get_or_insert_with(|| request.into()).clone();
+            outcome.shadow = Some(ShadowCall::validated(policy, candidate, request, &result));
+        }
+        match result {
             Ok(verdict) => {
                 let label = if verdict.allowed { "allow" } else { "deny" };
                 outcome.evaluated(policy, label, started);
@@ -288,71 +316,4 @@ pub async fn validate(
         }
     }
     Ok(outcome.finish())
-}
-
-/// Identity fields a mutation may not change: the API server would refuse
-/// the patch, or worse, apply it to another object.
-const IDENTITY: [&str; 5] = [
-    "/apiVersion",
-    "/kind",
-    "/metadata/name",
-    "/metadata/namespace",
-    "/metadata/uid",
-];
-
-/// Parses a policy's mutated object and checks it is still the same object.
-fn parse_mutated(previous: &Value, text: &str) -> Result<Value, PolicyError> {
-    let object: Value = serde_json::from_str(text).map_err(|err| {
-        PolicyError::InvalidOutput(format!("mutated object is not valid JSON: {err}"))
-    })?;
-    if !object.is_object() {
-        return Err(PolicyError::InvalidOutput(
-            "mutated object is not a JSON object".to_string(),
-        ));
-    }
-    for pointer in IDENTITY {
-        let before = previous.pointer(pointer);
-        let after = object.pointer(pointer);
-        if before != after {
-            return Err(PolicyError::InvalidOutput(format!(
-                "mutation changed {} from {} to {}; identity fields cannot be mutated",
-                pointer.trim_start_matches('/').replace('/', "."),
-                before.map_or("nothing".to_string(), Value::to_string),
-                after.map_or("nothing".to_string(), Value::to_string),
-            )));
-        }
-    }
-    Ok(object)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn mutated_objects_must_be_json_objects() {
-        let before = json!({"kind": "Pod", "metadata": {"name": "a"}});
-        let err = parse_mutated(&before, "not json").expect_err("invalid");
-        assert!(
-            err.to_string()
-                .starts_with("returned invalid output: mutated object is not valid JSON")
-        );
-        assert!(parse_mutated(&before, "[1]").is_err());
-    }
-
-    #[test]
-    fn identity_fields_cannot_change() {
-        let before = json!({"kind": "Pod", "metadata": {"name": "a", "namespace": "ns"}});
-        let renamed = r#"{"kind":"Pod","metadata":{"name":"b","namespace":"ns"}}"#;
-        let err = parse_mutated(&before, renamed).expect_err("renamed");
-        assert_eq!(
-            err.to_string(),
-            "returned invalid output: mutation changed metadata.name from \"a\" to \"b\"; \
-             identity fields cannot be mutated"
-        );
-        let labelled =
-            r#"{"kind":"Pod","metadata":{"name":"a","namespace":"ns","labels":{"x":"y"}}}"#;
-        assert!(parse_mutated(&before, labelled).is_ok());
-    }
 }

@@ -12,6 +12,8 @@
 //!       resources: [pods, deployments.apps]
 //!       namespaces: { exclude: [kube-system] }
 //!     settings: { allowed: ["registry.k8s.io/"] }
+//!     shadow:                          # optional: a candidate evaluated beside it
+//!       settings: { allowed: ["registry.k8s.io/", "quay.io/"] }
 //!   - name: labels
 //!     module: oci://registry.example:5000/policies/required-labels:v1
 //!     verify: { keys: [keys/policies.pub] }   # cosign-style signature
@@ -230,6 +232,19 @@ pub struct RawPolicy {
     matching: Option<RawMatch>,
     #[serde(default)]
     settings: Option<serde_json::Value>,
+    #[serde(default)]
+    shadow: Option<RawShadow>,
+}
+
+/// A policy's shadow candidate as written: what differs from the live
+/// version; everything left out is the live version's.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RawShadow {
+    module: Option<String>,
+    settings: Option<serde_json::Value>,
+    timeout_ms: Option<u64>,
+    memory_limit: Option<Quantity>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -303,6 +318,103 @@ pub struct PolicyConfig {
     pub matcher: Matcher,
     /// Settings as JSON text (`{}` when none were given).
     pub settings: String,
+    /// A candidate version evaluated beside this one, off the response
+    /// path, whose verdicts never change an answer.
+    pub shadow: Option<ShadowConfig>,
+}
+
+/// A module as configured and, once the server has resolved it, where its
+/// bytes are: the same fields as a policy's own.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModuleSpec {
+    pub source: ModuleSource,
+    /// The local file its bytes are read from (empty for a registry module
+    /// until resolved).
+    pub module: PathBuf,
+    pub expected_digest: Option<String>,
+    pub verify_keys: Vec<PathBuf>,
+    pub origin: Option<RegistryOrigin>,
+}
+
+impl ModuleSpec {
+    fn new(source: ModuleSource, verify_keys: Vec<PathBuf>) -> Self {
+        let module = match &source {
+            ModuleSource::File(path) => path.clone(),
+            ModuleSource::Registry(_) => PathBuf::new(),
+        };
+        Self {
+            source,
+            module,
+            expected_digest: None,
+            verify_keys,
+            origin: None,
+        }
+    }
+}
+
+/// A policy's shadow candidate, resolved: the live version's module,
+/// settings and limits wherever the config left them out.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShadowConfig {
+    /// Resolved like the live module (relative to the config file, or
+    /// pulled from a registry).
+    pub module: ModuleSpec,
+    /// Settings as JSON text.
+    pub settings: String,
+    pub limits: Limits,
+}
+
+impl PolicyConfig {
+    /// The live module's spec.
+    pub fn live_module(&self) -> ModuleSpec {
+        ModuleSpec {
+            source: self.source.clone(),
+            module: self.module.clone(),
+            expected_digest: self.expected_digest.clone(),
+            verify_keys: self.verify_keys.clone(),
+            origin: self.origin.clone(),
+        }
+    }
+
+    /// Files whose change changes what this policy loads: module files
+    /// (the live one and the candidate's) and verification keys. Registry
+    /// modules are content-addressed and followed by the registry poll.
+    pub fn watched_files(&self) -> Vec<PathBuf> {
+        let mut files = Vec::new();
+        let mut add = |source: &ModuleSource, keys: &[PathBuf]| {
+            if let ModuleSource::File(path) = source {
+                files.push(path.clone());
+            }
+            files.extend(keys.iter().cloned());
+        };
+        add(&self.source, &self.verify_keys);
+        if let Some(shadow) = &self.shadow {
+            add(&shadow.module.source, &shadow.module.verify_keys);
+        }
+        files
+    }
+
+    /// The candidate as a policy config of its own: the live version's
+    /// name, mode, onError and match rules with the candidate's module,
+    /// settings and limits. What the engine binds the candidate from.
+    pub fn candidate(&self) -> Option<PolicyConfig> {
+        let shadow = self.shadow.as_ref()?;
+        let module = shadow.module.clone();
+        Some(PolicyConfig {
+            name: self.name.clone(),
+            source: module.source,
+            module: module.module,
+            expected_digest: module.expected_digest,
+            verify_keys: module.verify_keys,
+            origin: module.origin,
+            mode: self.mode,
+            on_error: self.on_error,
+            limits: shadow.limits,
+            matcher: self.matcher.clone(),
+            settings: shadow.settings.clone(),
+            shadow: None,
+        })
+    }
 }
 
 /// The whole configuration.
@@ -393,13 +505,20 @@ impl Config {
             check_timeout(timeout).map_err(|m| invalid(format!("{at}.timeoutMs: {m}")))?;
             let memory = policy.memory_limit.map_or(default_memory, |q| q.0);
             check_memory(memory).map_err(|m| invalid(format!("{at}.memoryLimit: {m}")))?;
-            let settings = match policy.settings {
-                None | Some(serde_json::Value::Null) => "{}".to_string(),
-                Some(value) => value.to_string(),
+            let settings = settings_text(policy.settings);
+            let limits = Limits {
+                timeout: Duration::from_millis(timeout),
+                memory,
             };
             let matching = policy.matching.unwrap_or_default();
             let source = module_source(base, &policy.module)
                 .map_err(|m| invalid(format!("{at}.module: {m}")))?;
+            // The keys a registry module of this policy (the live one or
+            // its candidate) must be signed with.
+            let registry_keys: Vec<PathBuf> = match &policy.verify {
+                Some(verify) => verify.keys.iter().map(|key| base.join(key)).collect(),
+                None => global_keys.clone(),
+            };
             let verify_keys = match (&source, policy.verify) {
                 (ModuleSource::File(_), Some(_)) => {
                     return Err(invalid(format!(
@@ -418,23 +537,33 @@ impl Config {
                 }
                 (ModuleSource::Registry(_), None) => global_keys.clone(),
             };
-            let module = match &source {
-                ModuleSource::File(path) => path.clone(),
-                ModuleSource::Registry(_) => PathBuf::new(),
+            let live = ShadowConfig {
+                module: ModuleSpec::new(source, verify_keys),
+                settings: settings.clone(),
+                limits,
             };
+            let shadow = policy
+                .shadow
+                .map(|raw| shadow_config(raw, base, &live, &registry_keys))
+                .transpose()
+                .map_err(|m| invalid(format!("{at}.shadow: {m}")))?;
+            let ModuleSpec {
+                source,
+                module,
+                expected_digest,
+                verify_keys,
+                origin,
+            } = live.module;
             policies.push(PolicyConfig {
                 name: policy.name,
                 source,
                 module,
-                expected_digest: None,
+                expected_digest,
                 verify_keys,
-                origin: None,
+                origin,
                 mode: policy.mode.or(defaults.mode).unwrap_or_default(),
                 on_error: policy.on_error.or(defaults.on_error).unwrap_or_default(),
-                limits: Limits {
-                    timeout: Duration::from_millis(timeout),
-                    memory,
-                },
+                limits,
                 matcher: Matcher {
                     operations: matching.operations,
                     resources: matching.resources,
@@ -442,6 +571,7 @@ impl Config {
                     exclude_namespaces: matching.namespaces.exclude,
                 },
                 settings,
+                shadow,
             });
         }
         Ok(Self {
@@ -474,6 +604,63 @@ fn module_source(base: &Path, module: &str) -> Result<ModuleSource, String> {
         return Err("empty module path".to_string());
     }
     Ok(ModuleSource::File(base.join(module)))
+}
+
+/// Settings as the JSON text passed to the policy (`{}` when none).
+fn settings_text(settings: Option<serde_json::Value>) -> String {
+    match settings {
+        None | Some(serde_json::Value::Null) => "{}".to_string(),
+        Some(value) => value.to_string(),
+    }
+}
+
+/// Resolves a shadow candidate against its live version (`live`: the
+/// live module, settings and limits; `registry_keys`: what a registry
+/// module of this policy must be signed with).
+fn shadow_config(
+    raw: RawShadow,
+    base: &Path,
+    live: &ShadowConfig,
+    registry_keys: &[PathBuf],
+) -> Result<ShadowConfig, String> {
+    let limits = live.limits;
+    if raw.module.is_none() && raw.settings.is_none() {
+        return Err("a shadow candidate needs a `module`, `settings` or both: \
+                    without either it would be the live version itself"
+            .to_string());
+    }
+    let timeout = match raw.timeout_ms {
+        Some(ms) => {
+            check_timeout(ms).map_err(|m| format!("timeoutMs: {m}"))?;
+            Duration::from_millis(ms)
+        }
+        None => limits.timeout,
+    };
+    let memory = match raw.memory_limit {
+        Some(quantity) => {
+            check_memory(quantity.0).map_err(|m| format!("memoryLimit: {m}"))?;
+            quantity.0
+        }
+        None => limits.memory,
+    };
+    Ok(ShadowConfig {
+        module: match raw.module {
+            None => live.module.clone(),
+            Some(module) => {
+                let source = module_source(base, &module).map_err(|m| format!("module: {m}"))?;
+                let keys = match source {
+                    ModuleSource::File(_) => Vec::new(),
+                    ModuleSource::Registry(_) => registry_keys.to_vec(),
+                };
+                ModuleSpec::new(source, keys)
+            }
+        },
+        settings: match raw.settings {
+            Some(value) => settings_text(Some(value)),
+            None => live.settings.clone(),
+        },
+        limits: Limits { timeout, memory },
+    })
 }
 
 fn check_timeout(ms: u64) -> Result<(), String> {
@@ -607,6 +794,96 @@ policies:
         assert!(
             err.to_string()
                 .contains("policies[1] (a): duplicate policy name"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_shadow_defaults_to_the_live_module_settings_and_limits() {
+        let config = parse(
+            r#"
+defaults: { timeoutMs: 100 }
+policies:
+  - name: images
+    module: images.wasm
+    memoryLimit: 16Mi
+    settings: { allowed: ["a/"] }
+    shadow: { settings: { allowed: ["a/", "b/"] } }
+  - name: labels
+    module: labels.wasm
+    settings: { labels: { app: null } }
+    shadow: { module: v2/labels.wasm, timeoutMs: 500, memoryLimit: 64Mi }
+  - name: plain
+    module: plain.wasm
+"#,
+        )
+        .expect("valid config");
+        let images = config.policies[0].shadow.as_ref().expect("a candidate");
+        assert_eq!(
+            images.module.module,
+            Path::new("/etc/portcullis/images.wasm")
+        );
+        assert_eq!(images.settings, r#"{"allowed":["a/","b/"]}"#);
+        assert_eq!(images.limits, config.policies[0].limits);
+        let labels = config.policies[1].shadow.as_ref().expect("a candidate");
+        assert_eq!(
+            labels.module.module,
+            Path::new("/etc/portcullis/v2/labels.wasm")
+        );
+        assert_eq!(labels.settings, r#"{"labels":{"app":null}}"#);
+        assert_eq!(labels.limits.timeout, Duration::from_millis(500));
+        assert_eq!(labels.limits.memory, 64 << 20);
+        assert!(config.policies[2].shadow.is_none());
+
+        let candidate = config.policies[1].candidate().expect("a candidate");
+        assert_eq!(candidate.name, config.policies[1].name);
+        assert_eq!(candidate.module, labels.module.module);
+        assert_eq!(candidate.source, labels.module.source);
+        assert_eq!(candidate.settings, labels.settings);
+        assert_eq!(candidate.limits, labels.limits);
+        assert!(candidate.shadow.is_none());
+        assert_eq!(
+            config.policies[1].watched_files(),
+            [
+                PathBuf::from("/etc/portcullis/labels.wasm"),
+                PathBuf::from("/etc/portcullis/v2/labels.wasm")
+            ]
+        );
+    }
+
+    #[test]
+    fn a_shadow_must_differ_and_fit_the_schema() {
+        let err =
+            parse("policies:\n  - name: a\n    module: a.wasm\n    shadow: { timeoutMs: 10 }\n")
+                .expect_err("a shadow that is the live version");
+        let message = err.to_string();
+        assert!(message.contains("policies[0] (a).shadow"), "{message}");
+        assert!(
+            message.contains("needs a `module`, `settings` or both"),
+            "{message}"
+        );
+
+        let err = parse("policies:\n  - name: a\n    module: a.wasm\n    shadow: { settings: {}, mode: warn }\n")
+            .expect_err("unknown key");
+        assert!(err.to_string().contains("unknown field `mode`"), "{err}");
+        assert!(err.to_string().contains("line 4"), "{err}");
+
+        let err = parse(
+            "policies:\n  - name: a\n    module: a.wasm\n    shadow: { settings: {}, timeoutMs: 0 }\n",
+        )
+        .expect_err("zero timeout");
+        assert!(
+            err.to_string()
+                .contains("policies[0] (a).shadow: timeoutMs"),
+            "{err}"
+        );
+        let err = parse(
+            "policies:\n  - name: a\n    module: a.wasm\n    shadow: { module: b.wasm, memoryLimit: 2Gi }\n",
+        )
+        .expect_err("too much memory");
+        assert!(
+            err.to_string()
+                .contains("policies[0] (a).shadow: memoryLimit"),
             "{err}"
         );
     }

@@ -4,6 +4,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use serde_json::Value;
+
 use wasmtime::{Store, Trap, UpdateDeadline};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 
@@ -445,9 +447,45 @@ pub(crate) async fn prepare_and_snapshot<R>(
     .await
 }
 
+/// Identity fields a mutation may not change: the API server would refuse
+/// the patch, or worse, apply it to another object.
+const IDENTITY: [&str; 5] = [
+    "/apiVersion",
+    "/kind",
+    "/metadata/name",
+    "/metadata/namespace",
+    "/metadata/uid",
+];
+
+/// Parses a policy's mutated object and checks it is still the same object.
+pub(crate) fn parse_mutated(previous: &Value, text: &str) -> Result<Value, PolicyError> {
+    let object: Value = serde_json::from_str(text).map_err(|err| {
+        PolicyError::InvalidOutput(format!("mutated object is not valid JSON: {err}"))
+    })?;
+    if !object.is_object() {
+        return Err(PolicyError::InvalidOutput(
+            "mutated object is not a JSON object".to_string(),
+        ));
+    }
+    for pointer in IDENTITY {
+        let before = previous.pointer(pointer);
+        let after = object.pointer(pointer);
+        if before != after {
+            return Err(PolicyError::InvalidOutput(format!(
+                "mutation changed {} from {} to {}; identity fields cannot be mutated",
+                pointer.trim_start_matches('/').replace('/', "."),
+                before.map_or("nothing".to_string(), Value::to_string),
+                after.map_or("nothing".to_string(), Value::to_string),
+            )));
+        }
+    }
+    Ok(object)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn long_texts_are_capped() {
@@ -489,5 +527,31 @@ mod tests {
             PolicyError::Deadline(Duration::from_millis(250)).to_string(),
             "exceeded its deadline of 250 ms"
         );
+    }
+
+    #[test]
+    fn mutated_objects_must_be_json_objects() {
+        let before = json!({"kind": "Pod", "metadata": {"name": "a"}});
+        let err = parse_mutated(&before, "not json").expect_err("invalid");
+        assert!(
+            err.to_string()
+                .starts_with("returned invalid output: mutated object is not valid JSON")
+        );
+        assert!(parse_mutated(&before, "[1]").is_err());
+    }
+
+    #[test]
+    fn identity_fields_cannot_change() {
+        let before = json!({"kind": "Pod", "metadata": {"name": "a", "namespace": "ns"}});
+        let renamed = r#"{"kind":"Pod","metadata":{"name":"b","namespace":"ns"}}"#;
+        let err = parse_mutated(&before, renamed).expect_err("renamed");
+        assert_eq!(
+            err.to_string(),
+            "returned invalid output: mutation changed metadata.name from \"a\" to \"b\"; \
+             identity fields cannot be mutated"
+        );
+        let labelled =
+            r#"{"kind":"Pod","metadata":{"name":"a","namespace":"ns","labels":{"x":"y"}}}"#;
+        assert!(parse_mutated(&before, labelled).is_ok());
     }
 }

@@ -30,6 +30,8 @@
 //! - `policy`: a module bound to its settings, limits and match rules.
 //! - `policy_set`: the immutable snapshot of all policies, and the
 //!   compiled-module cache that reloads share.
+//! - `shadow`: a policy's candidate version run on the live version's
+//!   input, and the two verdicts compared.
 //! - `policy_store`: the snapshot in service (swapped whole) and reload
 //!   status.
 //! - `chain`: the mutate chain and validation over a snapshot; modes and
@@ -62,6 +64,7 @@ mod pool;
 mod prepare;
 mod report;
 mod sandbox;
+mod shadow;
 
 pub use admission::{
     ApiVersion, DENIED_CODE, Decision, Review, ReviewError, request_with_object,
@@ -73,8 +76,8 @@ pub use chain::{ChainFailure, Evaluation, Selection, mutate, validate};
 pub use componentize::{ComponentizeError, ModuleFormat};
 pub use config::{
     Config, ConfigError, DEFAULT_MEMORY, DEFAULT_TIMEOUT_MS, Limits, MAX_POLICY_MEMORY, Mode,
-    ModuleSource, OnError, PolicyConfig, PolicyName, Quantity, REGISTRY_SCHEME, RawDefaults,
-    RawPolicy, RegistryOrigin,
+    ModuleSource, ModuleSpec, OnError, PolicyConfig, PolicyName, Quantity, REGISTRY_SCHEME,
+    RawDefaults, RawPolicy, RawShadow, RegistryOrigin, ShadowConfig,
 };
 pub use contract::{ContractError, VERSION as CONTRACT_VERSION, Version};
 pub use engine::{DEFAULT_MEMORY_BUDGET, EPOCH_TICK, EngineError, EngineOptions, PolicyEngine};
@@ -89,3 +92,4 @@ pub use policy_set::{BuildStats, ModuleCache, PolicySet, SetError};
 pub use policy_store::{LoadFailure, PolicyStore, ReloadStatus};
 pub use pool::{EvalPool, Evaluating, PoolError, TaskError};
 pub use report::Report;
+pub use shadow::{Comparison, Said, ShadowCall, ShadowResult};

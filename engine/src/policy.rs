@@ -62,6 +62,10 @@ pub enum LoadError {
     /// A compiled module went missing between compiling and binding (a bug).
     #[error("the compiled module went missing")]
     Missing,
+    /// The shadow candidate cannot stand in for the live version: it does
+    /// not do what the live version does (validate, mutate).
+    #[error("the shadow candidate does not {0}, but the live version does")]
+    CandidateLacks(&'static str),
 }
 
 /// A policy ready to serve.
@@ -82,6 +86,9 @@ pub struct Policy {
     pub matcher: Matcher,
     /// Settings as JSON text, passed on every call.
     pub settings: String,
+    /// The candidate evaluated beside this version, off the response
+    /// path (`shadow:` in the config); never has a candidate of its own.
+    pub shadow: Option<Arc<Policy>>,
     /// Fails calls fast while the policy keeps hogging its limits.
     breaker: Breaker,
 }
@@ -139,8 +146,28 @@ impl Policy {
             limits: config.limits,
             matcher,
             settings: config.settings.clone(),
+            shadow: None,
             breaker: Breaker::default(),
         })
+    }
+
+    /// Attaches a bound candidate. It must do everything the live version
+    /// does, since it is evaluated wherever the live version is. Its name
+    /// says it is the candidate in its log lines and breaker messages.
+    ///
+    /// # Errors
+    /// [`LoadError::CandidateLacks`] when it does not validate or mutate
+    /// where the live version does.
+    pub fn with_shadow(mut self, mut candidate: Policy) -> Result<Self, LoadError> {
+        if self.metadata.validates && !candidate.metadata.validates {
+            return Err(LoadError::CandidateLacks("validate"));
+        }
+        if self.metadata.mutates && !candidate.metadata.mutates {
+            return Err(LoadError::CandidateLacks("mutate"));
+        }
+        candidate.name = format!("{}/shadow", self.name).into();
+        self.shadow = Some(Arc::new(candidate));
+        Ok(self)
     }
 
     /// Whether `other` is the same policy with the same code and config.
@@ -155,6 +182,11 @@ impl Policy {
             && self.limits == other.limits
             && self.matcher == other.matcher
             && self.settings == other.settings
+            && match (&self.shadow, &other.shadow) {
+                (None, None) => true,
+                (Some(a), Some(b)) => a.same_as(b),
+                _ => false,
+            }
     }
 
     /// Whether this policy applies to a request.

@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use crate::config::{Config, ModuleSource};
+use crate::config::{Config, ModuleSource, ModuleSpec};
 use crate::engine::PolicyEngine;
 use crate::files;
 use crate::module::{self, CompiledModule, ModuleError};
@@ -24,12 +24,24 @@ pub struct PolicySet {
 /// A policy that failed to load, with its name and where its module came
 /// from (a path or a registry reference).
 #[derive(Debug, thiserror::Error)]
-#[error("policy {policy:?} (module {module})")]
+#[error(
+    "policy {policy:?}{} (module {module})",
+    if *candidate { ", its shadow candidate" } else { "" }
+)]
 pub struct SetError {
     pub policy: String,
     pub module: ModuleSource,
+    /// Whether it is the policy's shadow candidate that failed.
+    pub candidate: bool,
     #[source]
     pub error: LoadError,
+}
+
+/// One module a config names: a policy's (by index), or its candidate's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+struct ModuleRef {
+    policy: usize,
+    candidate: bool,
 }
 
 impl PolicySet {
@@ -54,75 +66,105 @@ impl PolicySet {
         generation: u64,
         cache: &mut ModuleCache,
     ) -> Result<(Self, BuildStats), SetError> {
-        let fail = |index: usize, error: LoadError| {
-            let policy = &config.policies[index];
+        let fail = |module: ModuleRef, error: LoadError| {
+            let policy = &config.policies[module.policy];
+            let (spec, candidate) = match (module.candidate, &policy.shadow) {
+                (true, Some(shadow)) => (shadow.module.clone(), true),
+                _ => (policy.live_module(), false),
+            };
             SetError {
                 policy: policy.name.to_string(),
-                module: policy.source.clone(),
+                module: spec.source,
+                candidate,
                 error,
             }
         };
         let mut stats = BuildStats::default();
 
+        // Every module to load: each policy's, then its candidate's.
+        let modules: Vec<(ModuleRef, ModuleSpec)> = config
+            .policies
+            .iter()
+            .enumerate()
+            .flat_map(|(policy, policy_config)| {
+                let live = (
+                    ModuleRef {
+                        policy,
+                        candidate: false,
+                    },
+                    policy_config.live_module(),
+                );
+                let candidate = policy_config.shadow.as_ref().map(|shadow| {
+                    let module = ModuleRef {
+                        policy,
+                        candidate: true,
+                    };
+                    (module, shadow.module.clone())
+                });
+                std::iter::once(live).chain(candidate)
+            })
+            .collect();
+
         // Read every module, then compile each new digest once, all at once:
         // componentizing and Cranelift are CPU-bound, so they run on the
         // blocking pool, off the threads that serve requests.
-        let mut digests: Vec<String> = Vec::with_capacity(config.policies.len());
+        let mut digests: HashMap<ModuleRef, String> = HashMap::with_capacity(modules.len());
         let mut compiling = tokio::task::JoinSet::new();
-        for (index, policy_config) in config.policies.iter().enumerate() {
-            if matches!(policy_config.source, ModuleSource::Registry(_))
-                && policy_config.expected_digest.is_none()
-            {
-                return Err(fail(index, LoadError::Unresolved));
-            }
-            let path = policy_config.module.clone();
-            let bytes = tokio::task::spawn_blocking(move || {
-                files::read_bounded(&path, files::MAX_MODULE_BYTES)
-            })
-            .await
-            .map_err(|err| fail(index, LoadError::Task(err)))?
-            .map_err(|err| fail(index, LoadError::Read(err)))?;
-            let digest = module::digest(&bytes);
-            if let Some(expected) = &policy_config.expected_digest
-                && *expected != digest
-            {
-                return Err(fail(
-                    index,
-                    LoadError::DigestMismatch {
-                        expected: expected.clone(),
-                        actual: digest,
-                    },
-                ));
-            }
-            if !digests.contains(&digest) {
+        for (module, spec) in &modules {
+            let module = *module;
+            let (bytes, digest) = read_module(spec).await.map_err(|err| fail(module, err))?;
+            if !digests.values().any(|seen| *seen == digest) {
                 if cache.contains(&digest) {
                     stats.reused += 1;
                 } else {
                     let engine = engine.clone();
-                    compiling.spawn_blocking(move || (index, compile_guarded(&engine, &bytes)));
+                    compiling.spawn_blocking(move || (module, compile_guarded(&engine, &bytes)));
                 }
             }
-            digests.push(digest);
+            digests.insert(module, digest);
         }
         while let Some(joined) = compiling.join_next().await {
-            let (index, result) = joined.map_err(|err| fail(0, LoadError::Task(err)))?;
-            let module = result.map_err(|err| fail(index, LoadError::Module(err)))?;
-            if module.from_disk_cache {
+            // A task that died cannot say whose module it had: name the
+            // first policy's, as before.
+            let (module, result) =
+                joined.map_err(|err| fail(ModuleRef::default(), LoadError::Task(err)))?;
+            let compiled = result.map_err(|err| fail(module, LoadError::Module(err)))?;
+            if compiled.from_disk_cache {
                 stats.from_disk += 1;
             } else {
                 stats.compiled += 1;
             }
-            cache.insert(digests[index].clone(), Arc::new(module), generation);
+            let digest = digests.get(&module).cloned().unwrap_or_default();
+            cache.insert(digest, Arc::new(compiled), generation);
         }
 
+        let mut bound = |module: ModuleRef| {
+            digests
+                .get(&module)
+                .and_then(|digest| cache.get(digest, generation))
+                .ok_or_else(|| fail(module, LoadError::Missing))
+        };
         let mut policies = Vec::with_capacity(config.policies.len());
         for (index, policy_config) in config.policies.iter().enumerate() {
-            let module = cache
-                .get(&digests[index], generation)
-                .ok_or_else(|| fail(index, LoadError::Missing))?;
-            let policy = Policy::bind(policy_config, module)
+            let live = ModuleRef {
+                policy: index,
+                candidate: false,
+            };
+            let mut policy = Policy::bind(policy_config, bound(live)?)
                 .await
-                .map_err(|err| fail(index, err))?;
+                .map_err(|err| fail(live, err))?;
+            if let Some(candidate_config) = policy_config.candidate() {
+                let shadow = ModuleRef {
+                    policy: index,
+                    candidate: true,
+                };
+                let candidate = Policy::bind(&candidate_config, bound(shadow)?)
+                    .await
+                    .map_err(|err| fail(shadow, err))?;
+                policy = policy
+                    .with_shadow(candidate)
+                    .map_err(|err| fail(shadow, err))?;
+            }
             policies.push(Arc::new(policy));
         }
         Ok((
@@ -147,12 +189,18 @@ impl PolicySet {
                 .all(|(a, b)| a.same_as(b))
     }
 
-    /// Digests of the modules this set uses.
+    /// Digests of the modules this set uses, candidates' included.
     pub fn digests(&self) -> HashSet<String> {
         self.policies
             .iter()
+            .flat_map(|p| std::iter::once(p).chain(&p.shadow))
             .map(|p| p.module.digest.clone())
             .collect()
+    }
+
+    /// Whether any policy has a shadow candidate.
+    pub fn has_shadows(&self) -> bool {
+        self.policies.iter().any(|p| p.shadow.is_some())
     }
 
     /// Every policy, in config order.
@@ -264,6 +312,32 @@ impl ModuleCache {
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
+}
+
+/// Reads a module's bytes off the async threads. The one way a policy's
+/// module (live or candidate) is read.
+/// Reads a module's bytes and their digest, checking a registry module's
+/// against the digest its manifest gave.
+async fn read_module(spec: &ModuleSpec) -> Result<(Vec<u8>, String), LoadError> {
+    if matches!(spec.source, ModuleSource::Registry(_)) && spec.expected_digest.is_none() {
+        return Err(LoadError::Unresolved);
+    }
+    let path = spec.module.clone();
+    let bytes =
+        tokio::task::spawn_blocking(move || files::read_bounded(&path, files::MAX_MODULE_BYTES))
+            .await
+            .map_err(LoadError::Task)?
+            .map_err(LoadError::Read)?;
+    let digest = module::digest(&bytes);
+    if let Some(expected) = &spec.expected_digest
+        && *expected != digest
+    {
+        return Err(LoadError::DigestMismatch {
+            expected: expected.clone(),
+            actual: digest,
+        });
+    }
+    Ok((bytes, digest))
 }
 
 /// Compiles a module; a panic inside the toolchain (componentizing,

@@ -82,6 +82,20 @@ impl EvalPool {
         };
         Evaluating { handle }
     }
+
+    /// Runs `work` on the pool with no one waiting for it: it runs to its
+    /// end (policy calls end at their deadlines), or until the pool stops.
+    /// For work that follows an answer, such as shadow evaluations.
+    pub fn detach<F>(&self, work: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        match &self.runtime {
+            Some(runtime) => drop(runtime.spawn(work)),
+            // Unreachable: the runtime is taken only in `drop`.
+            None => drop(tokio::spawn(work)),
+        }
+    }
 }
 
 impl Drop for EvalPool {
@@ -148,6 +162,20 @@ mod tests {
             .await
             .expect("the task neither finished nor was cancelled");
         assert!(outcome.is_err(), "cancelled work ran on");
+    }
+
+    #[tokio::test]
+    async fn detached_work_runs_to_its_end_on_the_pool() {
+        let pool = EvalPool::new(1).expect("pool");
+        let (done, finished) = tokio::sync::oneshot::channel();
+        pool.detach(async move {
+            let _ = done.send(std::thread::current().name().map(str::to_string));
+        });
+        let name = tokio::time::timeout(Duration::from_secs(10), finished)
+            .await
+            .expect("detached work did not run")
+            .expect("a result");
+        assert_eq!(name.as_deref(), Some("portcullis-eval"));
     }
 
     #[tokio::test]

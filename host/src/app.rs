@@ -27,6 +27,7 @@ use crate::metrics::Metrics;
 use crate::registry::{ModuleResolver, RegistrySettings};
 use crate::reload::{ReloadError, Reloader};
 use crate::server::{self, BodyBudget, ServerState};
+use crate::shadow::Shadows;
 use crate::tls::{self, ServingConfig, TlsError, TlsFiles};
 use crate::watch::WatchError;
 
@@ -97,6 +98,8 @@ pub struct ServeOptions {
     pub limits: EdgeLimits,
     /// How `oci://` modules are pulled and re-checked.
     pub registry: RegistrySettings,
+    /// Shadow candidate evaluations running at once; 0 turns them off.
+    pub shadow_concurrency: usize,
 }
 
 /// Bounds at the HTTP edge.
@@ -406,6 +409,7 @@ fn server_state(
             edge.max_queued_reviews,
             metrics.clone(),
         )),
+        shadows: Arc::new(Shadows::new(options.shadow_concurrency, metrics.clone())),
         metrics,
         status_on_https: options.status_on_https,
         body_limit: options.body_limit,

@@ -7,6 +7,7 @@ use crate::commands::{
     certs::CertsCommand,
     eval::EvalCommand,
     new::NewCommand,
+    promote::PromoteCommand,
     registry::{KeygenCommand, PullCommand, PushCommand, SignCommand},
     serve::ServeCommand,
     test::TestCommand,
@@ -57,6 +58,9 @@ pub enum Command {
     Sign(SignCommand),
     /// Make an ECDSA P-256 key pair for `sign` and `verify`.
     Keygen(KeygenCommand),
+    /// Make a policy's shadow candidate its enforcing version (rewrites
+    /// the config file; comments are not kept).
+    Promote(PromoteCommand),
 }
 
 impl Cli {

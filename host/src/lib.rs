@@ -9,7 +9,10 @@
 //!   the graceful end of each connection.
 //! - `server`: routes, the review body extractor, handlers; `limits`:
 //!   `?timeout=` deadlines, bounded evaluation.
-//! - `metrics`: Prometheus metrics; `telemetry`: logs.
+//! - `shadow`: candidate evaluations after the answer, their budget, and
+//!   what they found.
+//! - `metrics`: Prometheus metrics; `telemetry`: logs; `throttle`:
+//!   warnings a flood could multiply.
 //! - `reload`: build a new policy set and swap it in; `cert_reload`: the
 //!   same for the certificate; `watch`: file watching at directory level.
 //! - `registry`: `oci://` modules resolved to verified files before a
@@ -34,8 +37,10 @@ mod metrics;
 pub mod registry;
 mod reload;
 pub mod server;
+mod shadow;
 mod signals;
 mod telemetry;
+mod throttle;
 mod tls;
 mod watch;
 

@@ -101,6 +101,12 @@ impl EvalLimiter {
         }
     }
 
+    /// Whether reviews are waiting for a slot now: then work that is not
+    /// an answer (shadow evaluations) gives way.
+    pub fn is_queueing(&self) -> bool {
+        self.waiting.load(Ordering::Relaxed) > 0
+    }
+
     /// Takes a slot, waiting in the bounded queue until `deadline`.
     ///
     /// # Errors

@@ -39,6 +39,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tower::Service as _;
 
+use crate::throttle::Throttled;
 use crate::tls::ServingConfig;
 
 /// Where the process is in its life, as the listeners see it. Ordered:
@@ -454,44 +455,9 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// A warning logged at most once a second, with how many were left out:
-/// a flood of refused connections must not become a flood of log lines.
-#[derive(Default)]
-struct Throttled {
-    last: Option<Instant>,
-    left_out: u64,
-}
-
-impl Throttled {
-    fn warn(&mut self, log: impl FnOnce(u64)) {
-        let now = Instant::now();
-        if self
-            .last
-            .is_some_and(|last| now.duration_since(last) < Duration::from_secs(1))
-        {
-            self.left_out += 1;
-            return;
-        }
-        log(self.left_out);
-        self.last = Some(now);
-        self.left_out = 0;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn throttled_warnings_count_what_they_leave_out() {
-        let mut throttled = Throttled::default();
-        let mut logged = Vec::new();
-        for _ in 0..5 {
-            throttled.warn(|also| logged.push(also));
-        }
-        assert_eq!(logged, vec![0]);
-        assert_eq!(throttled.left_out, 4);
-    }
 
     #[tokio::test]
     async fn a_new_connection_takes_the_slot_of_the_one_idle_longest() {

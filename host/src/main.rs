@@ -22,6 +22,7 @@ fn main() -> ExitCode {
         Command::Pull(command) => command.execute(),
         Command::Sign(command) => command.execute(),
         Command::Keygen(command) => command.execute(),
+        Command::Promote(command) => command.execute(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

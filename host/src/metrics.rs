@@ -66,6 +66,16 @@ pub struct PolicyLabels {
     pub policy: Arc<str>,
 }
 
+/// Labels of `portcullis_shadow_evaluations_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ShadowLabels {
+    /// The live policy's name.
+    pub policy: Arc<str>,
+    /// `agree`, `disagree`, `error` (the candidate failed) or `dropped`
+    /// (not evaluated: no shadow budget left, or reviews were waiting).
+    pub result: &'static str,
+}
+
 /// Label of `portcullis_reloads_total`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReloadLabels {
@@ -102,6 +112,10 @@ pub struct Metrics {
     pub policy_evaluations: Family<EvaluationLabels, Counter>,
     /// Time of each policy call, by policy.
     pub policy_evaluation_duration: Family<PolicyLabels, Histogram>,
+    /// Shadow candidate evaluations by policy and result.
+    pub shadow_evaluations: Family<ShadowLabels, Counter>,
+    /// Shadow candidate evaluations running now.
+    pub shadow_in_flight: Gauge,
     /// Certificate rotation attempts by result.
     pub tls_reloads: Family<ReloadLabels, Counter>,
     /// 1 while the newest certificate files were refused.
@@ -196,6 +210,20 @@ impl Metrics {
             "Time of one policy call (instantiate and run)",
             policy_evaluation_duration.clone(),
         );
+        let shadow_evaluations = Family::<ShadowLabels, Counter>::default();
+        registry.register(
+            "portcullis_shadow_evaluations",
+            "Shadow candidate evaluations by policy and result: agree, disagree (allowed vs denied, \
+             or a different patch), error (the candidate failed), dropped (not evaluated: shadow \
+             budget full or reviews waiting)",
+            shadow_evaluations.clone(),
+        );
+        let shadow_in_flight = Gauge::default();
+        registry.register(
+            "portcullis_shadow_evaluations_in_flight",
+            "Shadow candidate evaluations running now",
+            shadow_in_flight.clone(),
+        );
         let tls_reloads = Family::<ReloadLabels, Counter>::default();
         registry.register(
             "portcullis_tls_reloads",
@@ -220,6 +248,8 @@ impl Metrics {
             request_duration,
             policy_evaluations,
             policy_evaluation_duration,
+            shadow_evaluations,
+            shadow_in_flight,
             tls_reloads,
             tls_last_reload_failed,
             tls_certificate_expiry,
@@ -280,6 +310,16 @@ impl Metrics {
         }
     }
 
+    /// Counts one shadow evaluation of `policy`'s candidate.
+    pub fn shadow(&self, policy: &Arc<str>, result: &'static str) {
+        self.shadow_evaluations
+            .get_or_create(&ShadowLabels {
+                policy: policy.clone(),
+                result,
+            })
+            .inc();
+    }
+
     /// The Prometheus text exposition.
     pub fn encode(&self) -> String {
         let mut text = String::new();
@@ -329,6 +369,7 @@ mod tests {
             policy: "allowed-images".into(),
             outcome,
             duration: std::time::Duration::from_micros(300),
+            shadow: None,
         };
         metrics.request(
             RequestLabels {
@@ -340,6 +381,8 @@ mod tests {
             &[evaluation("deny"), evaluation("timeout")],
         );
         metrics.tls_certificate_expiry.set(1_900_000_000);
+        metrics.shadow(&"allowed-images".into(), "disagree");
+        metrics.shadow(&"allowed-images".into(), "disagree");
         let text = metrics.encode();
         for expected in [
             "portcullis_requests_total{endpoint=\"/validate\",operation=\"CREATE\",result=\"denied\"} 1",
@@ -350,6 +393,7 @@ mod tests {
             "portcullis_policy_evaluation_duration_seconds_bucket{le=\"0.0004\",policy=\"allowed-images\"} 2",
             "portcullis_policy_evaluation_duration_seconds_bucket{le=\"0.0003\",policy=\"allowed-images\"} 2",
             "portcullis_tls_certificate_expiry_timestamp_seconds 1900000000",
+            "portcullis_shadow_evaluations_total{policy=\"allowed-images\",result=\"disagree\"} 2",
         ] {
             assert!(text.contains(expected), "missing {expected}\n{text}");
         }

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use portcullis_engine::{Config, ModuleSource, RegistryOrigin, Report};
+use portcullis_engine::{Config, ModuleSource, ModuleSpec, RegistryOrigin, Report};
 use portcullis_oci::{
     Credentials, CredentialsError, KeyError, PolicyRef, PublicKey, ReferenceError, Registry,
     RegistryError, RegistryOptions, Resolved,
@@ -154,82 +154,38 @@ impl ModuleResolver {
         }))
     }
 
-    /// Pulls (or finds in the store) every registry module of `config` and
-    /// points its policy at the verified file. Returns the tags resolved.
+    /// Pulls (or finds in the store) every registry module of `config` (a
+    /// policy's and its shadow candidate's) and points it at the verified
+    /// file. Returns the tags resolved.
     ///
     /// # Errors
     /// The first policy whose module could not be resolved.
     pub async fn resolve(&self, config: &mut Config) -> Result<Vec<TrackedTag>, ResolveError> {
-        if !config
-            .policies
-            .iter()
-            .any(|p| matches!(p.source, ModuleSource::Registry(_)))
-        {
+        let is_registry = |spec: &ModuleSpec| matches!(spec.source, ModuleSource::Registry(_));
+        let any = config.policies.iter().any(|p| {
+            is_registry(&p.live_module())
+                || p.shadow.as_ref().is_some_and(|s| is_registry(&s.module))
+        });
+        if !any {
             return Ok(Vec::new());
         }
-        let registry = self.registry()?;
-        let mut resolved: HashMap<(String, Vec<PathBuf>), Resolved> = HashMap::new();
-        let mut tags = Vec::new();
+        let mut run = Resolution {
+            registry: self.registry()?,
+            resolved: HashMap::new(),
+            tags: Vec::new(),
+        };
         for policy in &mut config.policies {
-            let ModuleSource::Registry(text) = &policy.source else {
-                continue;
-            };
             let name = policy.name.to_string();
-            let reference: PolicyRef = text.parse().map_err(|source| ResolveError::Reference {
-                policy: name.clone(),
-                source,
-            })?;
-            let key = (text.clone(), policy.verify_keys.clone());
-            let result = match resolved.get(&key) {
-                Some(result) => result.clone(),
-                None => {
-                    let keys = policy
-                        .verify_keys
-                        .iter()
-                        .map(|path| PublicKey::load(path))
-                        .collect::<Result<Vec<_>, _>>()
-                        .map_err(|source| ResolveError::Key {
-                            policy: name.clone(),
-                            source,
-                        })?;
-                    let started = std::time::Instant::now();
-                    let result = registry
-                        .resolve(&reference, &keys)
-                        .await
-                        .map_err(|source| ResolveError::Registry {
-                            policy: name.clone(),
-                            source,
-                        })?;
-                    tracing::info!(
-                        policy = %name,
-                        reference = %reference,
-                        manifest = %result.manifest,
-                        signed_by = result.verified_with.as_deref().unwrap_or("-"),
-                        contacted_registry = result.contacted_registry,
-                        stale = result.stale,
-                        elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
-                        "registry module resolved"
-                    );
-                    resolved.insert(key, result.clone());
-                    result
-                }
-            };
-            if reference.tag().is_some() {
-                tags.push(TrackedTag {
-                    reference,
-                    manifest: result.manifest.clone(),
-                    stale: result.stale,
-                });
+            let mut live = policy.live_module();
+            run.resolve(&name, &mut live).await?;
+            policy.module = live.module;
+            policy.expected_digest = live.expected_digest;
+            policy.origin = live.origin;
+            if let Some(shadow) = &mut policy.shadow {
+                run.resolve(&name, &mut shadow.module).await?;
             }
-            policy.module = result.path.clone();
-            policy.expected_digest = Some(result.layer.clone());
-            policy.origin = Some(RegistryOrigin {
-                manifest: result.manifest.clone(),
-                signed_by: result.verified_with.clone(),
-                stale: result.stale,
-            });
         }
-        Ok(tags)
+        Ok(run.tags)
     }
 
     /// What the tags in service name now, if any moved (or a stale tag's
@@ -269,6 +225,78 @@ impl ModuleResolver {
             }
         }
         moved.then_some(now)
+    }
+}
+
+/// One reload's resolutions: each reference (with its keys) is asked for
+/// once, however many policies name it.
+struct Resolution {
+    registry: Registry,
+    resolved: HashMap<(String, Vec<PathBuf>), Resolved>,
+    tags: Vec<TrackedTag>,
+}
+
+impl Resolution {
+    /// Points `spec`, if it is a registry module, at its verified file.
+    async fn resolve(&mut self, policy: &str, spec: &mut ModuleSpec) -> Result<(), ResolveError> {
+        let ModuleSource::Registry(text) = &spec.source else {
+            return Ok(());
+        };
+        let reference: PolicyRef = text.parse().map_err(|source| ResolveError::Reference {
+            policy: policy.to_string(),
+            source,
+        })?;
+        let key = (text.clone(), spec.verify_keys.clone());
+        let result = match self.resolved.get(&key) {
+            Some(result) => result.clone(),
+            None => {
+                let keys = spec
+                    .verify_keys
+                    .iter()
+                    .map(|path| PublicKey::load(path))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|source| ResolveError::Key {
+                        policy: policy.to_string(),
+                        source,
+                    })?;
+                let started = std::time::Instant::now();
+                let result = self
+                    .registry
+                    .resolve(&reference, &keys)
+                    .await
+                    .map_err(|source| ResolveError::Registry {
+                        policy: policy.to_string(),
+                        source,
+                    })?;
+                tracing::info!(
+                    policy,
+                    reference = %reference,
+                    manifest = %result.manifest,
+                    signed_by = result.verified_with.as_deref().unwrap_or("-"),
+                    contacted_registry = result.contacted_registry,
+                    stale = result.stale,
+                    elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+                    "registry module resolved"
+                );
+                if reference.tag().is_some() {
+                    self.tags.push(TrackedTag {
+                        reference: reference.clone(),
+                        manifest: result.manifest.clone(),
+                        stale: result.stale,
+                    });
+                }
+                self.resolved.insert(key, result.clone());
+                result
+            }
+        };
+        spec.module = result.path.clone();
+        spec.expected_digest = Some(result.layer.clone());
+        spec.origin = Some(RegistryOrigin {
+            manifest: result.manifest.clone(),
+            signed_by: result.verified_with.clone(),
+            stale: result.stale,
+        });
+        Ok(())
     }
 }
 

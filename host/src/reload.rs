@@ -14,7 +14,7 @@ use crate::watch::Fingerprint;
 use portcullis_engine::{Config, ConfigError, Report};
 use portcullis_engine::{LoadFailure, PolicyStore};
 use portcullis_engine::{ModuleCache, PolicySet, SetError};
-use portcullis_engine::{ModuleSource, PolicyEngine};
+use portcullis_engine::{PolicyConfig, PolicyEngine};
 
 /// Compiled modules kept beyond those in service, for rollbacks.
 const SPARE_MODULES: usize = 16;
@@ -229,13 +229,7 @@ impl Reloader {
         // Module files and verification keys are watched; registry
         // modules are content-addressed and checked by the registry poll.
         self.watched = std::iter::once(self.config_path.clone())
-            .chain(config.policies.iter().flat_map(|p| {
-                let file = match &p.source {
-                    ModuleSource::File(path) => Some(path.clone()),
-                    ModuleSource::Registry(_) => None,
-                };
-                file.into_iter().chain(p.verify_keys.iter().cloned())
-            }))
+            .chain(config.policies.iter().flat_map(PolicyConfig::watched_files))
             .collect();
         let modules_fingerprint = Fingerprint::of(&self.watched[1..]);
         self.read_fingerprint = config_fingerprint.then(modules_fingerprint);

@@ -118,6 +118,7 @@ fn build(which: Config) -> Result<Router> {
             header_read_timeout: Duration::from_secs(5),
             body_read_timeout: Duration::from_secs(5),
         },
+        shadow_concurrency: 2,
     };
     block_on(app::router(&options)).context("building the router")
 }

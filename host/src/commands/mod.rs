@@ -3,6 +3,7 @@
 pub mod certs;
 pub mod eval;
 pub mod new;
+pub mod promote;
 pub mod registry;
 pub mod serve;
 pub mod test;

@@ -10,6 +10,7 @@ use crate::app::{self, EdgeLimits, Listeners, ServeOptions, TlsSource};
 use crate::commands::{CliError, RegistryArgs};
 use crate::control::Debounce;
 use crate::server::{DEFAULT_BODY_BYTES_IN_FLIGHT, DEFAULT_BODY_LIMIT};
+use crate::shadow::DEFAULT_SHADOW_CONCURRENCY;
 use crate::signals;
 use portcullis_engine::{BreakerSettings, EngineOptions};
 
@@ -130,6 +131,13 @@ pub struct ServeCommand {
     #[arg(long, env = "PORTCULLIS_MAX_QUEUED_REVIEWS", default_value_t = 256)]
     pub max_queued_reviews: usize,
 
+    /// Shadow candidate evaluations (a policy's `shadow:` in the config)
+    /// running at once, on the evaluation threads, after the answer. One
+    /// that finds the budget full, or reviews waiting for an evaluation
+    /// slot, is dropped and counted, never queued. 0 turns them off.
+    #[arg(long, env = "PORTCULLIS_SHADOW_CONCURRENCY", default_value_t = DEFAULT_SHADOW_CONCURRENCY)]
+    pub shadow_concurrency: usize,
+
     /// Connections held open at once; new ones beyond this are closed.
     #[arg(long, env = "PORTCULLIS_MAX_CONNECTIONS", default_value_t = 1024)]
     pub max_connections: usize,
@@ -219,6 +227,7 @@ impl ServeCommand {
             shutdown_delay: Duration::from_secs(self.shutdown_delay),
             shutdown_grace: Duration::from_secs(self.shutdown_grace),
             allow_empty: self.allow_empty,
+            shadow_concurrency: self.shadow_concurrency,
             limits: EdgeLimits {
                 max_concurrent_reviews: self.max_concurrent_reviews.unwrap_or_else(|| {
                     4 * std::thread::available_parallelism().map_or(1, |n| n.get())

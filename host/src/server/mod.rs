@@ -30,6 +30,7 @@ use self::review::Endpoint;
 use crate::limits::EvalLimiter;
 use crate::listener::Phase;
 use crate::metrics::Metrics;
+use crate::shadow::Shadows;
 
 /// Largest review body accepted: an UPDATE carries object and oldObject,
 /// up to about 6 MiB together.
@@ -54,6 +55,8 @@ pub struct ServerState {
     /// How long a client may take to send its body.
     pub body_timeout: Duration,
     pub limiter: Arc<EvalLimiter>,
+    /// Shadow candidates: their budget and what they found.
+    pub shadows: Arc<Shadows>,
     /// Where the process is in its life: `/readyz` fails once it drains.
     pub phase: tokio::sync::watch::Receiver<Phase>,
 }

@@ -255,10 +255,19 @@ async fn evaluate(
         generation: set.generation,
         started,
     };
-    match result {
+    let answered = match result {
         Ok(decision) => decided(&decision_log, &decision),
         Err(failure) => failed(&decision_log, &failure),
-    }
+    };
+    // The answer is ready: candidates run after it, never before.
+    state.shadows.dispatch(
+        &state.pool,
+        &state.limiter,
+        review,
+        operation,
+        evaluations.iter_mut().filter_map(|e| e.shadow.take()),
+    );
+    answered
 }
 
 /// Whether a review on `route` may call a policy, known before parsing it:

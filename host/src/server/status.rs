@@ -73,6 +73,9 @@ struct PolicyView {
     /// The newest reload's error for this policy; the version listed here
     /// keeps serving meanwhile.
     last_load_error: Option<String>,
+    /// The candidate evaluated beside it, and what it found.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shadow: Option<crate::shadow::ShadowView>,
 }
 
 #[derive(Serialize)]
@@ -156,6 +159,10 @@ pub(super) async fn policies(State(state): State<ServerState>) -> Response {
                 timeout_ms: p.limits.timeout.as_millis(),
                 memory_limit_bytes: p.limits.memory,
                 last_load_error: error_of(&p.name),
+                shadow: p
+                    .shadow
+                    .as_ref()
+                    .map(|candidate| state.shadows.view(candidate, &p.name)),
             })
             .collect(),
         reload: ReloadView {
