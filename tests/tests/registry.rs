@@ -728,3 +728,78 @@ fn the_registry_overlay_serves_the_published_library() -> Result<()> {
     );
     Ok(())
 }
+
+/// A new version from the registry, shadowed before it enforces: the
+/// candidate is pulled like the live module, its disagreements are counted
+/// while the answers stay the live version's, and `portcullis promote`
+/// makes it the enforcing version without a restart.
+#[test]
+fn a_registry_candidate_is_shadowed_then_promoted() -> Result<()> {
+    let _serial = serial();
+    let paths = paths()?;
+    let registry = TestRegistry::start()?;
+    let (core, component) = image_builds(&paths)?;
+    let live_manifest = registry.push(&core, "policies/gate:v1", &[])?;
+    let candidate_manifest = registry.push(&component, "policies/gate:v2", &[])?;
+    let live = registry.reference("policies/gate:v1");
+    let candidate = registry.reference("policies/gate:v2");
+    let store = tempfile::tempdir()?;
+    // v2 also allows registry.k8s.io/: it allows what v1 denies.
+    let shadow = format!(
+        "    shadow:\n      module: {candidate}\n      settings: {{ allowed: [\"version-b.example/\", \"registry.k8s.io/\"] }}\n"
+    );
+    let mut config_path = PathBuf::new();
+    let server = start(&serve_flags(&registry, store.path())?, |_, dir| {
+        let path = gate_config(dir, &live, IMAGES, &shadow)?;
+        config_path = path.clone();
+        Ok(path)
+    })?;
+    let policies = server.policies()?;
+    ensure!(
+        gate(&policies)["registry"]["manifest"] == live_manifest.as_str(),
+        "{policies}"
+    );
+    ensure!(
+        gate(&policies)["shadow"]["module"] == candidate.as_str()
+            && gate(&policies)["shadow"]["manifest"] == candidate_manifest.as_str(),
+        "{policies}"
+    );
+
+    const REVIEWS: usize = 12;
+    for n in 0..REVIEWS {
+        let (allowed, digest) = ask(&server, &format!("shadowed-{n}"))?;
+        ensure!(
+            !allowed && digest == sha256_file(&core)?,
+            "the answer changed"
+        );
+    }
+    let series = "portcullis_shadow_evaluations_total{policy=\"gate\",result=\"disagree\"}";
+    let deadline = Instant::now() + MOVE_TIMEOUT;
+    loop {
+        let counted = portcullis_e2e::metric_value(&server.metrics()?, series).unwrap_or(0.0);
+        if counted as usize == REVIEWS {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "{counted} disagreements counted, not {REVIEWS}"
+        );
+        std::thread::sleep(POLL);
+    }
+
+    let out = portcullis_e2e::run_cli(
+        &paths.bin,
+        &["promote", "--config", path_str(&config_path)?, "gate"],
+        None,
+        Duration::from_secs(30),
+    )?;
+    ensure!(out.status.success(), "{out}");
+    let policies = wait_for(&server, "the candidate to enforce", |p| {
+        gate(p)["registry"]["manifest"] == candidate_manifest.as_str()
+    })?;
+    ensure!(gate(&policies)["shadow"].is_null(), "{policies}");
+    let review = with_uid(&fixture("pod-unlabelled.json")?, "promoted");
+    let answer = server.review_over(Proto::H2, "/validate", &review)?;
+    ensure!(answer.allowed(), "v2 allows registry.k8s.io/:\n{answer}");
+    Ok(())
+}
