@@ -28,12 +28,23 @@ pub struct TestRegistry {
     dir: tempfile::TempDir,
     port: u16,
     certs: Certs,
+    /// Whether it speaks plain HTTP (no TLS).
+    plain: bool,
     child: Option<Child>,
 }
 
 impl TestRegistry {
-    /// Starts a registry on a free loopback port.
+    /// Starts a registry on a free loopback port, with TLS.
     pub fn start() -> Result<Self> {
+        Self::launch(false)
+    }
+
+    /// Starts a registry that speaks plain HTTP (still with a login).
+    pub fn start_plain() -> Result<Self> {
+        Self::launch(true)
+    }
+
+    fn launch(plain: bool) -> Result<Self> {
         registry_bin()?;
         let dir = tempfile::Builder::new()
             .prefix("portcullis-registry-")
@@ -47,6 +58,7 @@ impl TestRegistry {
             dir,
             port,
             certs,
+            plain,
             child: None,
         };
         registry.write_files()?;
@@ -60,12 +72,19 @@ impl TestRegistry {
             "version: 0.1\n\
              log: {{ level: warn, accesslog: {{ disabled: true }} }}\n\
              storage:\n  filesystem: {{ rootdirectory: {data} }}\n  delete: {{ enabled: true }}\n\
-             http:\n  addr: 127.0.0.1:{port}\n  tls: {{ certificate: {crt}, key: {key} }}\n\
+             http:\n  addr: 127.0.0.1:{port}\n{tls}\
              auth:\n  htpasswd: {{ realm: portcullis-test, path: {htpasswd} }}\n",
             data = path_str(&dir.join("data"))?,
             port = self.port,
-            crt = path_str(&self.certs.tls_crt)?,
-            key = path_str(&self.certs.tls_key)?,
+            tls = if self.plain {
+                String::new()
+            } else {
+                format!(
+                    "  tls: {{ certificate: {}, key: {} }}\n",
+                    path_str(&self.certs.tls_crt)?,
+                    path_str(&self.certs.tls_key)?
+                )
+            },
             htpasswd = path_str(&dir.join("htpasswd"))?,
         );
         fs::write(dir.join("config.yml"), config)?;
@@ -143,14 +162,18 @@ impl TestRegistry {
     /// The flags `serve`, `push`, `pull` and `sign` need to reach the
     /// registry, with `store` as the content store.
     pub fn flags(&self, store: &Path) -> Result<Vec<String>> {
-        Ok(vec![
+        let mut flags: Vec<String> = vec![
             "--registry-auth".into(),
             path_str(&self.auth_file())?.into(),
-            "--registry-ca".into(),
-            path_str(self.ca_file())?.into(),
             "--registry-store".into(),
             path_str(store)?.into(),
-        ])
+        ];
+        if self.plain {
+            flags.extend(["--registry-plain-http".into(), self.host()]);
+        } else {
+            flags.extend(["--registry-ca".into(), path_str(self.ca_file())?.into()]);
+        }
+        Ok(flags)
     }
 
     /// Runs `portcullis ARGS... <registry flags>` with a content store of

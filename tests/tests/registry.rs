@@ -803,3 +803,45 @@ fn a_registry_candidate_is_shadowed_then_promoted() -> Result<()> {
     ensure!(answer.allowed(), "v2 allows registry.k8s.io/:\n{answer}");
     Ok(())
 }
+
+/// A registry without TLS is spoken to only when a flag names it.
+#[test]
+fn plain_http_only_when_a_flag_says_so() -> Result<()> {
+    let _serial = serial();
+    let paths = paths()?;
+    let registry = TestRegistry::start_plain()?;
+    let manifest = registry.push(&paths.required_labels, "policies/gate:v1", &[])?;
+    let reference = registry.reference("policies/gate:v1");
+    let store = tempfile::tempdir()?;
+    let server = start(&registry.flags(store.path())?, |_, dir| {
+        gate_config(dir, &reference, LABELS, "")
+    })?;
+    ensure!(gate(&server.policies()?)["registry"]["manifest"] == manifest.as_str());
+    drop(server);
+
+    // Without the flag the client insists on TLS, and says where it failed.
+    let out = portcullis_e2e::run_cli(
+        &paths.bin,
+        &[
+            "pull",
+            &reference,
+            "-o",
+            path_str(&store.path().join("m.wasm"))?,
+            "--registry-auth",
+            path_str(&registry.auth_file())?,
+            "--registry-store",
+            path_str(&store.path().join("other"))?,
+        ],
+        None,
+        Duration::from_secs(60),
+    )?;
+    ensure!(
+        !out.status.success(),
+        "plain HTTP was used without the flag\n{out}"
+    );
+    ensure!(
+        out.stderr.contains(&reference) && out.stderr.contains("cannot be reached"),
+        "{out}"
+    );
+    Ok(())
+}
