@@ -25,7 +25,7 @@ OVERLAYS := cert-manager self-signed registry
 VERSION  := $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' Cargo.toml | head -n 1)
 PORTCULLIS_BIN ?= target/release/portcullis
 
-.PHONY: all setup build policies library components host server run test test-tools suites scaffold-examples bench bench-engine lint fmt clean \
+.PHONY: all setup build policies library components host server run test test-tools test-apiserver suites scaffold-examples bench bench-engine lint fmt clean \
         deploy-policies deploy-render deploy-self-signed publish
 
 all: build
@@ -94,11 +94,32 @@ test-tools:
 	        $$SUDO apt-get install -y --no-install-recommends docker-registry; }; }
 	@command -v docker-registry >/dev/null 2>&1 || { echo "error: docker-registry could not be installed"; exit 2; }
 
+# A real kube-apiserver and etcd for the tests that need an API server
+# (tests/src/kube.rs): built with Go from the modules tests/kube/*/go.mod
+# pin, once, into target/kube/bin (rebuilt when their sources change).
+GO          ?= $(shell command -v go 2>/dev/null || echo /usr/local/go/bin/go)
+KUBE_BIN    := target/kube/bin
+KUBE_VERSION := $(shell sed -n 's/^require k8s.io\/kubernetes \(v[^ ]*\).*/\1/p; s/^[[:space:]]*k8s.io\/kubernetes \(v[^ ]*\).*/\1/p' tests/kube/apiserver/go.mod | head -n 1)
+KUBE_LDFLAGS := -X k8s.io/component-base/version.gitVersion=$(KUBE_VERSION) \
+    -X k8s.io/component-base/version.gitMajor=$(word 2,$(subst ., ,$(subst v,v ,$(KUBE_VERSION)))) \
+    -X k8s.io/component-base/version.gitMinor=$(word 3,$(subst ., ,$(subst v,v ,$(KUBE_VERSION))))
+
+$(KUBE_BIN)/kube-apiserver: tests/kube/apiserver/main.go tests/kube/apiserver/go.mod tests/kube/apiserver/go.sum
+	@command -v $(GO) >/dev/null 2>&1 || { echo "error: Go is required to build the test API server"; exit 2; }
+	cd tests/kube/apiserver && GOFLAGS=-mod=readonly $(GO) build -trimpath \
+	    -ldflags "$(KUBE_LDFLAGS)" -o $(CURDIR)/$@ .
+
+$(KUBE_BIN)/etcd: tests/kube/etcd/main.go tests/kube/etcd/go.mod tests/kube/etcd/go.sum
+	@command -v $(GO) >/dev/null 2>&1 || { echo "error: Go is required to build the test etcd"; exit 2; }
+	cd tests/kube/etcd && GOFLAGS=-mod=readonly $(GO) build -trimpath -o $(CURDIR)/$@ .
+
+test-apiserver: $(KUBE_BIN)/kube-apiserver $(KUBE_BIN)/etcd
+
 # One native profile (release) for the host, the SDK, the policies' unit
 # tests, the fuzz regression replays and the end-to-end tests, so
 # everything is compiled once; then every policy's test suite through
 # `portcullis test`; then fmt and clippy.
-test: build components test-tools
+test: build components test-tools test-apiserver
 	$(CARGO) test --locked --release --workspace
 	$(MAKE) --no-print-directory suites
 	$(MAKE) --no-print-directory lint

@@ -32,6 +32,7 @@ use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 pub use serde_json::{Value as Json, json};
 
+pub mod kube;
 pub mod registry;
 
 /// How long the server may take to answer `/readyz` with 200 after start.
