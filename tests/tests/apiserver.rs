@@ -90,3 +90,121 @@ webhooks:
     );
     Ok(())
 }
+
+/// The custom resources (`deploy/kubernetes/crds`): the API server
+/// accepts them, `kubectl explain` documents them, printer columns show,
+/// and specs that cannot work are refused by the API server itself.
+#[test]
+fn the_policy_resources_are_served_with_their_schema() -> Result<()> {
+    let cluster = TestCluster::start()?;
+    let crds = portcullis_e2e::repo_root().join("deploy/kubernetes/crds");
+    let out = cluster.kubectl(&["apply", "--server-side", "-f", path_str(&crds)?])?;
+    ensure!(out.status.success(), "{out}");
+    let out = cluster.kubectl(&[
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/clusteradmissionpolicies.portcullis.dev",
+        "crd/admissionpolicies.portcullis.dev",
+    ])?;
+    ensure!(out.status.success(), "{out}");
+    // Discovery may lag the Established condition by a moment.
+    let explained = poll_kubectl(&cluster, &["explain", "clusteradmissionpolicy.spec.mode"])?;
+    ensure!(
+        explained.stdout.contains("enforce: a deny denies"),
+        "{explained}"
+    );
+
+    let good = "apiVersion: portcullis.dev/v1alpha1
+kind: ClusterAdmissionPolicy
+metadata: { name: required-labels }
+spec:
+  module: oci://registry.example/portcullis/policies/required-labels:0.1.0
+  settings: { labels: { team: null } }
+  match:
+    operations: [CREATE, UPDATE]
+    resources: [pods]
+    namespaceSelector: { matchLabels: { tenant: a } }
+  memoryLimit: 32Mi
+  shadow: { settings: { labels: { team: null, owner: null } } }
+---
+apiVersion: v1
+kind: Namespace
+metadata: { name: tenant-a }
+---
+apiVersion: portcullis.dev/v1alpha1
+kind: AdmissionPolicy
+metadata: { name: images, namespace: tenant-a }
+spec:
+  module: /policies/allowed_images.wasm
+  mode: warn
+";
+    cluster.apply(good)?;
+    let listed = cluster.kubectl(&["get", "cap", "-o", "wide"])?;
+    ensure!(
+        listed.stdout.contains("MODE")
+            && listed.stdout.contains("READY")
+            && listed.stdout.contains("SERVING")
+            && listed.stdout.contains("required-labels")
+            && listed.stdout.contains("enforce"),
+        "defaults and printer columns\n{listed}"
+    );
+    let namespaced = cluster.kubectl(&["get", "ap", "-n", "tenant-a", "-o", "name"])?;
+    ensure!(
+        namespaced
+            .stdout
+            .contains("admissionpolicy.portcullis.dev/images"),
+        "{namespaced}"
+    );
+
+    for (spec, expected) in [
+        (
+            "module: relative.wasm",
+            "module must be an oci:// reference or an absolute path",
+        ),
+        ("module: oci://policies/x:v1", "needs a registry host"),
+        (
+            "module: /p.wasm\n  mode: loud",
+            "Unsupported value: \"loud\"",
+        ),
+        (
+            "module: /p.wasm\n  timeoutMs: 0",
+            "should be greater than or equal to 1",
+        ),
+        (
+            "module: /p.wasm\n  memoryLimit: 12 parsecs",
+            "spec.memoryLimit",
+        ),
+        (
+            "module: /p.wasm\n  match: { operations: [EXPLODE] }",
+            "Unsupported value: \"EXPLODE\"",
+        ),
+        (
+            "module: /p.wasm\n  shadow: { timeoutMs: 5 }",
+            "a shadow candidate needs a module, settings or both",
+        ),
+        ("settings: {}", "spec.module: Required value"),
+    ] {
+        let yaml = format!(
+            "apiVersion: portcullis.dev/v1alpha1\nkind: ClusterAdmissionPolicy\nmetadata: {{ name: bad }}\nspec:\n  {spec}\n"
+        );
+        let out = cluster.kubectl_with_input(&["apply", "-f", "-"], Some(yaml.as_bytes()))?;
+        ensure!(
+            !out.status.success() && out.stderr.contains(expected),
+            "expected the API server to refuse `{spec}` with {expected:?}\n{out}"
+        );
+    }
+    Ok(())
+}
+
+/// Runs kubectl until it succeeds (at most 30 s).
+fn poll_kubectl(cluster: &TestCluster, args: &[&str]) -> Result<portcullis_e2e::CliOutput> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let out = cluster.kubectl(args)?;
+        if out.status.success() || std::time::Instant::now() >= deadline {
+            return Ok(out);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
