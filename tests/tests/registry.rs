@@ -217,6 +217,22 @@ fn push_and_pull_by_tag_and_digest() -> Result<()> {
     let (allowed, digest) = ask(&server, "python")?;
     ensure!(!allowed && digest == sha256_file(&python)?);
     drop(server);
+    // `eval` reads the same config offline, pulling as the server does.
+    let config = gate_config(out_dir.path(), &python_ref, LABELS_PY, "")?;
+    let review = paths.root.join("tests/fixtures/pod-unlabelled.json");
+    let out = registry.cli(&[
+        "eval",
+        "--config",
+        path_str(&config)?,
+        "--review",
+        path_str(&review)?,
+    ])?;
+    ensure!(
+        out.status.success()
+            && out.stdout.contains("missing required label")
+            && out.stdout.contains("\"allowed\": false"),
+        "eval of a registry config\n{out}"
+    );
 
     // A wrong password, an unknown tag and a file that is not a module.
     let bad_auth = out_dir.path().join("bad-auth.json");

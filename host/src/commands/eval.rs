@@ -7,6 +7,7 @@ use anyhow::{Context as _, anyhow};
 use clap::Args;
 
 use crate::commands::CliError;
+use crate::registry::ModuleResolver;
 use portcullis_engine::Config;
 use portcullis_engine::OfflineError;
 use portcullis_engine::PolicyEngine;
@@ -25,6 +26,11 @@ pub struct EvalCommand {
 
     #[command(flatten)]
     pub module_cache: super::ModuleCacheArgs,
+
+    /// For `oci://` modules: pulled (or taken from the store) as the
+    /// server does.
+    #[command(flatten)]
+    pub registry: super::RegistryArgs,
 
     /// Run only this policy of the config (as `/mutate/{policy}` and
     /// `/validate/{policy}` do).
@@ -66,9 +72,13 @@ impl EvalCommand {
     /// `onError: fail` fired.
     pub fn execute(self) -> Result<(), CliError> {
         let body = read_review(&self.review).map_err(CliError::usage)?;
-        let config = Config::load(&self.config).map_err(CliError::usage)?;
+        let mut config = Config::load(&self.config).map_err(CliError::usage)?;
         let runtime = tokio::runtime::Runtime::new().map_err(CliError::failure)?;
         let answer = runtime.block_on(async {
+            ModuleResolver::new(self.registry.settings(None))
+                .resolve(&mut config)
+                .await
+                .map_err(CliError::usage)?;
             let engine = PolicyEngine::with_cache(self.module_cache.dir().as_deref())
                 .map_err(CliError::failure)?;
             let (set, _) = PolicySet::build(&engine, &config, 1, &mut ModuleCache::new(0))
