@@ -20,6 +20,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::cert_reload::CertReloader;
+use crate::cluster_policies::{ClusterError, ClusterPolicies};
 use crate::control::{ControlHandle, ControlLoop, Debounce};
 use crate::limits::EvalLimiter;
 use crate::listener::{ConnectionLimits, Listener, Phase};
@@ -98,8 +99,19 @@ pub struct ServeOptions {
     pub limits: EdgeLimits,
     /// How `oci://` modules are pulled and re-checked.
     pub registry: RegistrySettings,
+    /// Serve the cluster's `ClusterAdmissionPolicy` resources too.
+    pub cluster: Option<ClusterSettings>,
     /// Shadow candidate evaluations running at once; 0 turns them off.
     pub shadow_concurrency: usize,
+}
+
+/// How the cluster's policy resources are reached.
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    /// A kubeconfig; `None`: the pod's service account or `$KUBECONFIG`.
+    pub kubeconfig: Option<PathBuf>,
+    /// Longest wait for the first list at start-up.
+    pub sync_timeout: Duration,
 }
 
 /// Bounds at the HTTP edge.
@@ -155,6 +167,9 @@ pub enum AppError {
     /// The first policy load failed (and `allow_empty` is off).
     #[error("cannot load the policies")]
     Load(#[from] ReloadError),
+    /// The cluster's policy resources could not be watched.
+    #[error("cannot watch the cluster's policies")]
+    Cluster(#[from] ClusterError),
     /// A file watcher could not start.
     #[error(transparent)]
     Watch(#[from] WatchError),
@@ -187,7 +202,7 @@ impl AppError {
     /// 2 for what the operator must fix in config or files, 1 otherwise.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Self::Load(_) | Self::Tls(_) | Self::Bind { .. } => 2,
+            Self::Load(_) | Self::Cluster(_) | Self::Tls(_) | Self::Bind { .. } => 2,
             Self::Engine(_) | Self::Pool(_) | Self::Watch(_) | Self::Task { .. } => 1,
         }
     }
@@ -361,12 +376,19 @@ async fn load_policies(
 ) -> Result<(Reloader, Arc<PolicyStore>), AppError> {
     // Generation 0 is "nothing loaded yet": not ready.
     let store = PolicyStore::new(PolicySet::empty(0));
+    let cluster = match &options.cluster {
+        Some(settings) => Some(
+            ClusterPolicies::start(settings.kubeconfig.as_deref(), settings.sync_timeout).await?,
+        ),
+        None => None,
+    };
     let mut reloader = Reloader::new(
         engine.clone(),
         options.config.clone(),
         store.clone(),
         metrics.clone(),
         ModuleResolver::new(options.registry.clone()),
+        cluster,
     );
     if let Err(error) = reloader.reload().await {
         if !options.allow_empty {

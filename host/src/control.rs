@@ -132,6 +132,7 @@ impl ControlLoop {
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
         let mut pending = Pending::default();
+        let mut cluster_changes = self.policies.cluster_changes();
         let mut registry_poll = self.policies.registry_poll_interval().map(|every| {
             let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
             interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -145,6 +146,10 @@ impl ControlLoop {
                         Some(control) => pending.add(control),
                         None => return,
                     },
+                    () = changed(&mut cluster_changes) => {
+                        pending.policies = true;
+                        continue;
+                    }
                     () = tick(&mut registry_poll) => {
                         // Asking the registry takes time: shutdown must
                         // not wait for it.
@@ -201,6 +206,20 @@ impl ControlLoop {
         // A Secret volume swap replaces the directories the files resolve
         // to: watch where they lead now.
         self.certificate_watcher.watch(&self.certificates.watched());
+    }
+}
+
+/// The next change of the cluster's policy resources; never, when they
+/// are not watched (or the watcher is gone).
+async fn changed(changes: &mut Option<tokio::sync::watch::Receiver<u64>>) {
+    match changes {
+        Some(receiver) => {
+            if receiver.changed().await.is_err() {
+                *changes = None;
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending().await,
     }
 }
 

@@ -29,6 +29,7 @@ pub mod app;
 mod cert_reload;
 pub mod certs;
 pub mod cli;
+mod cluster_policies;
 pub mod commands;
 pub mod control;
 mod limits;

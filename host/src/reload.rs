@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
+use crate::cluster_policies::{ClusterError, ClusterPolicies};
 use crate::metrics::Metrics;
 use crate::registry::{ModuleResolver, ResolveError, TrackedTag};
 use crate::watch::Fingerprint;
@@ -43,6 +44,10 @@ pub enum ReloadError {
     Policies(#[from] SetError),
     #[error(transparent)]
     Registry(#[from] ResolveError),
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    #[error("policy {0:?} is declared both in the config file and as a ClusterAdmissionPolicy")]
+    Duplicate(String),
 }
 
 /// What a successful reload did.
@@ -63,6 +68,8 @@ pub struct Reloader {
     metrics: Arc<Metrics>,
     cache: ModuleCache,
     resolver: ModuleResolver,
+    /// The cluster's `ClusterAdmissionPolicy` resources, when watched.
+    cluster: Option<ClusterPolicies>,
     /// Registry tags the newest successful reload resolved.
     tags: Vec<TrackedTag>,
     /// The newest reload failed for a reason that may pass (a registry
@@ -87,6 +94,7 @@ impl Reloader {
         store: Arc<PolicyStore>,
         metrics: Arc<Metrics>,
         resolver: ModuleResolver,
+        cluster: Option<ClusterPolicies>,
     ) -> Self {
         let watched = vec![config_path.clone()];
         Self {
@@ -96,6 +104,7 @@ impl Reloader {
             metrics,
             cache: ModuleCache::new(SPARE_MODULES),
             resolver,
+            cluster,
             tags: Vec::new(),
             retry_registry: false,
             polled: None,
@@ -114,6 +123,12 @@ impl Reloader {
     /// watched) would otherwise be lost.
     pub fn changed_since_read(&self) -> bool {
         Fingerprint::of(&self.watched) != self.read_fingerprint
+    }
+
+    /// Wakes when the cluster's policy resources change; `None` when they
+    /// are not watched.
+    pub fn cluster_changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.cluster.as_ref().map(ClusterPolicies::changes)
     }
 
     /// How often registry tags are checked; `None`: never.
@@ -205,7 +220,8 @@ impl Reloader {
                         policy: match error {
                             ReloadError::Policies(set) => Some(set.policy.clone()),
                             ReloadError::Registry(resolve) => resolve.policy().map(str::to_string),
-                            ReloadError::Config(_) => None,
+                            ReloadError::Duplicate(name) => Some(name.clone()),
+                            ReloadError::Config(_) | ReloadError::Cluster(_) => None,
                         },
                         message: Report(error).to_string(),
                     });
@@ -233,6 +249,22 @@ impl Reloader {
             .collect();
         let modules_fingerprint = Fingerprint::of(&self.watched[1..]);
         self.read_fingerprint = config_fingerprint.then(modules_fingerprint);
+        // The cluster's resources follow the file's policies (mutators
+        // run in that order).
+        if let Some(cluster) = self
+            .cluster
+            .as_ref()
+            .map(ClusterPolicies::config)
+            .transpose()?
+            .flatten()
+        {
+            for policy in cluster.policies {
+                if config.policies.iter().any(|p| p.name == policy.name) {
+                    return Err(ReloadError::Duplicate(policy.name.to_string()));
+                }
+                config.policies.push(policy);
+            }
+        }
         let tags = self.resolver.resolve(&mut config).await?;
         let current = self.store.current();
         let generation = current.generation + 1;

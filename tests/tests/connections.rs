@@ -300,8 +300,11 @@ fn sigterm_answers_every_request_sent_before_the_listener_closes() -> Result<()>
 
     // Let the load run, then SIGTERM.
     std::thread::sleep(Duration::from_secs(1));
-    server.terminate()?;
+    // Taken before the signal is sent: the server's delay starts when it
+    // receives it, which a loaded machine may make later than `kill`
+    // returning, never earlier than this.
     let signalled = started.elapsed();
+    server.terminate()?;
     // Readiness fails at once, while the webhook still answers.
     let readiness = server.url("/readyz");
     let probe = https_client(&server.certs.ca_pem, Proto::H1, &[])?;

@@ -107,6 +107,7 @@ fn build(which: Config) -> Result<Router> {
         shutdown_grace: Duration::from_secs(1),
         allow_empty: false,
         registry: Default::default(),
+        cluster: None,
         debounce: Debounce {
             quiet: Duration::from_millis(100),
             max: Duration::from_secs(1),

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-use crate::app::{self, EdgeLimits, Listeners, ServeOptions, TlsSource};
+use crate::app::{self, ClusterSettings, EdgeLimits, Listeners, ServeOptions, TlsSource};
 use crate::commands::{CliError, RegistryArgs};
 use crate::control::Debounce;
 use crate::server::{DEFAULT_BODY_BYTES_IN_FLIGHT, DEFAULT_BODY_LIMIT};
@@ -173,6 +173,23 @@ pub struct ServeCommand {
 
     #[command(flatten)]
     pub registry: RegistryArgs,
+
+    /// Also serve the cluster's `ClusterAdmissionPolicy` resources
+    /// (portcullis.dev/v1alpha1), watched through the API server: a change
+    /// reloads like a config edit. They run after the config file's
+    /// policies, in name order.
+    #[arg(long, env = "PORTCULLIS_CLUSTER_POLICIES")]
+    pub cluster_policies: bool,
+
+    /// The kubeconfig for `--cluster-policies` (default: the pod's service
+    /// account, else `$KUBECONFIG`).
+    #[arg(
+        long,
+        env = "PORTCULLIS_KUBECONFIG",
+        value_name = "FILE",
+        requires = "cluster_policies"
+    )]
+    pub kubeconfig: Option<PathBuf>,
 }
 
 impl ServeCommand {
@@ -240,6 +257,10 @@ impl ServeCommand {
             registry: self.registry.settings(
                 (self.registry_poll > 0).then(|| Duration::from_secs(self.registry_poll)),
             ),
+            cluster: self.cluster_policies.then(|| ClusterSettings {
+                kubeconfig: self.kubeconfig.clone(),
+                sync_timeout: Duration::from_secs(30),
+            }),
             debounce: Debounce {
                 quiet: Duration::from_millis(self.reload_debounce_ms),
                 // A steady stream of events must not postpone a reload forever.
