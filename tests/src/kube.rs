@@ -156,6 +156,23 @@ impl TestCluster {
         Ok(out)
     }
 
+    /// Installs the project's custom resource definitions
+    /// (`deploy/kubernetes/crds`) and waits until both are established.
+    pub fn install_crds(&self) -> Result<()> {
+        let crds = repo_root().join("deploy/kubernetes/crds");
+        let out = self.kubectl(&["apply", "--server-side", "-f", path_str(&crds)?])?;
+        ensure!(out.status.success(), "{out}");
+        let out = self.kubectl(&[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/clusteradmissionpolicies.portcullis.dev",
+            "crd/admissionpolicies.portcullis.dev",
+        ])?;
+        ensure!(out.status.success(), "{out}");
+        Ok(())
+    }
+
     /// The API server's log, last part.
     pub fn log(&self) -> String {
         tail(

@@ -97,17 +97,7 @@ webhooks:
 #[test]
 fn the_policy_resources_are_served_with_their_schema() -> Result<()> {
     let cluster = TestCluster::start()?;
-    let crds = portcullis_e2e::repo_root().join("deploy/kubernetes/crds");
-    let out = cluster.kubectl(&["apply", "--server-side", "-f", path_str(&crds)?])?;
-    ensure!(out.status.success(), "{out}");
-    let out = cluster.kubectl(&[
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/clusteradmissionpolicies.portcullis.dev",
-        "crd/admissionpolicies.portcullis.dev",
-    ])?;
-    ensure!(out.status.success(), "{out}");
+    cluster.install_crds()?;
     // Discovery may lag the Established condition by a moment.
     let explained = poll_kubectl(&cluster, &["explain", "clusteradmissionpolicy.spec.mode"])?;
     ensure!(
@@ -216,16 +206,7 @@ fn poll_kubectl(cluster: &TestCluster, args: &[&str]) -> Result<portcullis_e2e::
 #[test]
 fn servers_follow_cluster_admission_policies() -> Result<()> {
     let cluster = TestCluster::start()?;
-    let crds = portcullis_e2e::repo_root().join("deploy/kubernetes/crds");
-    let out = cluster.kubectl(&["apply", "--server-side", "-f", path_str(&crds)?])?;
-    ensure!(out.status.success(), "{out}");
-    let out = cluster.kubectl(&[
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/clusteradmissionpolicies.portcullis.dev",
-    ])?;
-    ensure!(out.status.success(), "{out}");
+    cluster.install_crds()?;
 
     let kubeconfig = cluster.kubeconfig();
     let flags = ["--cluster-policies", "--kubeconfig", path_str(&kubeconfig)?];
