@@ -166,6 +166,33 @@ impl PolicyName {
         }
     }
 
+    /// The name of a namespaced policy resource: `NAMESPACE.NAME`. Both
+    /// parts are DNS labels, so the first dot separates them and the name
+    /// can never be taken by a cluster-wide policy (whose names have no
+    /// dot). At most 63 characters: the API server's limit for the name
+    /// part of an audit annotation key.
+    ///
+    /// # Errors
+    /// A message saying what the parts may contain.
+    pub fn namespaced(namespace: &str, name: &str) -> Result<Self, String> {
+        let label = |s: &str| {
+            !s.is_empty()
+                && s.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !s.starts_with('-')
+                && !s.ends_with('-')
+        };
+        let full = format!("{namespace}.{name}");
+        if label(namespace) && label(name) && full.len() <= 63 {
+            Ok(Self(full))
+        } else {
+            Err(format!(
+                "invalid namespaced policy name {full:?}: namespace and name must be DNS labels \
+                 (lowercase letters, digits and '-') of at most 62 characters together"
+            ))
+        }
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -234,6 +261,25 @@ pub struct RawPolicy {
     settings: Option<serde_json::Value>,
     #[serde(default)]
     shadow: Option<RawShadow>,
+}
+
+impl RawPolicy {
+    /// Gives the entry another name: how a namespaced policy resource gets
+    /// its `NAMESPACE.NAME` ([`PolicyName::namespaced`]), which no config
+    /// file can spell.
+    pub fn rename(&mut self, name: PolicyName) {
+        self.name = name;
+    }
+
+    /// Only requests in `namespace` (interim: replaced by the matcher's
+    /// strict confinement).
+    pub fn confine_to_namespace(&mut self, namespace: &str) {
+        let matching = self.matching.get_or_insert_with(RawMatch::default);
+        matching.namespaces = RawNamespaces {
+            include: vec![namespace.to_string()],
+            exclude: Vec::new(),
+        };
+    }
 }
 
 /// A policy's shadow candidate as written: what differs from the live

@@ -89,6 +89,21 @@ impl ResourcePattern {
         })
     }
 
+    /// The resource, or `*`.
+    pub fn resource(&self) -> &str {
+        &self.resource
+    }
+
+    /// The subresource (`*`: any); `None`: only the main resource.
+    pub fn subresource(&self) -> Option<&str> {
+        self.subresource.as_deref()
+    }
+
+    /// The API group (`""`: core); `None`: every group.
+    pub fn group(&self) -> Option<&str> {
+        self.group.as_deref()
+    }
+
     fn matches(&self, resource: &GroupResource<'_>) -> bool {
         let group_ok = self
             .group

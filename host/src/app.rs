@@ -20,17 +20,22 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::cert_reload::CertReloader;
-use crate::cluster_policies::{ClusterError, ClusterPolicies};
+use crate::cluster_policies::{self, ClusterError, ClusterPolicies};
 use crate::control::{ControlHandle, ControlLoop, Debounce};
+use crate::controller::{self, ControllerSettings};
 use crate::limits::EvalLimiter;
 use crate::listener::{ConnectionLimits, Listener, Phase};
 use crate::metrics::Metrics;
 use crate::registry::{ModuleResolver, RegistrySettings};
 use crate::reload::{ReloadError, Reloader};
+use crate::replica::{self, ReplicaSettings};
 use crate::server::{self, BodyBudget, ServerState};
 use crate::shadow::Shadows;
 use crate::tls::{self, ServingConfig, TlsError, TlsFiles};
 use crate::watch::WatchError;
+
+/// The longest a stopping controller may take to release its lease.
+const CONTROLLER_RELEASE: Duration = Duration::from_secs(3);
 
 /// Where the serving certificate comes from.
 #[derive(Debug, Clone)]
@@ -105,13 +110,18 @@ pub struct ServeOptions {
     pub shadow_concurrency: usize,
 }
 
-/// How the cluster's policy resources are reached.
+/// How the cluster's policy resources are reached, and how this replica
+/// takes part in the cluster.
 #[derive(Debug, Clone)]
 pub struct ClusterSettings {
     /// A kubeconfig; `None`: the pod's service account or `$KUBECONFIG`.
     pub kubeconfig: Option<PathBuf>,
     /// Longest wait for the first list at start-up.
     pub sync_timeout: Duration,
+    /// Where this replica reports what it serves (its lease).
+    pub replica: ReplicaSettings,
+    /// Also run the leader-elected controller.
+    pub controller: Option<ControllerSettings>,
 }
 
 /// Bounds at the HTTP edge.
@@ -217,6 +227,10 @@ pub struct Server {
     https: JoinHandle<()>,
     operations: Option<JoinHandle<()>>,
     control_loop: JoinHandle<()>,
+    /// Keeps this replica's lease: aborted once serving has ended.
+    replica_lease: Option<JoinHandle<()>>,
+    /// The controller candidate.
+    controller: Option<JoinHandle<()>>,
     drain: JoinHandle<()>,
     /// Kept until every task has ended: its epoch ticker thread is joined
     /// when the last reference goes.
@@ -256,6 +270,20 @@ impl Server {
             None => Ok(()),
         };
         let control = joined("control", self.control_loop).await;
+        if let Some(task) = self.controller {
+            // It returns by itself once stopping, having released its
+            // lease so that another replica leads at once.
+            if tokio::time::timeout(CONTROLLER_RELEASE, task)
+                .await
+                .is_err()
+            {
+                tracing::warn!("the controller did not release its lease in time");
+            }
+        }
+        if let Some(task) = self.replica_lease {
+            task.abort();
+            let _ = task.await;
+        }
         drop(self.engine);
         tracing::info!("stopped");
         https.and(operations).and(control)
@@ -281,7 +309,9 @@ pub async fn start(
     let started = Instant::now();
     let metrics = Metrics::new();
     let engine = PolicyEngine::with_options(options.cache_dir.as_deref(), options.engine)?;
-    let (reloader, store) = load_policies(&engine, &options, &metrics).await?;
+    let client = connect(&options).await?;
+    let (reloader, store) = load_policies(&engine, &options, &metrics, client.clone()).await?;
+    let reports = reloader.reports();
     let (rustls, cert_reloader) = load_certificate(&options, &metrics)?;
     let (control_loop, control) = ControlLoop::new(reloader, cert_reloader, options.debounce)?;
 
@@ -309,6 +339,22 @@ pub async fn start(
         options.shutdown_grace,
     ));
     let control_loop = tokio::spawn(control_loop.run(stopped()));
+    // In a cluster: this replica's lease says what it serves (and that it
+    // stopped, once draining); the controller runs as a candidate.
+    let (mut replica_lease, mut controller) = (None, None);
+    if let (Some(settings), Some(client)) = (&options.cluster, client) {
+        replica_lease = Some(tokio::spawn(replica::publish(
+            client.clone(),
+            settings.replica.clone(),
+            state.policies.clone(),
+            reports,
+            phase.clone(),
+        )));
+        controller = settings
+            .controller
+            .clone()
+            .map(|settings| tokio::spawn(controller::run(client, settings, stopped())));
+    }
     // Serves through the drain's delay, so the kubelet sees the pod
     // unready while it drains.
     let operations = listeners
@@ -332,6 +378,8 @@ pub async fn start(
         https,
         operations,
         control_loop,
+        replica_lease,
+        controller,
         drain,
         engine,
     })
@@ -360,7 +408,8 @@ pub async fn run(
 pub async fn router(options: &ServeOptions) -> Result<axum::Router, AppError> {
     let metrics = Metrics::new();
     let engine = PolicyEngine::with_options(options.cache_dir.as_deref(), options.engine)?;
-    let (_reloader, store) = load_policies(&engine, options, &metrics).await?;
+    let client = connect(options).await?;
+    let (_reloader, store) = load_policies(&engine, options, &metrics, client).await?;
     let pool = Arc::new(EvalPool::per_core()?);
     let (_, phase) = watch::channel(Phase::Serving);
     Ok(server::router(server_state(
@@ -373,14 +422,15 @@ async fn load_policies(
     engine: &Arc<PolicyEngine>,
     options: &ServeOptions,
     metrics: &Arc<Metrics>,
+    client: Option<kube::Client>,
 ) -> Result<(Reloader, Arc<PolicyStore>), AppError> {
     // Generation 0 is "nothing loaded yet": not ready.
     let store = PolicyStore::new(PolicySet::empty(0));
-    let cluster = match &options.cluster {
-        Some(settings) => Some(
-            ClusterPolicies::start(settings.kubeconfig.as_deref(), settings.sync_timeout).await?,
-        ),
-        None => None,
+    let cluster = match (&options.cluster, client) {
+        (Some(settings), Some(client)) => {
+            Some(ClusterPolicies::start(client, settings.sync_timeout).await?)
+        }
+        _ => None,
     };
     let mut reloader = Reloader::new(
         engine.clone(),
@@ -400,6 +450,16 @@ async fn load_policies(
         );
     }
     Ok((reloader, store))
+}
+
+/// The cluster's client, when the cluster's policies are served.
+async fn connect(options: &ServeOptions) -> Result<Option<kube::Client>, AppError> {
+    match &options.cluster {
+        Some(settings) => Ok(Some(
+            cluster_policies::connect(settings.kubeconfig.as_deref()).await?,
+        )),
+        None => Ok(None),
+    }
 }
 
 /// The serving identity, and the reloader that keeps it in step with its

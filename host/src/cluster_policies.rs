@@ -1,9 +1,15 @@
-//! Policies declared in the cluster as `ClusterAdmissionPolicy` resources
-//! (`deploy/kubernetes/crds`): a watcher keeps them in a store, every
-//! change wakes the control loop, and a reload reads the store beside the
-//! config file, through the same path (compile, validate-settings, atomic
-//! swap, last good kept).
+//! Policies declared in the cluster (`deploy/kubernetes/crds`):
+//! `ClusterAdmissionPolicy` resources, and namespaced `AdmissionPolicy`
+//! resources that only ever judge requests in their own namespace.
+//! Watchers keep them in stores, every change wakes the control loop, and
+//! a reload reads the stores beside the config file, through the same path
+//! (compile, validate-settings, atomic swap, last good kept).
+//!
+//! Each resource is read on its own: one that is not a valid entry is
+//! reported against that resource (and its last good version keeps
+//! serving) instead of failing every other policy's reload.
 
+use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -13,13 +19,89 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt as _, watcher};
 use tokio::sync::watch;
 
-use portcullis_engine::{Config, ConfigError, RawDefaults, RawPolicy, Report};
+use portcullis_engine::{Config, PolicyConfig, PolicyName, RawDefaults, RawPolicy, Report};
 
-/// The kind served here.
-pub const KIND: &str = "ClusterAdmissionPolicy";
-const GROUP: &str = "portcullis.dev";
-const VERSION: &str = "v1alpha1";
-const PLURAL: &str = "clusteradmissionpolicies";
+/// The API group and version of the policy resources.
+pub const GROUP: &str = "portcullis.dev";
+pub const VERSION: &str = "v1alpha1";
+
+/// One of the two policy kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum PolicyKind {
+    /// `ClusterAdmissionPolicy`: cluster-wide.
+    Cluster,
+    /// `AdmissionPolicy`: confined to its namespace.
+    Namespaced,
+}
+
+impl PolicyKind {
+    pub const ALL: [PolicyKind; 2] = [PolicyKind::Cluster, PolicyKind::Namespaced];
+
+    pub fn kind(self) -> &'static str {
+        match self {
+            Self::Cluster => "ClusterAdmissionPolicy",
+            Self::Namespaced => "AdmissionPolicy",
+        }
+    }
+
+    pub fn plural(self) -> &'static str {
+        match self {
+            Self::Cluster => "clusteradmissionpolicies",
+            Self::Namespaced => "admissionpolicies",
+        }
+    }
+
+    /// The dynamic API resource, for clients of either kind.
+    pub fn api_resource(self) -> ApiResource {
+        let gvk = GroupVersionKind::gvk(GROUP, VERSION, self.kind());
+        ApiResource::from_gvk_with_plural(&gvk, self.plural())
+    }
+}
+
+/// Which resource a policy came from: what its status is written to.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PolicyKey {
+    pub kind: PolicyKind,
+    /// `None` for a `ClusterAdmissionPolicy`.
+    pub namespace: Option<String>,
+    pub name: String,
+}
+
+impl PolicyKey {
+    /// The key of a watched object; `None` if it has no name.
+    pub fn of(kind: PolicyKind, object: &DynamicObject) -> Option<Self> {
+        Some(Self {
+            kind,
+            namespace: match kind {
+                PolicyKind::Cluster => None,
+                PolicyKind::Namespaced => Some(object.metadata.namespace.clone()?),
+            },
+            name: object.metadata.name.clone()?,
+        })
+    }
+}
+
+/// `ClusterAdmissionPolicy/NAME` or `AdmissionPolicy/NAMESPACE/NAME`: how
+/// replicas name resources in their reports.
+impl fmt::Display for PolicyKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.namespace {
+            Some(namespace) => write!(f, "{}/{namespace}/{}", self.kind.kind(), self.name),
+            None => write!(f, "{}/{}", self.kind.kind(), self.name),
+        }
+    }
+}
+
+/// One watched resource, read as a config entry.
+#[derive(Debug, Clone)]
+pub struct ClusterEntry {
+    pub key: PolicyKey,
+    pub uid: String,
+    /// `metadata.generation`: moves with every spec change.
+    pub generation: i64,
+    /// The entry, or why the spec is not one.
+    pub policy: Result<PolicyConfig, String>,
+}
 
 /// Why the cluster's policies cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -35,66 +117,74 @@ pub enum ClusterError {
     #[error("cannot make a Kubernetes client")]
     Client(#[source] kube::Error),
     #[error(
-        "the {KIND} resources were not listed within {seconds} s (is the CRD installed, and may this server list them?)"
+        "the {what} were not listed within {seconds} s (is the CRD installed, and may this server list them?)"
     )]
-    NotSynced { seconds: u64 },
-    #[error("{KIND} {name:?}: {message}")]
-    Invalid { name: String, message: String },
-    #[error(transparent)]
-    Config(#[from] ConfigError),
+    NotSynced { what: &'static str, seconds: u64 },
 }
 
-/// The `ClusterAdmissionPolicy` resources, as the watcher last saw them.
-pub struct ClusterPolicies {
-    store: Store<DynamicObject>,
-    changes: watch::Receiver<u64>,
-    watcher: tokio::task::JoinHandle<()>,
+/// A client for the cluster: `kubeconfig`, else the pod's service account
+/// or `$KUBECONFIG`.
+///
+/// # Errors
+/// No cluster found, or no client could be made.
+pub async fn connect(kubeconfig: Option<&Path>) -> Result<kube::Client, ClusterError> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kubeconfig = kube::config::Kubeconfig::read_from(path).map_err(|source| {
+                ClusterError::Kubeconfig {
+                    path: path.to_path_buf(),
+                    source,
+                }
+            })?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+                .await
+                .map_err(|source| ClusterError::Kubeconfig {
+                    path: path.to_path_buf(),
+                    source,
+                })?
+        }
+        None => kube::Config::infer().await.map_err(ClusterError::Infer)?,
+    };
+    portcullis_oci::install_crypto_provider();
+    kube::Client::try_from(config).map_err(ClusterError::Client)
 }
 
-impl Drop for ClusterPolicies {
+/// A reflector over `api`: its store, waiting for the first list, and a
+/// task that bumps `notify` on every change after that.
+pub struct Reflected<K: kube::Resource + Clone + 'static>
+where
+    K::DynamicType: std::hash::Hash + Eq + Clone,
+{
+    pub store: Store<K>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl<K: kube::Resource + Clone + 'static> Drop for Reflected<K>
+where
+    K::DynamicType: std::hash::Hash + Eq + Clone,
+{
     fn drop(&mut self) {
-        self.watcher.abort();
+        self.task.abort();
     }
 }
 
-impl ClusterPolicies {
-    /// Connects (`kubeconfig`, else the pod's service account or
-    /// `$KUBECONFIG`), starts the watcher and waits for its first list.
-    ///
-    /// # Errors
-    /// No cluster, no client, or no list within `sync_timeout`.
-    pub async fn start(
-        kubeconfig: Option<&Path>,
-        sync_timeout: Duration,
-    ) -> Result<Self, ClusterError> {
-        let config = match kubeconfig {
-            Some(path) => {
-                let kubeconfig = kube::config::Kubeconfig::read_from(path).map_err(|source| {
-                    ClusterError::Kubeconfig {
-                        path: path.to_path_buf(),
-                        source,
-                    }
-                })?;
-                kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-                    .await
-                    .map_err(|source| ClusterError::Kubeconfig {
-                        path: path.to_path_buf(),
-                        source,
-                    })?
-            }
-            None => kube::Config::infer().await.map_err(ClusterError::Infer)?,
-        };
-        portcullis_oci::install_crypto_provider();
-        let client = kube::Client::try_from(config).map_err(ClusterError::Client)?;
-        let gvk = GroupVersionKind::gvk(GROUP, VERSION, KIND);
-        let resource = ApiResource::from_gvk_with_plural(&gvk, PLURAL);
-        let api: Api<DynamicObject> = Api::all_with(client, &resource);
-        let writer = reflector::store::Writer::new(resource);
+impl<K> Reflected<K>
+where
+    K: kube::Resource + Clone + fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+    K::DynamicType: std::hash::Hash + Eq + Clone + Send + Sync,
+{
+    /// Starts watching; `what` names the resources in logs.
+    pub fn start(
+        api: Api<K>,
+        dynamic: K::DynamicType,
+        config: watcher::Config,
+        notify: watch::Sender<u64>,
+        what: &'static str,
+    ) -> Self {
+        let writer = reflector::store::Writer::new(dynamic);
         let store = writer.as_reader();
-        let (notify, changes) = watch::channel(0u64);
-        let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()))
-            .default_backoff();
-        let watcher = tokio::spawn(async move {
+        let stream = reflector::reflector(writer, watcher(api, config)).default_backoff();
+        let task = tokio::spawn(async move {
             let mut stream = std::pin::pin!(stream);
             while let Some(event) = stream.next().await {
                 match event {
@@ -103,25 +193,63 @@ impl ClusterPolicies {
                         notify.send_modify(|n| *n += 1);
                     }
                     Err(error) => {
-                        tracing::warn!(error = %Report(&error), "watching {KIND} resources failed; retrying");
+                        tracing::warn!(error = %Report(&error), "watching {what} failed; retrying");
                     }
                 }
             }
         });
-        let policies = Self {
-            store,
-            changes,
-            watcher,
+        Self { store, task }
+    }
+
+    /// Waits for the first list.
+    ///
+    /// # Errors
+    /// No list within `timeout`.
+    pub async fn synced(&self, what: &'static str, timeout: Duration) -> Result<(), ClusterError> {
+        let not_synced = || ClusterError::NotSynced {
+            what,
+            seconds: timeout.as_secs(),
         };
-        tokio::time::timeout(sync_timeout, policies.store.wait_until_ready())
+        tokio::time::timeout(timeout, self.store.wait_until_ready())
             .await
-            .map_err(|_| ClusterError::NotSynced {
-                seconds: sync_timeout.as_secs(),
-            })?
-            .map_err(|_| ClusterError::NotSynced {
-                seconds: sync_timeout.as_secs(),
-            })?;
-        Ok(policies)
+            .map_err(|_| not_synced())?
+            .map_err(|_| not_synced())
+    }
+}
+
+/// The `ClusterAdmissionPolicy` and `AdmissionPolicy` resources, as the
+/// watchers last saw them.
+pub struct ClusterPolicies {
+    kinds: Vec<(PolicyKind, Reflected<DynamicObject>)>,
+    changes: watch::Receiver<u64>,
+}
+
+impl ClusterPolicies {
+    /// Starts the watchers and waits for their first lists.
+    ///
+    /// # Errors
+    /// No list within `sync_timeout`.
+    pub async fn start(client: kube::Client, sync_timeout: Duration) -> Result<Self, ClusterError> {
+        let (notify, changes) = watch::channel(0u64);
+        let mut kinds = Vec::new();
+        for kind in PolicyKind::ALL {
+            let resource = kind.api_resource();
+            let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
+            let what = match kind {
+                PolicyKind::Cluster => "ClusterAdmissionPolicy resources",
+                PolicyKind::Namespaced => "AdmissionPolicy resources",
+            };
+            let reflected = Reflected::start(
+                api,
+                resource,
+                watcher::Config::default(),
+                notify.clone(),
+                what,
+            );
+            reflected.synced(what, sync_timeout).await?;
+            kinds.push((kind, reflected));
+        }
+        Ok(Self { kinds, changes })
     }
 
     /// Wakes when a resource was added, changed or deleted.
@@ -129,42 +257,69 @@ impl ClusterPolicies {
         self.changes.clone()
     }
 
-    /// The resources as config entries, by name (the order mutating ones
-    /// run in, after the config file's).
-    ///
-    /// # Errors
-    /// A resource whose spec is not a policy entry, by name.
-    pub fn config(&self) -> Result<Option<Config>, ClusterError> {
-        let mut objects = self.store.state();
-        if objects.is_empty() {
-            return Ok(None);
-        }
-        objects.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
-        let mut raws: Vec<RawPolicy> = Vec::with_capacity(objects.len());
-        for object in objects {
-            let name = object.metadata.name.clone().unwrap_or_default();
-            let mut entry = object
-                .data
-                .get("spec")
-                .cloned()
-                .unwrap_or(serde_json::Value::Null);
-            let Some(fields) = entry.as_object_mut() else {
-                return Err(ClusterError::Invalid {
-                    name,
-                    message: "no spec".to_string(),
-                });
-            };
-            fields.insert("name".to_string(), serde_json::Value::String(name.clone()));
-            let raw = serde_json::from_value(entry).map_err(|err| ClusterError::Invalid {
-                name: name.clone(),
-                message: err.to_string(),
-            })?;
-            raws.push(raw);
-        }
-        Ok(Some(Config::from_parts(
-            Path::new(PLURAL),
-            RawDefaults::default(),
-            raws,
-        )?))
+    /// Every resource as a config entry: cluster-wide ones by name, then
+    /// namespaced ones by namespace and name (the order mutating ones run
+    /// in, after the config file's).
+    pub fn entries(&self) -> Vec<ClusterEntry> {
+        let mut entries: Vec<ClusterEntry> = self
+            .kinds
+            .iter()
+            .flat_map(|(kind, reflected)| {
+                reflected
+                    .store
+                    .state()
+                    .into_iter()
+                    .filter_map(move |object| entry(*kind, &object))
+            })
+            .collect();
+        entries.sort_by(|a, b| a.key.cmp(&b.key));
+        entries
     }
+}
+
+fn entry(kind: PolicyKind, object: &DynamicObject) -> Option<ClusterEntry> {
+    let key = PolicyKey::of(kind, object)?;
+    Some(ClusterEntry {
+        uid: object.metadata.uid.clone().unwrap_or_default(),
+        generation: object.metadata.generation.unwrap_or_default(),
+        policy: policy_config(&key, object.data.get("spec")),
+        key,
+    })
+}
+
+/// Reads a resource's spec as a config entry, with the same fields and
+/// checks as a config file's (`RawPolicy`).
+fn policy_config(
+    key: &PolicyKey,
+    spec: Option<&serde_json::Value>,
+) -> Result<PolicyConfig, String> {
+    let mut entry = spec.cloned().unwrap_or(serde_json::Value::Null);
+    let Some(fields) = entry.as_object_mut() else {
+        return Err("the resource has no spec".to_string());
+    };
+    // The name is the resource's; a namespaced one is renamed below.
+    let placeholder = match key.namespace {
+        Some(_) => "namespaced",
+        None => key.name.as_str(),
+    };
+    fields.insert(
+        "name".to_string(),
+        serde_json::Value::String(placeholder.to_string()),
+    );
+    let mut raw: RawPolicy = serde_json::from_value(entry).map_err(|err| err.to_string())?;
+    if let Some(namespace) = &key.namespace {
+        raw.rename(PolicyName::namespaced(namespace, &key.name)?);
+        raw.confine_to_namespace(namespace);
+    }
+    let config = Config::from_parts(
+        Path::new(key.kind.plural()),
+        RawDefaults::default(),
+        vec![raw],
+    )
+    .map_err(|err| Report(&err).to_string())?;
+    config
+        .policies
+        .into_iter()
+        .next()
+        .ok_or_else(|| "the resource makes no policy".to_string())
 }

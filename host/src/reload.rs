@@ -8,14 +8,19 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use crate::cluster_policies::{ClusterError, ClusterPolicies};
+use std::collections::{BTreeMap, HashMap};
+
+use tokio::sync::watch;
+
+use crate::cluster_policies::{ClusterEntry, ClusterPolicies, PolicyKey};
 use crate::metrics::Metrics;
 use crate::registry::{ModuleResolver, ResolveError, TrackedTag};
+use crate::replica::{PolicyReport, Refusal, ServedVersion};
 use crate::watch::Fingerprint;
 use portcullis_engine::{Config, ConfigError, Report};
+use portcullis_engine::{LoadError, Mode, OnError, Policy, PolicyConfig, PolicyEngine};
 use portcullis_engine::{LoadFailure, PolicyStore};
 use portcullis_engine::{ModuleCache, PolicySet, SetError};
-use portcullis_engine::{PolicyConfig, PolicyEngine};
 
 /// Compiled modules kept beyond those in service, for rollbacks.
 const SPARE_MODULES: usize = 16;
@@ -44,10 +49,6 @@ pub enum ReloadError {
     Policies(#[from] SetError),
     #[error(transparent)]
     Registry(#[from] ResolveError),
-    #[error(transparent)]
-    Cluster(#[from] ClusterError),
-    #[error("policy {0:?} is declared both in the config file and as a ClusterAdmissionPolicy")]
-    Duplicate(String),
 }
 
 /// What a successful reload did.
@@ -70,6 +71,12 @@ pub struct Reloader {
     resolver: ModuleResolver,
     /// The cluster's `ClusterAdmissionPolicy` resources, when watched.
     cluster: Option<ClusterPolicies>,
+    /// The newest version of each cluster policy resource that built: what
+    /// serves while a newer one is refused.
+    last_good: HashMap<PolicyKey, Chosen>,
+    /// What each cluster policy resource has in service, by key, for the
+    /// replica's lease.
+    reports: watch::Sender<Arc<BTreeMap<String, PolicyReport>>>,
     /// Registry tags the newest successful reload resolved.
     tags: Vec<TrackedTag>,
     /// The newest reload failed for a reason that may pass (a registry
@@ -105,6 +112,8 @@ impl Reloader {
             cache: ModuleCache::new(SPARE_MODULES),
             resolver,
             cluster,
+            last_good: HashMap::new(),
+            reports: watch::Sender::new(Arc::default()),
             tags: Vec::new(),
             retry_registry: false,
             polled: None,
@@ -123,6 +132,12 @@ impl Reloader {
     /// watched) would otherwise be lost.
     pub fn changed_since_read(&self) -> bool {
         Fingerprint::of(&self.watched) != self.read_fingerprint
+    }
+
+    /// What each cluster policy resource has in service, updated by every
+    /// reload that gets as far as building.
+    pub fn reports(&self) -> watch::Receiver<Arc<BTreeMap<String, PolicyReport>>> {
+        self.reports.subscribe()
     }
 
     /// Wakes when the cluster's policy resources change; `None` when they
@@ -220,8 +235,7 @@ impl Reloader {
                         policy: match error {
                             ReloadError::Policies(set) => Some(set.policy.clone()),
                             ReloadError::Registry(resolve) => resolve.policy().map(str::to_string),
-                            ReloadError::Duplicate(name) => Some(name.clone()),
-                            ReloadError::Config(_) | ReloadError::Cluster(_) => None,
+                            ReloadError::Config(_) => None,
                         },
                         message: Report(error).to_string(),
                     });
@@ -235,7 +249,7 @@ impl Reloader {
         // Stat before reading: whatever changes after this is caught by the
         // fingerprint check, even if no event reports it.
         let config_fingerprint = Fingerprint::of(std::slice::from_ref(&self.config_path));
-        let mut config = match Config::load(&self.config_path) {
+        let config = match Config::load(&self.config_path) {
             Ok(config) => config,
             Err(error) => {
                 self.read_fingerprint = Fingerprint::of(&self.watched);
@@ -250,26 +264,110 @@ impl Reloader {
         let modules_fingerprint = Fingerprint::of(&self.watched[1..]);
         self.read_fingerprint = config_fingerprint.then(modules_fingerprint);
         // The cluster's resources follow the file's policies (mutators
-        // run in that order).
-        if let Some(cluster) = self
+        // run in that order). Each is tried on its own: one that does not
+        // build is refused and its last good version kept, without holding
+        // back the others.
+        let entries = self
             .cluster
             .as_ref()
-            .map(ClusterPolicies::config)
-            .transpose()?
-            .flatten()
-        {
-            for policy in cluster.policies {
-                if config.policies.iter().any(|p| p.name == policy.name) {
-                    return Err(ReloadError::Duplicate(policy.name.to_string()));
+            .map(ClusterPolicies::entries)
+            .unwrap_or_default();
+        let mut refused: HashMap<PolicyKey, Refusal> = HashMap::new();
+        let mut chosen: Vec<Chosen> = Vec::with_capacity(entries.len());
+        for entry in &entries {
+            let name_taken = |name: &str| config.policies.iter().any(|p| p.name.as_str() == name);
+            match &entry.policy {
+                Ok(policy) if name_taken(policy.name.as_str()) => {
+                    refused.insert(
+                        entry.key.clone(),
+                        refusal(
+                            entry.generation,
+                            "NameConflict",
+                            format!(
+                                "a policy named {:?} is already declared in the config file {}",
+                                policy.name.as_str(),
+                                self.config_path.display()
+                            ),
+                        ),
+                    );
                 }
-                config.policies.push(policy);
+                Ok(policy) => chosen.push(Chosen {
+                    key: entry.key.clone(),
+                    uid: entry.uid.clone(),
+                    generation: entry.generation,
+                    config: policy.clone(),
+                }),
+                Err(message) => {
+                    refused.insert(
+                        entry.key.clone(),
+                        refusal(entry.generation, "InvalidSpec", message.clone()),
+                    );
+                    if let Some(last) = self.last_good.get(&entry.key)
+                        && last.uid == entry.uid
+                    {
+                        chosen.push(last.clone());
+                    }
+                }
             }
         }
-        let tags = self.resolver.resolve(&mut config).await?;
+        let (tags, set, stats) = loop {
+            let mut attempt = config.clone();
+            attempt
+                .policies
+                .extend(chosen.iter().map(|c| c.config.clone()));
+            let failed = match self.resolver.resolve(&mut attempt).await {
+                Ok(tags) => {
+                    let generation = self.store.current().generation + 1;
+                    match PolicySet::build(&self.engine, &attempt, generation, &mut self.cache)
+                        .await
+                    {
+                        Ok((set, stats)) => break (tags, set, stats),
+                        Err(error) => match position(&chosen, Some(&error.policy)) {
+                            Some(at) => (at, refusal_reason(&error), Report(&error).to_string()),
+                            None => return Err(error.into()),
+                        },
+                    }
+                }
+                Err(error) => match position(&chosen, error.policy()) {
+                    Some(at) => {
+                        let reason = if error.is_transient() {
+                            "RegistryUnreachable"
+                        } else {
+                            "ModuleRefused"
+                        };
+                        (at, reason, Report(&error).to_string())
+                    }
+                    None => return Err(error.into()),
+                },
+            };
+            let (at, reason, message) = failed;
+            let failing = chosen.remove(at);
+            tracing::error!(
+                policy = %failing.key,
+                generation = failing.generation,
+                reason,
+                error = %message,
+                "policy resource refused; its last good version keeps serving"
+            );
+            let current = entries
+                .iter()
+                .any(|e| e.key == failing.key && e.generation == failing.generation);
+            if current {
+                refused.insert(
+                    failing.key.clone(),
+                    refusal(failing.generation, reason, message),
+                );
+                if let Some(last) = self.last_good.get(&failing.key)
+                    && last.uid == failing.uid
+                    && last.generation != failing.generation
+                {
+                    chosen.insert(at, last.clone());
+                }
+            }
+        };
         let current = self.store.current();
         let generation = current.generation + 1;
-        let (set, stats) =
-            PolicySet::build(&self.engine, &config, generation, &mut self.cache).await?;
+        let reports = self.cluster_reports(&entries, &chosen, &set, refused);
         self.metrics.module_compilations.inc_by(stats.compiled);
         self.metrics.module_reuses.inc_by(stats.reused);
         self.metrics.module_disk_cache_hits.inc_by(stats.from_disk);
@@ -283,6 +381,7 @@ impl Reloader {
         self.tags = tags;
         if current.generation > 0 && current.same_policies(&set) {
             self.cache.prune(&current.digests());
+            self.reports.send_replace(reports);
             return Ok(ReloadOutcome::Unchanged {
                 generation: current.generation,
             });
@@ -320,7 +419,104 @@ impl Reloader {
             .policies_loaded
             .set(set.policies().len() as i64);
         self.store.swap(set);
+        self.reports.send_replace(reports);
         self.cache.prune(&in_use);
         Ok(ReloadOutcome::Swapped { generation })
+    }
+
+    /// What each cluster policy resource now has in service, or why its
+    /// newest generation is not, for the replica's lease; remembers the
+    /// versions that built as the last good ones.
+    fn cluster_reports(
+        &mut self,
+        entries: &[ClusterEntry],
+        chosen: &[Chosen],
+        set: &PolicySet,
+        mut refused: HashMap<PolicyKey, Refusal>,
+    ) -> Arc<BTreeMap<String, PolicyReport>> {
+        self.last_good
+            .retain(|key, last| entries.iter().any(|e| &e.key == key && e.uid == last.uid));
+        for chosen in chosen {
+            self.last_good.insert(chosen.key.clone(), chosen.clone());
+        }
+        let reports = entries
+            .iter()
+            .map(|entry| {
+                let served = chosen
+                    .iter()
+                    .find(|c| c.key == entry.key)
+                    .and_then(|c| Some((c, set.get(c.config.name.as_str())?)))
+                    .map(|(chosen, policy)| served_version(chosen.generation, policy));
+                let refused = refused
+                    .remove(&entry.key)
+                    .filter(|r| served.as_ref().is_none_or(|s| s.generation < r.generation));
+                let report = PolicyReport {
+                    uid: entry.uid.clone(),
+                    served,
+                    refused,
+                };
+                (entry.key.to_string(), report)
+            })
+            .collect();
+        Arc::new(reports)
+    }
+}
+
+/// A version of a policy resource tried in a reload.
+#[derive(Debug, Clone)]
+struct Chosen {
+    key: PolicyKey,
+    uid: String,
+    generation: i64,
+    config: PolicyConfig,
+}
+
+/// Which of the resources tried is the policy an error names.
+fn position(chosen: &[Chosen], policy: Option<&str>) -> Option<usize> {
+    let policy = policy?;
+    chosen.iter().position(|c| c.config.name.as_str() == policy)
+}
+
+fn refusal(generation: i64, reason: &str, message: String) -> Refusal {
+    Refusal {
+        generation,
+        reason: reason.to_string(),
+        message,
+    }
+}
+
+/// The `Degraded` reason for a policy that did not build.
+fn refusal_reason(error: &SetError) -> &'static str {
+    match &error.error {
+        LoadError::SettingsRejected(_) | LoadError::SettingsCall(_) | LoadError::Prepare(_) => {
+            "SettingsRejected"
+        }
+        LoadError::Read(_) => "ModuleUnreadable",
+        LoadError::OverBudget { .. } => "LimitsInvalid",
+        LoadError::DigestMismatch { .. } | LoadError::Unresolved => "ModuleRefused",
+        _ => "ModuleInvalid",
+    }
+}
+
+/// How a policy in service is reported: its version, and what the webhook
+/// configuration must send it.
+fn served_version(generation: i64, policy: &Policy) -> ServedVersion {
+    let operations = match &policy.matcher.operations {
+        Some(operations) => operations.iter().map(|o| o.as_str().to_string()).collect(),
+        None => vec!["*".to_string()],
+    };
+    let resources = match &policy.matcher.resources {
+        Some(resources) => resources.iter().cloned().map(String::from).collect(),
+        None => vec!["*".to_string()],
+    };
+    ServedVersion {
+        generation,
+        digest: policy.module.digest.clone(),
+        mutates: policy.metadata.mutates,
+        validates: policy.metadata.validates,
+        operations,
+        resources,
+        timeout_ms: u64::try_from(policy.limits.timeout.as_millis()).unwrap_or(u64::MAX),
+        fail_closed: policy.mode == Mode::Enforce && policy.on_error != OnError::Allow,
     }
 }

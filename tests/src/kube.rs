@@ -267,3 +267,18 @@ impl Pki {
         Ok(pki)
     }
 }
+
+/// Polls `done` every 50 ms for at most `within`; whether it came true.
+///
+/// # Errors
+/// The first error `done` returns.
+pub fn poll(within: std::time::Duration, mut done: impl FnMut() -> Result<bool>) -> Result<bool> {
+    let deadline = std::time::Instant::now() + within;
+    while std::time::Instant::now() < deadline {
+        if done()? {
+            return Ok(true);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    Ok(false)
+}

@@ -1186,7 +1186,12 @@ fn own_args(config: &Path, port: u16, certs: &Certs, args: &[String]) -> Vec<std
     {
         own.push("--shutdown-delay=0".into());
     }
-    own.extend(args.iter().map(std::ffi::OsString::from));
+    // `{port}` in a flag is the port this server listens on (e.g. a URL
+    // it tells others to call it at).
+    own.extend(
+        args.iter()
+            .map(|a| std::ffi::OsString::from(a.replace("{port}", &port.to_string()))),
+    );
     own
 }
 

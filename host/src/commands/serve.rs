@@ -9,6 +9,8 @@ use clap::Args;
 use crate::app::{self, ClusterSettings, EdgeLimits, Listeners, ServeOptions, TlsSource};
 use crate::commands::{CliError, RegistryArgs};
 use crate::control::Debounce;
+use crate::controller::{ControllerSettings, WebhookSettings, WebhookTarget};
+use crate::replica::ReplicaSettings;
 use crate::server::{DEFAULT_BODY_BYTES_IN_FLIGHT, DEFAULT_BODY_LIMIT};
 use crate::shadow::DEFAULT_SHADOW_CONCURRENCY;
 use crate::signals;
@@ -174,12 +176,59 @@ pub struct ServeCommand {
     #[command(flatten)]
     pub registry: RegistryArgs,
 
-    /// Also serve the cluster's `ClusterAdmissionPolicy` resources
-    /// (portcullis.dev/v1alpha1), watched through the API server: a change
-    /// reloads like a config edit. They run after the config file's
-    /// policies, in name order.
+    /// Also serve the cluster's `ClusterAdmissionPolicy` and
+    /// `AdmissionPolicy` resources (portcullis.dev/v1alpha1), watched
+    /// through the API server: a change reloads like a config edit. They
+    /// run after the config file's policies, cluster-wide ones first, in
+    /// name order. This replica reports what it serves in a Lease.
     #[arg(long, env = "PORTCULLIS_CLUSTER_POLICIES")]
     pub cluster_policies: bool,
+
+    /// The namespace of this replica's lease, the controller's lease and
+    /// the CA Secret (default: the pod's namespace, `$POD_NAMESPACE`).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "portcullis")]
+    pub namespace: String,
+
+    /// This replica's name among the replicas (default: the pod's name,
+    /// `$POD_NAME`, else the host name).
+    #[arg(long, env = "POD_NAME")]
+    pub replica_id: Option<String>,
+
+    /// Seconds a replica's or the controller's lease stands without
+    /// renewal; renewed every third of it.
+    #[arg(long, env = "PORTCULLIS_LEASE_DURATION", default_value_t = 15,
+          value_parser = clap::value_parser!(u64).range(2..=300))]
+    pub lease_duration: u64,
+
+    /// Also run the controller (one leader among the replicas): it keeps
+    /// the webhook configurations in step with the policies and writes
+    /// their status.
+    #[arg(long, env = "PORTCULLIS_CONTROLLER", requires = "cluster_policies")]
+    pub controller: bool,
+
+    /// The name of both webhook configurations the controller writes.
+    #[arg(long, env = "PORTCULLIS_WEBHOOK_NAME", default_value = "portcullis")]
+    pub webhook_name: String,
+
+    /// The Service (in --namespace) the API server calls, NAME[:PORT].
+    #[arg(long, env = "PORTCULLIS_WEBHOOK_SERVICE", default_value = "portcullis:443",
+          value_parser = parse_service, conflicts_with = "webhook_url")]
+    pub webhook_service: (String, u16),
+
+    /// Instead of a Service: the base URL the API server calls (for a
+    /// server outside the cluster), e.g. https://10.0.0.5:8443.
+    #[arg(long, env = "PORTCULLIS_WEBHOOK_URL", value_name = "URL")]
+    pub webhook_url: Option<String>,
+
+    /// The Secret (in --namespace) whose `ca.crt`, else `tls.crt`, the
+    /// API server is told to trust (the webhooks' caBundle).
+    #[arg(long, env = "PORTCULLIS_CA_SECRET", default_value = "portcullis-tls")]
+    pub ca_secret: String,
+
+    /// Namespaces no policy is called for, besides kube-system,
+    /// kube-node-lease and --namespace (comma-separated).
+    #[arg(long, env = "PORTCULLIS_EXCLUDE_NAMESPACES", value_delimiter = ',')]
+    pub exclude_namespaces: Vec<String>,
 
     /// The kubeconfig for `--cluster-policies` (default: the pod's service
     /// account, else `$KUBECONFIG`).
@@ -257,10 +306,7 @@ impl ServeCommand {
             registry: self.registry.settings(
                 (self.registry_poll > 0).then(|| Duration::from_secs(self.registry_poll)),
             ),
-            cluster: self.cluster_policies.then(|| ClusterSettings {
-                kubeconfig: self.kubeconfig.clone(),
-                sync_timeout: Duration::from_secs(30),
-            }),
+            cluster: self.cluster_policies.then(|| self.cluster_settings()),
             debounce: Debounce {
                 quiet: Duration::from_millis(self.reload_debounce_ms),
                 // A steady stream of events must not postpone a reload forever.
@@ -268,6 +314,65 @@ impl ServeCommand {
             },
         }
     }
+}
+
+impl ServeCommand {
+    fn cluster_settings(&self) -> ClusterSettings {
+        let id = self.replica_id.clone().unwrap_or_else(host_name);
+        let lease_duration = Duration::from_secs(self.lease_duration);
+        let target = match &self.webhook_url {
+            Some(url) => WebhookTarget::Url(url.clone()),
+            None => WebhookTarget::Service {
+                name: self.webhook_service.0.clone(),
+                port: self.webhook_service.1,
+            },
+        };
+        ClusterSettings {
+            kubeconfig: self.kubeconfig.clone(),
+            sync_timeout: Duration::from_secs(30),
+            replica: ReplicaSettings {
+                namespace: self.namespace.clone(),
+                id: id.clone(),
+                lease_duration,
+            },
+            controller: self.controller.then(|| ControllerSettings {
+                webhooks: WebhookSettings {
+                    name: self.webhook_name.clone(),
+                    namespace: self.namespace.clone(),
+                    target,
+                    exclude_namespaces: self.exclude_namespaces.clone(),
+                },
+                identity: id,
+                lease_duration,
+                ca_secret: self.ca_secret.clone(),
+            }),
+        }
+    }
+}
+
+/// `NAME[:PORT]`, port 443 when left out.
+fn parse_service(text: &str) -> Result<(String, u16), String> {
+    let (name, port) = match text.split_once(':') {
+        Some((name, port)) => (
+            name,
+            port.parse::<u16>()
+                .map_err(|_| format!("invalid port in {text:?}"))?,
+        ),
+        None => (text, 443),
+    };
+    if name.is_empty() {
+        return Err(format!("no Service name in {text:?}"));
+    }
+    Ok((name.to_string(), port))
+}
+
+/// The host's name, else `portcullis`: a replica id outside a pod.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|name| name.trim().to_string())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "portcullis".to_string())
 }
 
 /// Serves until SIGTERM or SIGINT, reloading on SIGHUP.
