@@ -512,6 +512,7 @@ fn served_version(generation: i64, policy: &Policy) -> ServedVersion {
     ServedVersion {
         generation,
         digest: policy.module.digest.clone(),
+        manifest: policy.origin.as_ref().map(|o| o.manifest.clone()),
         mutates: policy.metadata.mutates,
         validates: policy.metadata.validates,
         operations,

@@ -66,6 +66,9 @@ pub struct ServedVersion {
     pub generation: i64,
     /// The module's sha256.
     pub digest: String,
+    /// The manifest digest of an `oci://` module.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<String>,
     pub mutates: bool,
     pub validates: bool,
     /// `CREATE`, ..., or `*`.

@@ -35,6 +35,7 @@ pub struct Desired {
     pub observed_generation: i64,
     pub conditions: Vec<Condition>,
     pub module_digest: Option<String>,
+    pub manifest: Option<String>,
     pub replicas: usize,
     pub serving_replicas: usize,
 }
@@ -50,11 +51,11 @@ pub fn desired(policy: &Observed<'_>, replicas: &[ReplicaState]) -> Desired {
             .filter(|p| p.uid == policy.uid)
             .cloned()
     };
-    let serving: Vec<(&ReplicaState, String)> = live
+    let serving: Vec<crate::replica::ServedVersion> = live
         .iter()
         .filter_map(|replica| {
             let served = report(replica)?.served?;
-            (served.generation == policy.generation).then_some((*replica, served.digest))
+            (served.generation == policy.generation).then_some(served)
         })
         .collect();
     let refusal: Option<(&str, Refusal)> = live.iter().find_map(|replica| {
@@ -153,7 +154,8 @@ pub fn desired(policy: &Observed<'_>, replicas: &[ReplicaState]) -> Desired {
     Desired {
         observed_generation: generation,
         conditions: vec![ready, degraded],
-        module_digest: serving.first().map(|(_, digest)| digest.clone()),
+        module_digest: serving.first().map(|served| served.digest.clone()),
+        manifest: serving.first().and_then(|served| served.manifest.clone()),
         replicas: replicas.len(),
         serving_replicas: serving.len(),
     }
@@ -204,6 +206,9 @@ pub fn to_json(desired: &Desired, current: Option<&Value>, now: &str) -> Value {
     });
     if let Some(digest) = &desired.module_digest {
         status["moduleDigest"] = json!(digest);
+    }
+    if let Some(manifest) = &desired.manifest {
+        status["manifest"] = json!(manifest);
     }
     status
 }
