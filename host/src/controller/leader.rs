@@ -6,11 +6,40 @@
 //! machines. Writes use the lease's resourceVersion, so two candidates
 //! racing for an expired lease cannot both win.
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::api::{Api, PostParams};
+
+/// Whether a candidate leads, shared with what acts on it.
+#[derive(Debug, Clone)]
+pub struct Leadership {
+    /// When the candidate last renewed successfully.
+    renewed: Arc<Mutex<Option<Instant>>>,
+    duration: Duration,
+}
+
+impl Leadership {
+    /// Whether the candidate holds the lease and renewed it recently enough
+    /// that no other can have taken it over yet: two thirds of the
+    /// duration (client-go's renew deadline), so a leader stops acting
+    /// before another may start.
+    pub fn is_leader(&self) -> bool {
+        self.renewed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_some_and(|at| at.elapsed() < self.duration * 2 / 3)
+    }
+
+    fn set(&self, renewed: Option<Instant>) {
+        *self
+            .renewed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = renewed;
+    }
+}
 
 /// One candidate for a lease.
 pub struct LeaderElector {
@@ -21,8 +50,7 @@ pub struct LeaderElector {
     /// The record as last seen (holder, renewTime) and when it was first
     /// seen so.
     observed: Option<(String, Option<MicroTime>, Instant)>,
-    /// When this candidate last renewed successfully.
-    renewed: Option<Instant>,
+    leadership: Leadership,
 }
 
 impl LeaderElector {
@@ -33,17 +61,16 @@ impl LeaderElector {
             identity: identity.to_string(),
             duration,
             observed: None,
-            renewed: None,
+            leadership: Leadership {
+                renewed: Arc::new(Mutex::new(None)),
+                duration,
+            },
         }
     }
 
-    /// Whether this candidate holds the lease and renewed it recently
-    /// enough that no other can have taken it over yet.
-    pub fn is_leader(&self) -> bool {
-        // Two thirds of the duration: client-go's renew deadline, so a
-        // leader stops acting before another may start.
-        self.renewed
-            .is_some_and(|at| at.elapsed() < self.duration * 2 / 3)
+    /// Whether this candidate leads, for what acts on it.
+    pub fn leadership(&self) -> Leadership {
+        self.leadership.clone()
     }
 
     /// Takes the lease if it is free or expired, renews it if held.
@@ -91,7 +118,7 @@ impl LeaderElector {
             .as_ref()
             .is_some_and(|(_, _, seen)| seen.elapsed() > held_for);
         if !holder.is_empty() && holder != self.identity && !expired {
-            self.renewed = None;
+            self.leadership.set(None);
             return Ok(false);
         }
         if holder != self.identity {
@@ -112,12 +139,12 @@ impl LeaderElector {
     fn written(&mut self, result: Result<Lease, kube::Error>) -> Result<bool, kube::Error> {
         match result {
             Ok(_) => {
-                self.renewed = Some(Instant::now());
+                self.leadership.set(Some(Instant::now()));
                 Ok(true)
             }
             // Another candidate wrote first.
             Err(kube::Error::Api(status)) if status.is_conflict() || status.is_already_exists() => {
-                self.renewed = None;
+                self.leadership.set(None);
                 Ok(false)
             }
             Err(error) => Err(error),
@@ -127,10 +154,10 @@ impl LeaderElector {
     /// Gives the lease up, so another candidate takes over at once instead
     /// of after the duration.
     pub async fn release(&mut self) {
-        if !self.is_leader() {
+        if !self.leadership.is_leader() {
             return;
         }
-        self.renewed = None;
+        self.leadership.set(None);
         let Ok(Some(mut lease)) = self.api.get_opt(&self.name).await else {
             return;
         };

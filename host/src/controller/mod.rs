@@ -15,6 +15,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::future::Future;
+
 use futures_util::FutureExt as _;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Secret;
@@ -27,7 +29,7 @@ use crate::cluster_policies::{PolicyKey, PolicyKind, Reflected};
 use crate::replica::{LEASE_PREFIX, REPLICA_LABEL, ReplicaState};
 use portcullis_engine::Report;
 
-pub use leader::LeaderElector;
+pub use leader::{LeaderElector, Leadership};
 use webhooks::PolicyRules;
 pub use webhooks::{WebhookSettings, WebhookTarget};
 
@@ -55,33 +57,57 @@ pub struct ControllerSettings {
 }
 
 /// Runs as a candidate until `shutdown` resolves; leads when elected.
+/// Renewing the lease runs apart from reconciling, so a slow pass (many
+/// statuses to write, a slow API server) never lets the lease lapse.
 pub async fn run(
     client: kube::Client,
     settings: ControllerSettings,
     shutdown: impl Future<Output = ()>,
 ) {
-    tokio::pin!(shutdown);
-    let namespace = settings.webhooks.namespace.clone();
-    let mut elector = LeaderElector::new(
-        Api::namespaced(client.clone(), &namespace),
+    let elector = LeaderElector::new(
+        Api::namespaced(client.clone(), &settings.webhooks.namespace),
         LEADER_LEASE,
         &settings.identity,
         settings.lease_duration,
     );
+    let leadership = elector.leadership();
+    tokio::select! {
+        () = elect(elector, settings.lease_duration / 3, shutdown) => {}
+        () = lead(client, settings, leadership) => {}
+    }
+}
+
+/// Takes or renews the lease every `retry` until `shutdown`, then
+/// releases it.
+async fn elect(mut elector: LeaderElector, retry: Duration, shutdown: impl Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    loop {
+        // A hung request must not hold up the next try.
+        match tokio::time::timeout(retry, elector.try_acquire_or_renew()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => {
+                tracing::warn!(error = %Report(&error), "cannot reach the controller lease");
+            }
+            Err(_) => tracing::warn!("the controller lease did not answer in time"),
+        }
+        tokio::select! {
+            () = &mut shutdown => {
+                elector.release().await;
+                return;
+            }
+            () = tokio::time::sleep(retry) => {}
+        }
+    }
+}
+
+/// Reconciles while this candidate leads: at once on every change it
+/// watches, and every third of the lease's duration (expired replica
+/// leases change nothing it watches).
+async fn lead(client: kube::Client, settings: ControllerSettings, leadership: Leadership) {
     let retry = settings.lease_duration / 3;
     let mut leading: Option<Reconciler> = None;
-    let mut last_try: Option<Instant> = None;
     loop {
-        if last_try.is_none_or(|at| at.elapsed() >= retry) {
-            last_try = Some(Instant::now());
-            match elector.try_acquire_or_renew().await {
-                Ok(_) => {}
-                Err(error) => {
-                    tracing::warn!(error = %Report(&error), "cannot reach the controller lease");
-                }
-            }
-        }
-        match (elector.is_leader(), leading.is_some()) {
+        match (leadership.is_leader(), leading.is_some()) {
             (true, false) => {
                 tracing::info!(identity = %settings.identity, "leading the controller");
                 leading = Some(Reconciler::start(client.clone(), settings.clone()));
@@ -93,7 +119,7 @@ pub async fn run(
             _ => {}
         }
         if let Some(reconciler) = &mut leading {
-            reconciler.reconcile().await;
+            reconciler.reconcile(&leadership).await;
         }
         let changes = async {
             match &mut leading {
@@ -102,10 +128,6 @@ pub async fn run(
             }
         };
         tokio::select! {
-            () = &mut shutdown => {
-                elector.release().await;
-                return;
-            }
             () = tokio::time::sleep(retry) => {}
             () = changes => {}
         }
@@ -169,7 +191,7 @@ impl Reconciler {
 
     /// Writes the webhook configurations and statuses the cluster should
     /// have. Failures are logged and retried on the next pass.
-    async fn reconcile(&mut self) {
+    async fn reconcile(&mut self, leadership: &Leadership) {
         if !self.synced() {
             return;
         }
@@ -187,8 +209,16 @@ impl Reconciler {
                 rules.insert(key.clone(), policy_rules(&key, &uid, object, &replicas));
             }
         }
+        if !leadership.is_leader() {
+            return;
+        }
         let covered = self.write_webhooks(&rules).await;
         for (kind, object) in &objects {
+            // A pass can outlast the lease: stop writing once another
+            // candidate may lead.
+            if !leadership.is_leader() {
+                return;
+            }
             let Some(key) = PolicyKey::of(*kind, object) else {
                 continue;
             };
