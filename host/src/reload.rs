@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use crate::cluster_policies::{ClusterEntry, ClusterPolicies, PolicyKey};
 use crate::metrics::Metrics;
 use crate::registry::{ModuleResolver, ResolveError, TrackedTag};
-use crate::replica::{PolicyReport, Refusal, ServedVersion};
+use crate::replica::{FILE_POLICY_PREFIX, PolicyReport, Refusal, ServedVersion};
 use crate::watch::Fingerprint;
 use portcullis_engine::{Config, ConfigError, Report};
 use portcullis_engine::{LoadError, Mode, OnError, Policy, PolicyConfig, PolicyEngine};
@@ -367,7 +367,7 @@ impl Reloader {
         };
         let current = self.store.current();
         let generation = current.generation + 1;
-        let reports = self.cluster_reports(&entries, &chosen, &set, refused);
+        let reports = self.cluster_reports(&config, &entries, &chosen, &set, refused);
         self.metrics.module_compilations.inc_by(stats.compiled);
         self.metrics.module_reuses.inc_by(stats.reused);
         self.metrics.module_disk_cache_hits.inc_by(stats.from_disk);
@@ -429,6 +429,7 @@ impl Reloader {
     /// versions that built as the last good ones.
     fn cluster_reports(
         &mut self,
+        file: &Config,
         entries: &[ClusterEntry],
         chosen: &[Chosen],
         set: &PolicySet,
@@ -439,6 +440,16 @@ impl Reloader {
         for chosen in chosen {
             self.last_good.insert(chosen.key.clone(), chosen.clone());
         }
+        // The config file's policies too: the controller's webhook rules
+        // must send them requests as well.
+        let files = file.policies.iter().filter_map(|config| {
+            let policy = set.get(config.name.as_str())?;
+            let report = PolicyReport {
+                served: Some(served_version(0, policy)),
+                ..PolicyReport::default()
+            };
+            Some((format!("{FILE_POLICY_PREFIX}{}", config.name), report))
+        });
         let reports = entries
             .iter()
             .map(|entry| {
@@ -457,6 +468,7 @@ impl Reloader {
                 };
                 (entry.key.to_string(), report)
             })
+            .chain(files)
             .collect();
         Arc::new(reports)
     }

@@ -28,6 +28,10 @@ pub const REPORT_ANNOTATION: &str = "portcullis.dev/report";
 /// Replica lease names: this prefix and the replica's id.
 pub const LEASE_PREFIX: &str = "portcullis-replica-";
 
+/// How a config file's policy is named in a report (policy resources are
+/// named by [`crate::cluster_policies::PolicyKey`]).
+pub const FILE_POLICY_PREFIX: &str = "ConfigFile/";
+
 const FIELD_MANAGER: &str = "portcullis-replica";
 
 /// One replica's account of itself.

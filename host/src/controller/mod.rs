@@ -26,7 +26,7 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use crate::cluster_policies::{PolicyKey, PolicyKind, Reflected};
-use crate::replica::{LEASE_PREFIX, REPLICA_LABEL, ReplicaState};
+use crate::replica::{FILE_POLICY_PREFIX, LEASE_PREFIX, REPLICA_LABEL, ReplicaState};
 use portcullis_engine::Report;
 
 pub use leader::{LeaderElector, Leadership};
@@ -209,10 +209,12 @@ impl Reconciler {
                 rules.insert(key.clone(), policy_rules(&key, &uid, object, &replicas));
             }
         }
+        // What the replicas' config files serve needs requests too.
+        let files = file_policy_rules(&replicas);
         if !leadership.is_leader() {
             return;
         }
-        let covered = self.write_webhooks(&rules).await;
+        let covered = self.write_webhooks(&rules, &files).await;
         for (kind, object) in &objects {
             // A pass can outlast the lease: stop writing once another
             // candidate may lead.
@@ -290,6 +292,7 @@ impl Reconciler {
     async fn write_webhooks(
         &mut self,
         rules: &BTreeMap<PolicyKey, PolicyRules>,
+        files: &[PolicyRules],
     ) -> BTreeSet<PolicyKey> {
         let ca = match self.ca_bundle().await {
             Ok(ca) => ca,
@@ -301,7 +304,7 @@ impl Reconciler {
                 return BTreeSet::new();
             }
         };
-        let desired = webhooks::desired(&self.settings.webhooks, &ca, rules);
+        let desired = webhooks::desired(&self.settings.webhooks, &ca, rules, files);
         let fresh = self
             .applied
             .as_ref()
@@ -452,12 +455,7 @@ fn policy_rules(
         rules.operations.insert("*".to_string());
     }
     for version in &served {
-        rules.operations.extend(version.operations.iter().cloned());
-        rules.resources.extend(version.resources.iter().cloned());
-        rules.mutates |= version.mutates;
-        rules.validates |= version.validates;
-        rules.timeout_ms = rules.timeout_ms.max(version.timeout_ms);
-        rules.fail_closed |= version.fail_closed;
+        rules.add(version);
     }
     if served.is_empty() {
         // Not loaded anywhere yet: what it does is not known, so both
@@ -471,6 +469,18 @@ fn policy_rules(
             && spec["onError"].as_str() != Some("allow");
     }
     rules
+}
+
+/// The rules of the policies the live replicas' config files serve.
+fn file_policy_rules(replicas: &[ReplicaState]) -> Vec<PolicyRules> {
+    replicas
+        .iter()
+        .filter(|r| r.live)
+        .flat_map(|r| r.report.policies.iter())
+        .filter(|(key, _)| key.starts_with(FILE_POLICY_PREFIX))
+        .filter_map(|(_, report)| report.served.as_ref())
+        .map(PolicyRules::from)
+        .collect()
 }
 
 fn long_expired(lease: &Lease, now: k8s_openapi::jiff::Timestamp) -> bool {

@@ -9,6 +9,7 @@ use base64::Engine as _;
 use serde_json::{Value, json};
 
 use crate::cluster_policies::PolicyKey;
+use crate::replica::ServedVersion;
 use portcullis_engine::ResourcePattern;
 
 /// The webhooks' names inside their configurations.
@@ -51,6 +52,26 @@ pub struct PolicyRules {
     pub fail_closed: bool,
 }
 
+impl PolicyRules {
+    /// Adds what a version in service needs.
+    pub fn add(&mut self, version: &ServedVersion) {
+        self.operations.extend(version.operations.iter().cloned());
+        self.resources.extend(version.resources.iter().cloned());
+        self.mutates |= version.mutates;
+        self.validates |= version.validates;
+        self.timeout_ms = self.timeout_ms.max(version.timeout_ms);
+        self.fail_closed |= version.fail_closed;
+    }
+}
+
+impl From<&ServedVersion> for PolicyRules {
+    fn from(version: &ServedVersion) -> Self {
+        let mut rules = Self::default();
+        rules.add(version);
+        rules
+    }
+}
+
 /// Both configurations as server-side-apply bodies, and which policies
 /// they cover.
 #[derive(Debug, Clone, PartialEq)]
@@ -60,20 +81,23 @@ pub struct Desired {
     pub covered: BTreeSet<PolicyKey>,
 }
 
-/// Builds both configurations. A policy whose rules name no resource is
+/// Builds both configurations, for the policy resources and the policies
+/// of the replicas' config files. A policy whose rules name no resource is
 /// not covered (nothing is known yet of what it judges).
 pub fn desired(
     settings: &WebhookSettings,
     ca_bundle: &[u8],
     policies: &BTreeMap<PolicyKey, PolicyRules>,
+    files: &[PolicyRules],
 ) -> Desired {
     let covered: BTreeSet<PolicyKey> = policies
         .iter()
         .filter(|(_, rules)| !rules.resources.is_empty())
         .map(|(key, _)| key.clone())
         .collect();
-    let mutators: Vec<&PolicyRules> = policies.values().filter(|r| r.mutates).collect();
-    let validators: Vec<&PolicyRules> = policies.values().filter(|r| r.validates).collect();
+    let all = || policies.values().chain(files);
+    let mutators: Vec<&PolicyRules> = all().filter(|r| r.mutates).collect();
+    let validators: Vec<&PolicyRules> = all().filter(|r| r.validates).collect();
     Desired {
         mutating: configuration(
             settings,
@@ -262,7 +286,7 @@ mod tests {
             ),
             (key("d"), policy(&["*"], &["configmaps"], true)),
         ]);
-        let desired = desired(&settings(), b"CA", &policies);
+        let desired = desired(&settings(), b"CA", &policies, &[]);
         let webhook = &desired.validating["webhooks"][0];
         assert_eq!(
             webhook["rules"],
@@ -295,14 +319,33 @@ mod tests {
 
     #[test]
     fn no_policy_no_webhook() {
-        let desired = desired(&settings(), b"CA", &BTreeMap::new());
+        let desired = desired(&settings(), b"CA", &BTreeMap::new(), &[]);
         assert_eq!(desired.validating["webhooks"], json!([]));
         assert_eq!(desired.mutating["webhooks"], json!([]));
         // Unknown resources: not covered, no rule.
         let policies = BTreeMap::from([(key("a"), policy(&["CREATE"], &[], false))]);
-        let desired = super::desired(&settings(), b"CA", &policies);
+        let desired = super::desired(&settings(), b"CA", &policies, &[]);
         assert!(desired.covered.is_empty());
         assert_eq!(desired.validating["webhooks"], json!([]));
+    }
+
+    #[test]
+    fn config_file_policies_are_covered_too() {
+        let file = PolicyRules::from(&ServedVersion {
+            operations: vec!["CREATE".into()],
+            resources: vec!["jobs.batch".into()],
+            validates: true,
+            timeout_ms: 250,
+            ..ServedVersion::default()
+        });
+        let desired = desired(&settings(), b"CA", &BTreeMap::new(), &[file]);
+        assert_eq!(
+            desired.validating["webhooks"][0]["rules"],
+            json!([{"apiGroups": ["batch"], "apiVersions": ["*"], "operations": ["CREATE"],
+                    "resources": ["jobs"], "scope": "*"}])
+        );
+        assert_eq!(desired.mutating["webhooks"], json!([]));
+        assert!(desired.covered.is_empty());
     }
 
     #[test]
@@ -312,7 +355,7 @@ mod tests {
         let policies = BTreeMap::from([(key("a"), open)]);
         let mut settings = settings();
         settings.target = WebhookTarget::Url("https://127.0.0.1:8443/".into());
-        let desired = desired(&settings, b"CA", &policies);
+        let desired = desired(&settings, b"CA", &policies, &[]);
         let webhook = &desired.validating["webhooks"][0];
         assert_eq!(webhook["failurePolicy"], "Ignore");
         assert_eq!(
