@@ -11,6 +11,10 @@
 //!       operations: [CREATE, UPDATE]
 //!       resources: [pods, deployments.apps]
 //!       namespaces: { exclude: [kube-system] }
+//!       namespaceSelector: { matchLabels: { team: a } }     # as a webhook's
+//!       objectSelector: { matchExpressions: [{ key: skip, operator: DoesNotExist }] }
+//!       matchConditions:                                  # CEL, all must be true
+//!         - { name: not-dry-run, expression: "!request.dryRun" }
 //!     settings: { allowed: ["registry.k8s.io/"] }
 //!     shadow:                          # optional: a candidate evaluated beside it
 //!       settings: { allowed: ["registry.k8s.io/", "quay.io/"] }
@@ -21,13 +25,16 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use portcullis_kube::quantity;
 
+use crate::conditions::{MatchConditions, RawMatchCondition};
 use crate::matcher::{Matcher, Operation, ResourcePattern};
+use crate::selector::{LabelSelector, RawLabelSelector};
 
 /// Default deadline of one policy call.
 pub const DEFAULT_TIMEOUT_MS: u64 = 250;
@@ -209,6 +216,9 @@ struct RawMatch {
     resources: Option<Vec<ResourcePattern>>,
     #[serde(default)]
     namespaces: RawNamespaces,
+    namespace_selector: Option<RawLabelSelector>,
+    object_selector: Option<RawLabelSelector>,
+    match_conditions: Option<Vec<RawMatchCondition>>,
 }
 
 /// Public keys a registry module's signature must verify with.
@@ -234,6 +244,20 @@ pub struct RawPolicy {
     settings: Option<serde_json::Value>,
     #[serde(default)]
     shadow: Option<RawShadow>,
+    /// Set by the host, never read from a file: see
+    /// [`RawPolicy::confine_to_namespace`].
+    #[serde(skip)]
+    only_namespace: Option<String>,
+}
+
+impl RawPolicy {
+    /// Confines the policy to requests in `namespace`: a namespaced policy
+    /// resource (`AdmissionPolicy`) must never see another namespace's
+    /// requests, nor cluster-scoped ones (Namespace objects included),
+    /// whatever its `match` says. Call it before [`Config::from_parts`].
+    pub fn confine_to_namespace(&mut self, namespace: &str) {
+        self.only_namespace = Some(namespace.to_string());
+    }
 }
 
 /// A policy's shadow candidate as written: what differs from the live
@@ -510,7 +534,8 @@ impl Config {
                 timeout: Duration::from_millis(timeout),
                 memory,
             };
-            let matching = policy.matching.unwrap_or_default();
+            let matcher = matcher(policy.matching.unwrap_or_default(), policy.only_namespace)
+                .map_err(|m| invalid(format!("{at}.match.{m}")))?;
             let source = module_source(base, &policy.module)
                 .map_err(|m| invalid(format!("{at}.module: {m}")))?;
             // The keys a registry module of this policy (the live one or
@@ -564,12 +589,7 @@ impl Config {
                 mode: policy.mode.or(defaults.mode).unwrap_or_default(),
                 on_error: policy.on_error.or(defaults.on_error).unwrap_or_default(),
                 limits,
-                matcher: Matcher {
-                    operations: matching.operations,
-                    resources: matching.resources,
-                    include_namespaces: matching.namespaces.include,
-                    exclude_namespaces: matching.namespaces.exclude,
-                },
+                matcher,
                 settings,
                 shadow,
             });
@@ -579,6 +599,41 @@ impl Config {
             policies,
         })
     }
+}
+
+/// Checks a `match` block: its selectors as the API server checks a
+/// webhook's, its conditions parsed. Empty selectors and condition lists
+/// select everything, so they are left out (and need nothing).
+fn matcher(raw: RawMatch, only_namespace: Option<String>) -> Result<Matcher, String> {
+    let selector = |field: &str, raw: Option<RawLabelSelector>| {
+        raw.map(LabelSelector::parse)
+            .transpose()
+            .map(|selector| selector.filter(|s| !s.is_empty()))
+            .map_err(|m| format!("{field}.{m}"))
+    };
+    let match_conditions = raw
+        .match_conditions
+        .filter(|conditions| !conditions.is_empty())
+        .map(MatchConditions::compile)
+        .transpose()
+        .map_err(|m| {
+            if m.starts_with('[') {
+                format!("matchConditions{m}")
+            } else {
+                format!("matchConditions: {m}")
+            }
+        })?
+        .map(Arc::new);
+    Ok(Matcher {
+        operations: raw.operations,
+        resources: raw.resources,
+        include_namespaces: raw.namespaces.include,
+        exclude_namespaces: raw.namespaces.exclude,
+        only_namespace,
+        object_selector: selector("objectSelector", raw.object_selector)?,
+        namespace_selector: selector("namespaceSelector", raw.namespace_selector)?,
+        match_conditions,
+    })
 }
 
 /// Reads a `module` value: a registry reference, or a path resolved against

@@ -1,6 +1,16 @@
-//! Which policies apply to a request: by operation, resource and namespace.
+//! Which policies apply to a request: by operation, resource and namespace
+//! (cheap, on facts the review parsed anyway), then, only for the policies
+//! that have them and only once those matched, by the labels of the
+//! object and of its namespace and by CEL match conditions, as the API
+//! server matches a webhook.
+
+use std::sync::{Arc, OnceLock};
 
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::conditions::{ConditionError, MatchConditions, Variables};
+use crate::selector::{LabelSelector, Labels, ObjectJson};
 
 /// An admission operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
@@ -145,6 +155,46 @@ pub struct RequestFacts<'a> {
     pub name: &'a str,
 }
 
+/// The labels of the cluster's namespaces, for `namespaceSelector`: what
+/// the host knows of them (in a server, a watch on the API server). The
+/// engine asks only for a policy that has a namespaceSelector, and only
+/// once every cheaper check matched.
+pub trait NamespaceLabels: Send + Sync {
+    /// The labels of `namespace`; `None` when it is not known (yet).
+    fn labels(&self, namespace: &str) -> Option<Arc<Labels>>;
+}
+
+/// Why it could not be decided whether a policy applies. A policy error:
+/// the policy's `onError` says what it means.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MatchError {
+    /// The request's namespace is not (yet) among the namespaces the host
+    /// knows, so the namespaceSelector cannot be checked.
+    #[error("namespace {0:?} is not known to this server (yet), so its namespaceSelector cannot be checked")]
+    UnknownNamespace(String),
+    /// No namespace labels were given to the engine (refused at load; kept
+    /// for safety).
+    #[error("namespaceSelector needs the cluster's namespaces (serve --cluster-policies)")]
+    NoNamespaces,
+    /// The object's labels are not a map of strings.
+    #[error("the {which}'s metadata.labels cannot be read: {message}")]
+    Labels { which: &'static str, message: String },
+    /// A match condition failed or gave no bool.
+    #[error(transparent)]
+    Condition(#[from] ConditionError),
+}
+
+impl MatchError {
+    /// A short, stable name for metrics and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::UnknownNamespace(_) | Self::NoNamespaces => "unknown_namespace",
+            Self::Labels { .. } => "invalid_labels",
+            Self::Condition(_) => "match_condition",
+        }
+    }
+}
+
 /// A policy's `match` block.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Matcher {
@@ -155,6 +205,74 @@ pub struct Matcher {
     /// Non-empty: only these namespaces.
     pub include_namespaces: Vec<String>,
     pub exclude_namespaces: Vec<String>,
+    /// Set by the host for a namespaced policy resource (never from a
+    /// config file): only requests in exactly this namespace match; no
+    /// cluster-scoped request does, Namespace objects included.
+    pub only_namespace: Option<String>,
+    /// Only objects (or, for UPDATE and DELETE, their old version) whose
+    /// labels it selects. Never empty (an empty selector is `None`).
+    pub object_selector: Option<LabelSelector>,
+    /// Only requests in namespaces whose labels it selects; a Namespace
+    /// by its own labels; other cluster-scoped requests always. Never
+    /// empty.
+    pub namespace_selector: Option<LabelSelector>,
+    /// CEL conditions that must all be true. Never empty.
+    pub match_conditions: Option<Arc<MatchConditions>>,
+}
+
+/// Whether a request is about a Namespace object itself.
+fn is_namespace_object(resource: &GroupResource<'_>) -> bool {
+    resource.resource == "namespaces" && resource.group.is_empty()
+}
+
+/// One review as the selectors and conditions read it. Making it costs
+/// nothing: labels and CEL variables are read from the JSON on first use,
+/// once per review.
+pub(crate) struct MatchInput<'r> {
+    facts: RequestFacts<'r>,
+    object: Option<ObjectJson<'r>>,
+    old_object: Option<ObjectJson<'r>>,
+    /// The labels of `object` and `oldObject`, once read.
+    labels: [OnceLock<Result<Labels, String>>; 2],
+    variables: Variables<'r>,
+}
+
+impl<'r> MatchInput<'r> {
+    pub(crate) fn new(
+        facts: RequestFacts<'r>,
+        request: &'r RawValue,
+        object: Option<ObjectJson<'r>>,
+        old_object: Option<ObjectJson<'r>>,
+    ) -> Self {
+        Self {
+            facts,
+            object,
+            old_object,
+            labels: [OnceLock::new(), OnceLock::new()],
+            variables: Variables::new(request, object, old_object),
+        }
+    }
+
+    /// The labels of `object` (`old: false`) or `oldObject`; `None` when
+    /// the request has no such object.
+    fn labels(&self, old: bool) -> Result<Option<&Labels>, MatchError> {
+        let (object, cached, which) = if old {
+            (self.old_object, &self.labels[1], "oldObject")
+        } else {
+            (self.object, &self.labels[0], "object")
+        };
+        let Some(object) = object else {
+            return Ok(None);
+        };
+        cached
+            .get_or_init(|| object.labels().map_err(|e| e.to_string()))
+            .as_ref()
+            .map(Some)
+            .map_err(|message| MatchError::Labels {
+                which,
+                message: message.clone(),
+            })
+    }
 }
 
 impl Matcher {
@@ -175,8 +293,18 @@ impl Matcher {
         Ok(self)
     }
 
-    /// Whether a request falls under this policy.
+    /// Whether a request falls under this policy by its operation,
+    /// resource and namespace (the checks that read nothing but the facts
+    /// the review parsed anyway). A policy for which [`Matcher::selects`]
+    /// has more to check applies only if that says so too.
     pub fn matches(&self, request: &RequestFacts<'_>) -> bool {
+        if let Some(only) = &self.only_namespace
+            && (request.namespace.is_empty()
+                || request.namespace != only
+                || is_namespace_object(&request.resource))
+        {
+            return false;
+        }
         let operation_ok = match (&self.operations, request.operation) {
             (None, _) => true,
             (Some(ops), Some(op)) => ops.iter().any(|o| *o == Operation::Any || *o == op),
@@ -195,7 +323,7 @@ impl Matcher {
     fn namespace_matches(&self, request: &RequestFacts<'_>) -> bool {
         let namespace = if !request.namespace.is_empty() {
             request.namespace
-        } else if request.resource.resource == "namespaces" && request.resource.group.is_empty() {
+        } else if is_namespace_object(&request.resource) {
             request.name
         } else {
             return true;
@@ -205,6 +333,88 @@ impl Matcher {
         }
         self.include_namespaces.is_empty() || self.include_namespaces.iter().any(|n| n == namespace)
     }
+
+    /// Whether [`Matcher::selects`] has anything to check.
+    pub(crate) fn needs_input(&self) -> bool {
+        self.object_selector.is_some()
+            || self.namespace_selector.is_some()
+            || self.match_conditions.is_some()
+    }
+
+    /// For a request [`Matcher::matches`] matched: whether its object
+    /// selector, namespace selector and match conditions select it too,
+    /// checked in that order (the cheapest first) and only as far as
+    /// needed.
+    ///
+    /// # Errors
+    /// A [`MatchError`] when that cannot be decided: the namespace is not
+    /// known, a condition failed.
+    pub(crate) fn selects(
+        &self,
+        input: &MatchInput<'_>,
+        namespaces: Option<&dyn NamespaceLabels>,
+    ) -> Result<bool, MatchError> {
+        if let Some(selector) = &self.object_selector
+            && !object_selected(selector, input)?
+        {
+            return Ok(false);
+        }
+        if let Some(selector) = &self.namespace_selector
+            && !namespace_selected(selector, input, namespaces)?
+        {
+            return Ok(false);
+        }
+        match &self.match_conditions {
+            Some(conditions) => Ok(conditions.evaluate(&input.variables)?),
+            None => Ok(true),
+        }
+    }
+}
+
+/// As the API server's objectSelector: the object's labels or the old
+/// object's; a request with neither object is not selected.
+fn object_selected(selector: &LabelSelector, input: &MatchInput<'_>) -> Result<bool, MatchError> {
+    for old in [false, true] {
+        if let Some(labels) = input.labels(old)?
+            && selector.matches(labels)
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// As the API server's namespaceSelector: a Namespace by its own labels
+/// (the object's, else the old object's), a namespaced request by its
+/// namespace's, and other cluster-scoped requests always.
+fn namespace_selected(
+    selector: &LabelSelector,
+    input: &MatchInput<'_>,
+    namespaces: Option<&dyn NamespaceLabels>,
+) -> Result<bool, MatchError> {
+    let facts = &input.facts;
+    let namespace = if is_namespace_object(&facts.resource) {
+        for old in [false, true] {
+            if let Some(labels) = input.labels(old)? {
+                return Ok(selector.matches(labels));
+            }
+        }
+        // Neither object (CONNECT): the namespace as known.
+        if facts.namespace.is_empty() {
+            facts.name
+        } else {
+            facts.namespace
+        }
+    } else if facts.namespace.is_empty() {
+        return Ok(true);
+    } else {
+        facts.namespace
+    };
+    let labels = namespaces
+        .ok_or(MatchError::NoNamespaces)?
+        .labels(namespace)
+        .ok_or_else(|| MatchError::UnknownNamespace(namespace.to_string()))?;
+    Ok(selector.matches(&labels))
 }
 
 #[cfg(test)]
