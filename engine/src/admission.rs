@@ -222,7 +222,10 @@ impl<'a> Review<'a> {
 
     /// What the selectors and match conditions read, with `object` as the
     /// mutators before a policy left it (`None`: as received).
-    pub(crate) fn match_input<'s>(&'s self, object: Option<&'s serde_json::Value>) -> MatchInput<'s> {
+    pub(crate) fn match_input<'s>(
+        &'s self,
+        object: Option<&'s serde_json::Value>,
+    ) -> MatchInput<'s> {
         let object = match object {
             Some(value) => Some(ObjectJson::Parsed(value)),
             None => self.object.map(ObjectJson::Raw),

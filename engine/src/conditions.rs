@@ -11,8 +11,8 @@ use std::sync::{Arc, OnceLock};
 
 use cel::objects::Key;
 use cel::{Context, Env, Program, Value as CelValue};
-use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 
 use crate::selector::{ObjectJson, qualified_name};
@@ -398,10 +398,7 @@ mod tests {
         "object":{"metadata":{"name":"p","labels":{"app":"web"}},"spec":{"replicas":3,"big":18446744073709551615,"ratio":0.5}},
         "oldObject":{"metadata":{"name":"p"}}}"#;
 
-    fn evaluate(
-        conditions: &MatchConditions,
-        request: &str,
-    ) -> Result<bool, ConditionError> {
+    fn evaluate(conditions: &MatchConditions, request: &str) -> Result<bool, ConditionError> {
         #[derive(Deserialize)]
         #[serde(rename_all = "camelCase")]
         struct Objects<'a> {
@@ -442,16 +439,16 @@ mod tests {
 
     #[test]
     fn all_must_be_true_and_a_false_wins_over_an_error() {
-        let conditions = compile(&[("a", "true"), ("b", "object.metadata.name == 'q'")])
-            .expect("valid");
+        let conditions =
+            compile(&[("a", "true"), ("b", "object.metadata.name == 'q'")]).expect("valid");
         assert_eq!(evaluate(&conditions, REQUEST), Ok(false));
 
-        let conditions = compile(&[("broken", "object.nope.deeper"), ("no", "false")])
-            .expect("valid");
+        let conditions =
+            compile(&[("broken", "object.nope.deeper"), ("no", "false")]).expect("valid");
         assert_eq!(evaluate(&conditions, REQUEST), Ok(false));
 
-        let conditions = compile(&[("yes", "true"), ("broken", "object.nope.deeper == 1")])
-            .expect("valid");
+        let conditions =
+            compile(&[("yes", "true"), ("broken", "object.nope.deeper == 1")]).expect("valid");
         let err = evaluate(&conditions, REQUEST).expect_err("no such key");
         assert_eq!(err.name, "broken");
         assert!(
@@ -471,8 +468,8 @@ mod tests {
     #[test]
     fn a_missing_object_is_null() {
         let delete = r#"{"uid":"u","operation":"DELETE","oldObject":{"metadata":{"name":"p"}}}"#;
-        let conditions = compile(&[("c", "object == null && oldObject.metadata.name == 'p'")])
-            .expect("valid");
+        let conditions =
+            compile(&[("c", "object == null && oldObject.metadata.name == 'p'")]).expect("valid");
         assert_eq!(evaluate(&conditions, delete), Ok(true));
     }
 

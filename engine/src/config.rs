@@ -944,6 +944,130 @@ policies:
     }
 
     #[test]
+    fn selectors_and_conditions_are_read_and_checked() {
+        let config = parse(
+            r#"
+policies:
+  - name: a
+    module: a.wasm
+    match:
+      namespaceSelector:
+        matchLabels: { team: a }
+        matchExpressions: [{ key: env, operator: NotIn, values: [prod] }]
+      objectSelector: { matchExpressions: [{ key: skip, operator: DoesNotExist }] }
+      matchConditions:
+        - { name: not-dry-run, expression: "!request.dryRun" }
+        - { name: example.com/pods, expression: "request.resource.resource == 'pods'" }
+  - name: empty
+    module: b.wasm
+    match: { namespaceSelector: {}, objectSelector: { matchLabels: {} }, matchConditions: [] }
+"#,
+        )
+        .expect("valid config");
+        let a = &config.policies[0].matcher;
+        assert!(a.namespace_selector.is_some());
+        assert!(a.object_selector.is_some());
+        assert!(a.match_conditions.is_some());
+        assert_eq!(a.only_namespace, None);
+        // Empty selectors and lists select everything: nothing to check.
+        let empty = &config.policies[1].matcher;
+        assert_eq!(empty, &Matcher::default());
+    }
+
+    #[test]
+    fn bad_selectors_and_conditions_are_refused_with_where_and_why() {
+        let policy = |block: &str| {
+            format!("policies:\n  - name: a\n    module: a.wasm\n    match:\n      {block}\n")
+        };
+        for (block, expected) in [
+            (
+                "objectSelector: { matchExpressions: [{ key: env, operator: In }] }",
+                "invalid config file /etc/portcullis/config.yaml: policies[0] (a).match.objectSelector.\
+                 matchExpressions[0].values: must be specified when `operator` is In or NotIn",
+            ),
+            (
+                "namespaceSelector: { matchExpressions: [{ key: env, operator: Exists, values: [a] }] }",
+                "policies[0] (a).match.namespaceSelector.matchExpressions[0].values: \
+                 may not be specified when `operator` is Exists or DoesNotExist",
+            ),
+            (
+                "namespaceSelector: { matchLabels: { \"bad key\": a } }",
+                "policies[0] (a).match.namespaceSelector.matchLabels: key \"bad key\": \
+                 name part must consist of",
+            ),
+            (
+                "objectSelector: { matchExpressions: [{ key: env, operator: Is, values: [a] }] }",
+                "unknown variant `Is`, expected one of `In`, `NotIn`, `Exists`, `DoesNotExist` at line 5",
+            ),
+            (
+                "objectSelector: { matchLabel: { a: b } }",
+                "unknown field `matchLabel`",
+            ),
+            (
+                "matchConditions: [{ name: broken, expression: \"object.metadata.name ==\" }]",
+                "policies[0] (a).match.matchConditions[0] (broken).expression: syntax error at 1:",
+            ),
+            (
+                "matchConditions: [{ name: rbac, expression: \"authorizer.requestResource.check('get').allowed()\" }]",
+                "policies[0] (a).match.matchConditions[0] (rbac).expression: `authorizer` is not supported",
+            ),
+            (
+                "matchConditions: [{ name: a, expression: \"true\" }, { name: a, expression: \"true\" }]",
+                "policies[0] (a).match.matchConditions[1].name: \"a\" is used twice",
+            ),
+            (
+                "matchConditions: [{ name: \"Not Qualified\", expression: \"true\" }]",
+                "policies[0] (a).match.matchConditions[0].name: \"Not Qualified\": name part",
+            ),
+            (
+                "matchConditions: [{ name: a }]",
+                "missing field `expression`",
+            ),
+        ] {
+            let text = policy(block);
+            let err = parse(&text).expect_err(block).to_string();
+            assert!(err.contains(expected), "{block}:\n{err}");
+        }
+        let many: Vec<String> = (0..65)
+            .map(|i| format!("{{ name: c{i}, expression: \"true\" }}"))
+            .collect();
+        let err = parse(&policy(&format!("matchConditions: [{}]", many.join(", "))))
+            .expect_err("65 conditions")
+            .to_string();
+        assert!(
+            err.contains(
+                "policies[0] (a).match.matchConditions: at most 64 conditions are allowed, not 65"
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn confinement_is_set_by_the_host_not_the_file() {
+        let err = parse("policies:\n  - name: a\n    module: a.wasm\n    onlyNamespace: x\n")
+            .expect_err("not a config key");
+        assert!(
+            err.to_string().contains("unknown field `onlyNamespace`"),
+            "{err}"
+        );
+        let mut raw: RawPolicy = serde_json::from_value(serde_json::json!({
+            "name": "tenant-policy", "module": "a.wasm",
+            "match": { "namespaces": { "include": ["other"] } }
+        }))
+        .expect("valid entry");
+        raw.confine_to_namespace("tenant");
+        let config = Config::from_parts(
+            Path::new("admissionpolicies"),
+            RawDefaults::default(),
+            vec![raw],
+        )
+        .expect("valid");
+        let matcher = &config.policies[0].matcher;
+        assert_eq!(matcher.only_namespace.as_deref(), Some("tenant"));
+        assert_eq!(matcher.include_namespaces, vec!["other"]);
+    }
+
+    #[test]
     fn quantities() {
         assert_eq!(Quantity::parse("32Mi"), Ok(Quantity(32 << 20)));
         assert_eq!(Quantity::parse("1Gi"), Ok(Quantity(1 << 30)));

@@ -81,6 +81,7 @@ pub use artifact_cache::{ArtifactCache, CacheError, default_dir as default_cache
 pub use breaker::BreakerSettings;
 pub use chain::{ChainFailure, Evaluation, Selection, mutate, validate};
 pub use componentize::{ComponentizeError, ModuleFormat};
+pub use conditions::{ConditionError, MAX_CONDITIONS, MatchConditions, RawMatchCondition};
 pub use config::{
     Config, ConfigError, DEFAULT_MEMORY, DEFAULT_TIMEOUT_MS, Limits, MAX_POLICY_MEMORY, Mode,
     ModuleSource, ModuleSpec, OnError, PolicyConfig, PolicyName, Quantity, REGISTRY_SCHEME,
@@ -91,7 +92,6 @@ pub use engine::{DEFAULT_MEMORY_BUDGET, EPOCH_TICK, EngineError, EngineOptions, 
 pub use files::{MAX_CONFIG_BYTES, MAX_MODULE_BYTES, ReadError, read_bounded, read_text_bounded};
 pub use invoke::{Metadata, MutationOutput, PolicyError, Verdict};
 pub use log_text::{LogText, MAX_LOG_TEXT};
-pub use conditions::{ConditionError, MAX_CONDITIONS, MatchConditions, RawMatchCondition};
 pub use matcher::{MatchError, Matcher, NamespaceLabels, Operation, ResourcePattern};
 pub use module::{CompiledModule, ModuleError, digest as module_digest};
 pub use offline::{Answer, OfflineError, PatchError, as_review, evaluate};

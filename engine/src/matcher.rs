@@ -170,7 +170,9 @@ pub trait NamespaceLabels: Send + Sync {
 pub enum MatchError {
     /// The request's namespace is not (yet) among the namespaces the host
     /// knows, so the namespaceSelector cannot be checked.
-    #[error("namespace {0:?} is not known to this server (yet), so its namespaceSelector cannot be checked")]
+    #[error(
+        "namespace {0:?} is not known to this server (yet), so its namespaceSelector cannot be checked"
+    )]
     UnknownNamespace(String),
     /// No namespace labels were given to the engine (refused at load; kept
     /// for safety).
@@ -178,7 +180,10 @@ pub enum MatchError {
     NoNamespaces,
     /// The object's labels are not a map of strings.
     #[error("the {which}'s metadata.labels cannot be read: {message}")]
-    Labels { which: &'static str, message: String },
+    Labels {
+        which: &'static str,
+        message: String,
+    },
     /// A match condition failed or gave no bool.
     #[error(transparent)]
     Condition(#[from] ConditionError),
@@ -527,6 +532,237 @@ mod tests {
                 .with_default_resources(&["Pods!".to_string()])
                 .is_err()
         );
+    }
+
+    fn selector(yaml: &str) -> Option<LabelSelector> {
+        let raw = serde_yaml_ng::from_str(yaml).expect("yaml");
+        Some(LabelSelector::parse(raw).expect("valid selector"))
+    }
+
+    /// Namespaces and their labels, as a host would know them.
+    struct Known(Vec<(&'static str, &'static str)>);
+
+    impl NamespaceLabels for Known {
+        fn labels(&self, namespace: &str) -> Option<Arc<Labels>> {
+            self.0
+                .iter()
+                .find(|(name, _)| *name == namespace)
+                .map(|(_, team)| Arc::new(Labels::from([("team".to_string(), team.to_string())])))
+        }
+    }
+
+    /// A request as JSON, with the facts the review would parse from it.
+    struct Request {
+        json: Box<RawValue>,
+        object: Option<Box<RawValue>>,
+        old_object: Option<Box<RawValue>>,
+        resource: &'static str,
+        namespace: &'static str,
+        name: &'static str,
+    }
+
+    impl Request {
+        fn new(
+            resource: &'static str,
+            namespace: &'static str,
+            object: Option<serde_json::Value>,
+            old_object: Option<serde_json::Value>,
+        ) -> Self {
+            let raw =
+                |value: &serde_json::Value| serde_json::value::to_raw_value(value).expect("json");
+            let json = serde_json::json!({
+                "uid": "u", "namespace": namespace, "name": "x",
+                "userInfo": {"username": "alice"},
+                "object": object, "oldObject": old_object,
+            });
+            Self {
+                json: raw(&json),
+                object: object.as_ref().map(raw),
+                old_object: old_object.as_ref().map(raw),
+                resource,
+                namespace,
+                name: "x",
+            }
+        }
+
+        fn input(&self) -> MatchInput<'_> {
+            MatchInput::new(
+                RequestFacts {
+                    operation: Some(Operation::Create),
+                    resource: GroupResource {
+                        group: "",
+                        resource: self.resource,
+                        subresource: None,
+                    },
+                    namespace: self.namespace,
+                    name: self.name,
+                },
+                &self.json,
+                self.object.as_deref().map(ObjectJson::Raw),
+                self.old_object.as_deref().map(ObjectJson::Raw),
+            )
+        }
+    }
+
+    fn labelled(labels: serde_json::Value) -> Option<serde_json::Value> {
+        Some(serde_json::json!({"metadata": {"name": "x", "labels": labels}}))
+    }
+
+    #[test]
+    fn object_selectors_read_the_object_or_the_old_object() {
+        let m = Matcher {
+            object_selector: selector("matchLabels: {check: \"yes\"}"),
+            ..Matcher::default()
+        };
+        let yes = || labelled(serde_json::json!({"check": "yes"}));
+        let no = || labelled(serde_json::json!({"check": "no"}));
+        let cases = [
+            (Request::new("pods", "a", yes(), None), true),
+            (Request::new("pods", "a", no(), None), false),
+            // UPDATE that removes the label, and one that adds it: either.
+            (Request::new("pods", "a", no(), yes()), true),
+            (Request::new("pods", "a", yes(), no()), true),
+            // DELETE: the old object only.
+            (Request::new("pods", "a", None, yes()), true),
+            (Request::new("pods", "a", None, no()), false),
+            // No object at all (CONNECT): not selected.
+            (Request::new("pods", "a", None, None), false),
+            // No labels.
+            (
+                Request::new("pods", "a", Some(serde_json::json!({"metadata": {}})), None),
+                false,
+            ),
+        ];
+        for (index, (request, expected)) in cases.iter().enumerate() {
+            assert_eq!(
+                m.selects(&request.input(), None),
+                Ok(*expected),
+                "case {index}"
+            );
+        }
+        let bad = Request::new(
+            "pods",
+            "a",
+            Some(serde_json::json!({"metadata": {"labels": {"n": 1}}})),
+            None,
+        );
+        let err = m
+            .selects(&bad.input(), None)
+            .expect_err("labels not strings");
+        assert_eq!(err.kind(), "invalid_labels");
+        assert!(
+            err.to_string()
+                .starts_with("the object's metadata.labels cannot be read"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn namespace_selectors_read_the_namespace_or_the_namespace_object() {
+        let m = Matcher {
+            namespace_selector: selector("matchLabels: {team: a}"),
+            ..Matcher::default()
+        };
+        let known = Known(vec![("team-a", "a"), ("team-b", "b")]);
+        let known: Option<&dyn NamespaceLabels> = Some(&known);
+        let pod =
+            |namespace| Request::new("pods", namespace, labelled(serde_json::json!({})), None);
+        assert_eq!(m.selects(&pod("team-a").input(), known), Ok(true));
+        assert_eq!(m.selects(&pod("team-b").input(), known), Ok(false));
+        // Unknown: an error naming the namespace, never a silent skip.
+        let err = m
+            .selects(&pod("nowhere").input(), known)
+            .expect_err("unknown");
+        assert_eq!(err, MatchError::UnknownNamespace("nowhere".to_string()));
+        assert!(
+            err.to_string()
+                .contains("namespace \"nowhere\" is not known"),
+            "{err}"
+        );
+        assert_eq!(err.kind(), "unknown_namespace");
+        assert_eq!(
+            m.selects(&pod("team-a").input(), None),
+            Err(MatchError::NoNamespaces)
+        );
+        // Cluster-scoped objects other than namespaces always match.
+        let role = Request::new("clusterroles", "", labelled(serde_json::json!({})), None);
+        assert_eq!(m.selects(&role.input(), None), Ok(true));
+        // A Namespace by its own labels: the new ones, else the old ones,
+        // whatever the host knows of it (it may not know it yet).
+        let team = |t: &str| labelled(serde_json::json!({"team": t}));
+        let create = Request::new("namespaces", "", team("a"), None);
+        assert_eq!(m.selects(&create.input(), known), Ok(true));
+        let relabel = Request::new("namespaces", "team-a", team("b"), team("a"));
+        assert_eq!(m.selects(&relabel.input(), known), Ok(false));
+        let delete = Request::new("namespaces", "team-b", None, team("a"));
+        assert_eq!(m.selects(&delete.input(), known), Ok(true));
+        // Neither object: the namespace as known.
+        let connect = Request::new("namespaces", "team-b", None, None);
+        assert_eq!(m.selects(&connect.input(), known), Ok(false));
+    }
+
+    #[test]
+    fn selectors_and_conditions_all_hold() {
+        let conditions = crate::conditions::MatchConditions::compile(vec![
+            crate::conditions::RawMatchCondition {
+                name: "not-alice".to_string(),
+                expression: "request.userInfo.username != 'alice'".to_string(),
+            },
+        ])
+        .expect("valid");
+        let m = Matcher {
+            object_selector: selector("matchExpressions: [{key: skip, operator: DoesNotExist}]"),
+            match_conditions: Some(Arc::new(conditions)),
+            ..Matcher::default()
+        };
+        assert!(m.needs_input());
+        assert!(!Matcher::default().needs_input());
+        // The object is selected, the condition is false.
+        let request = Request::new("pods", "a", labelled(serde_json::json!({})), None);
+        assert_eq!(m.selects(&request.input(), None), Ok(false));
+        // The object is not selected: the condition is not even evaluated.
+        let skipped = Request::new("pods", "a", labelled(serde_json::json!({"skip": ""})), None);
+        assert_eq!(m.selects(&skipped.input(), None), Ok(false));
+    }
+
+    #[test]
+    fn confinement_admits_only_its_own_namespace() {
+        let m = Matcher {
+            only_namespace: Some("tenant".to_string()),
+            ..Matcher::default()
+        };
+        assert!(m.matches(&facts(Operation::Create, "", "pods", "tenant")));
+        assert!(m.matches(&facts(Operation::Delete, "apps", "deployments", "tenant")));
+        assert!(!m.matches(&facts(Operation::Create, "", "pods", "other")));
+        assert!(!m.matches(&facts(Operation::Create, "", "pods", "tenant-2")));
+        // Cluster-scoped requests never match, Namespace objects included
+        // (even its own: the API server names a Namespace's request with
+        // its own name).
+        assert!(!m.matches(&facts(
+            Operation::Create,
+            "rbac.authorization.k8s.io",
+            "clusterroles",
+            ""
+        )));
+        let mut own = facts(Operation::Update, "", "namespaces", "tenant");
+        own.name = "tenant";
+        assert!(!m.matches(&own));
+        let mut created = facts(Operation::Create, "", "namespaces", "");
+        created.name = "tenant";
+        assert!(!m.matches(&created));
+        // An empty confinement confines to nothing, not to cluster scope.
+        let empty = Matcher {
+            only_namespace: Some(String::new()),
+            ..Matcher::default()
+        };
+        assert!(!empty.matches(&facts(Operation::Create, "", "clusterroles", "")));
+        // The match block cannot widen it.
+        let widened = Matcher {
+            only_namespace: Some("tenant".to_string()),
+            include_namespaces: vec!["other".to_string()],
+            ..Matcher::default()
+        };
+        assert!(!widened.matches(&facts(Operation::Create, "", "pods", "other")));
     }
 
     #[test]

@@ -109,7 +109,12 @@ impl LabelSelector {
                 values: BTreeSet::from([value]),
             });
         }
-        for (index, raw) in raw.match_expressions.unwrap_or_default().into_iter().enumerate() {
+        for (index, raw) in raw
+            .match_expressions
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+        {
             let at = format!("matchExpressions[{index}]");
             qualified_name(&raw.key).map_err(|m| format!("{at}.key: {:?}: {m}", raw.key))?;
             let values = raw.values.unwrap_or_default();
@@ -181,10 +186,12 @@ pub fn qualified_name(text: &str) -> Result<(), String> {
             name
         }
         _ => {
-            return Err("a qualified name must consist of alphanumeric characters, '-', '_' \
+            return Err(
+                "a qualified name must consist of alphanumeric characters, '-', '_' \
                         or '.', and must start and end with an alphanumeric character, with \
                         an optional DNS subdomain prefix and '/' (e.g. 'example.com/MyName')"
-                .to_string());
+                    .to_string(),
+            );
         }
     };
     if name.is_empty() {
@@ -196,10 +203,12 @@ pub fn qualified_name(text: &str) -> Result<(), String> {
         ));
     }
     if !is_name_part(name) {
-        return Err("name part must consist of alphanumeric characters, '-', '_' or '.', \
+        return Err(
+            "name part must consist of alphanumeric characters, '-', '_' or '.', \
                     and must start and end with an alphanumeric character \
                     (e.g. 'MyName', or 'my.name', or '123-abc')"
-            .to_string());
+                .to_string(),
+        );
     }
     Ok(())
 }
@@ -214,10 +223,12 @@ pub fn label_value(text: &str) -> Result<(), String> {
         return Err(format!("must be no more than {MAX_NAME} characters"));
     }
     if !text.is_empty() && !is_name_part(text) {
-        return Err("a valid label must be an empty string or consist of alphanumeric \
+        return Err(
+            "a valid label must be an empty string or consist of alphanumeric \
                     characters, '-', '_' or '.', and must start and end with an \
                     alphanumeric character"
-            .to_string());
+                .to_string(),
+        );
     }
     Ok(())
 }
@@ -257,9 +268,11 @@ fn dns_subdomain(text: &str) -> Result<(), String> {
     if text.split('.').all(label_ok) {
         Ok(())
     } else {
-        Err("a lowercase RFC 1123 subdomain must consist of lower case alphanumeric \
+        Err(
+            "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric \
              characters, '-' or '.', and must start and end with an alphanumeric character"
-            .to_string())
+                .to_string(),
+        )
     }
 }
 
@@ -291,7 +304,10 @@ mod tests {
             .expect("valid");
         assert!(!s.matches(&labels(&[("env", "prod")])));
         assert!(s.matches(&labels(&[("env", "dev")])));
-        assert!(s.matches(&labels(&[])), "NotIn matches where the label is not set");
+        assert!(
+            s.matches(&labels(&[])),
+            "NotIn matches where the label is not set"
+        );
 
         let s = selector("matchExpressions: [{key: example.com/team, operator: Exists}]")
             .expect("valid");
