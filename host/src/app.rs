@@ -20,11 +20,12 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::cert_reload::CertReloader;
-use crate::cluster_policies::{ClusterError, ClusterPolicies};
+use crate::cluster_policies::{self, ClusterError, ClusterPolicies};
 use crate::control::{ControlHandle, ControlLoop, Debounce};
 use crate::limits::EvalLimiter;
 use crate::listener::{ConnectionLimits, Listener, Phase};
 use crate::metrics::Metrics;
+use crate::namespaces::Namespaces;
 use crate::registry::{ModuleResolver, RegistrySettings};
 use crate::reload::{ReloadError, Reloader};
 use crate::server::{self, BodyBudget, ServerState};
@@ -377,9 +378,15 @@ async fn load_policies(
     // Generation 0 is "nothing loaded yet": not ready.
     let store = PolicyStore::new(PolicySet::empty(0));
     let cluster = match &options.cluster {
-        Some(settings) => Some(
-            ClusterPolicies::start(settings.kubeconfig.as_deref(), settings.sync_timeout).await?,
-        ),
+        Some(settings) => {
+            let client = cluster_policies::connect(settings.kubeconfig.as_deref()).await?;
+            // What policies' namespaceSelector reads.
+            let namespaces = Namespaces::start(client.clone(), settings.sync_timeout).await?;
+            if engine.set_namespace_labels(Arc::new(namespaces)).is_err() {
+                tracing::warn!("the engine follows another view of the namespaces already");
+            }
+            Some(ClusterPolicies::watch(client, settings.sync_timeout).await?)
+        }
         None => None,
     };
     let mut reloader = Reloader::new(

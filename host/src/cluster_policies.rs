@@ -38,6 +38,10 @@ pub enum ClusterError {
         "the {KIND} resources were not listed within {seconds} s (is the CRD installed, and may this server list them?)"
     )]
     NotSynced { seconds: u64 },
+    #[error(
+        "the cluster's namespaces were not listed within {seconds} s (may this server list and watch namespaces?)"
+    )]
+    NamespacesNotSynced { seconds: u64 },
     #[error("{KIND} {name:?}: {message}")]
     Invalid { name: String, message: String },
     #[error(transparent)]
@@ -57,9 +61,36 @@ impl Drop for ClusterPolicies {
     }
 }
 
+/// A client for the cluster: `kubeconfig`, else the pod's service account
+/// or `$KUBECONFIG`. What every watch on the cluster shares.
+///
+/// # Errors
+/// No cluster, or no client.
+pub async fn connect(kubeconfig: Option<&Path>) -> Result<kube::Client, ClusterError> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kubeconfig = kube::config::Kubeconfig::read_from(path).map_err(|source| {
+                ClusterError::Kubeconfig {
+                    path: path.to_path_buf(),
+                    source,
+                }
+            })?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+                .await
+                .map_err(|source| ClusterError::Kubeconfig {
+                    path: path.to_path_buf(),
+                    source,
+                })?
+        }
+        None => kube::Config::infer().await.map_err(ClusterError::Infer)?,
+    };
+    portcullis_oci::install_crypto_provider();
+    kube::Client::try_from(config).map_err(ClusterError::Client)
+}
+
 impl ClusterPolicies {
-    /// Connects (`kubeconfig`, else the pod's service account or
-    /// `$KUBECONFIG`), starts the watcher and waits for its first list.
+    /// Connects ([`connect`]), starts the watcher and waits for its first
+    /// list.
     ///
     /// # Errors
     /// No cluster, no client, or no list within `sync_timeout`.
@@ -67,25 +98,14 @@ impl ClusterPolicies {
         kubeconfig: Option<&Path>,
         sync_timeout: Duration,
     ) -> Result<Self, ClusterError> {
-        let config = match kubeconfig {
-            Some(path) => {
-                let kubeconfig = kube::config::Kubeconfig::read_from(path).map_err(|source| {
-                    ClusterError::Kubeconfig {
-                        path: path.to_path_buf(),
-                        source,
-                    }
-                })?;
-                kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-                    .await
-                    .map_err(|source| ClusterError::Kubeconfig {
-                        path: path.to_path_buf(),
-                        source,
-                    })?
-            }
-            None => kube::Config::infer().await.map_err(ClusterError::Infer)?,
-        };
-        portcullis_oci::install_crypto_provider();
-        let client = kube::Client::try_from(config).map_err(ClusterError::Client)?;
+        Self::watch(connect(kubeconfig).await?, sync_timeout).await
+    }
+
+    /// Starts the watcher with `client` and waits for its first list.
+    ///
+    /// # Errors
+    /// No list within `sync_timeout`.
+    pub async fn watch(client: kube::Client, sync_timeout: Duration) -> Result<Self, ClusterError> {
         let gvk = GroupVersionKind::gvk(GROUP, VERSION, KIND);
         let resource = ApiResource::from_gvk_with_plural(&gvk, PLURAL);
         let api: Api<DynamicObject> = Api::all_with(client, &resource);
