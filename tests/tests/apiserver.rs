@@ -365,7 +365,7 @@ spec:
     objectSelector:
       matchExpressions: [{{ key: checked, operator: In, values: [\"yes\"] }}]
     matchConditions:
-      - name: not-exempt
+      - name: portcullis.dev/not-exempt
         expression: \"!object.metadata.name.startsWith('exempt-')\"
   settings: {{ labels: {{ owner: \"^.+$\" }} }}
 "
