@@ -11,7 +11,8 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::matcher::{GroupResource, Operation, RequestFacts};
+use crate::matcher::{GroupResource, MatchInput, Operation, RequestFacts};
+use crate::selector::ObjectJson;
 
 /// The two AdmissionReview versions the API server may send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,6 +115,8 @@ struct RequestFields<'a> {
     namespace: String,
     #[serde(default, borrow)]
     object: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    old_object: Option<&'a RawValue>,
 }
 
 /// A parsed AdmissionReview, borrowing from the request body.
@@ -131,6 +134,9 @@ pub struct Review<'a> {
     namespace: String,
     /// The object, when there is one (`None` for DELETE and CONNECT).
     pub object: Option<&'a RawValue>,
+    /// The object before the change (UPDATE, and DELETE on API servers
+    /// that send it).
+    pub old_object: Option<&'a RawValue>,
 }
 
 impl<'a> Review<'a> {
@@ -196,6 +202,7 @@ impl<'a> Review<'a> {
             name: fields.name,
             namespace: fields.namespace,
             object: fields.object.filter(|raw| raw.get() != "null"),
+            old_object: fields.old_object.filter(|raw| raw.get() != "null"),
         })
     }
 
@@ -211,6 +218,24 @@ impl<'a> Review<'a> {
             namespace: &self.namespace,
             name: &self.name,
         }
+    }
+
+    /// What the selectors and match conditions read, with `object` as the
+    /// mutators before a policy left it (`None`: as received).
+    pub(crate) fn match_input<'s>(
+        &'s self,
+        object: Option<&'s serde_json::Value>,
+    ) -> MatchInput<'s> {
+        let object = match object {
+            Some(value) => Some(ObjectJson::Parsed(value)),
+            None => self.object.map(ObjectJson::Raw),
+        };
+        MatchInput::new(
+            self.facts(),
+            self.request,
+            object,
+            self.old_object.map(ObjectJson::Raw),
+        )
     }
 
     pub fn operation(&self) -> Option<Operation> {

@@ -14,6 +14,7 @@ use crate::admission::{Decision, Review};
 use crate::config::{Mode, OnError};
 use crate::invoke::{PolicyError, Verdict};
 use crate::log_text::LogText;
+use crate::matcher::MatchInput;
 use crate::policy::Policy;
 use crate::policy_set::PolicySet;
 use crate::shadow::ShadowCall;
@@ -175,6 +176,9 @@ impl<'t> Outcome<'t> {
     }
 }
 
+/// The policies whose operation, resource and namespace match; each must
+/// still pass [`applies`] (its selectors and match conditions) before it
+/// runs.
 fn selected<'a>(
     candidates: impl Iterator<Item = &'a Arc<Policy>>,
     selection: Selection<'a>,
@@ -189,6 +193,28 @@ fn selected<'a>(
             } else {
                 Vec::new()
             }
+        }
+    }
+}
+
+/// Whether `policy` applies by its selectors and match conditions. One
+/// that cannot tell is a policy error, handled by its onError (and
+/// recorded like a failed call): a policy is never skipped silently.
+///
+/// # Errors
+/// [`ChainFailure`] when the policy says `onError: fail`.
+fn applies(
+    outcome: &mut Outcome<'_>,
+    policy: &Policy,
+    input: &MatchInput<'_>,
+) -> Result<bool, ChainFailure> {
+    let started = Instant::now();
+    match policy.selects(input) {
+        Ok(selected) => Ok(selected),
+        Err(error) => {
+            outcome.evaluated(policy, error.kind(), started);
+            outcome.error(policy, error)?;
+            Ok(false)
         }
     }
 }
@@ -220,6 +246,14 @@ pub async fn mutate(
     let mut current: Option<Value> = None;
     let mut next_request: Option<String> = None;
     for policy in policies {
+        // Selected on the object as the mutators before it left it, as
+        // separate webhooks would be.
+        if !applies(&mut outcome, policy, &review.match_input(current.as_ref()))? {
+            if outcome.is_denied() {
+                break;
+            }
+            continue;
+        }
         let request = next_request.as_deref().unwrap_or(review.request.get());
         let started = Instant::now();
         let result = policy.mutate(request, deadline).await;
@@ -296,7 +330,11 @@ pub async fn validate(
     let request = review.request.get();
     // The request text, copied once for every candidate that judges it.
     let mut shared: Option<Arc<str>> = None;
+    let input = review.match_input(None);
     for policy in selected(set.validators(), selection, review) {
+        if !applies(&mut outcome, policy, &input)? {
+            continue;
+        }
         let started = Instant::now();
         let result = policy.validate(request, deadline).await;
         if let Some(candidate) = &policy.shadow {

@@ -11,6 +11,10 @@
 //!       operations: [CREATE, UPDATE]
 //!       resources: [pods, deployments.apps]
 //!       namespaces: { exclude: [kube-system] }
+//!       namespaceSelector: { matchLabels: { team: a } }     # as a webhook's
+//!       objectSelector: { matchExpressions: [{ key: skip, operator: DoesNotExist }] }
+//!       matchConditions:                                  # CEL, all must be true
+//!         - { name: not-dry-run, expression: "!request.dryRun" }
 //!     settings: { allowed: ["registry.k8s.io/"] }
 //!     shadow:                          # optional: a candidate evaluated beside it
 //!       settings: { allowed: ["registry.k8s.io/", "quay.io/"] }
@@ -21,13 +25,16 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use portcullis_kube::quantity;
 
+use crate::conditions::{MatchConditions, RawMatchCondition};
 use crate::matcher::{Matcher, Operation, ResourcePattern};
+use crate::selector::{LabelSelector, RawLabelSelector};
 
 /// Default deadline of one policy call.
 pub const DEFAULT_TIMEOUT_MS: u64 = 250;
@@ -236,6 +243,9 @@ struct RawMatch {
     resources: Option<Vec<ResourcePattern>>,
     #[serde(default)]
     namespaces: RawNamespaces,
+    namespace_selector: Option<RawLabelSelector>,
+    object_selector: Option<RawLabelSelector>,
+    match_conditions: Option<Vec<RawMatchCondition>>,
 }
 
 /// Public keys a registry module's signature must verify with.
@@ -261,24 +271,26 @@ pub struct RawPolicy {
     settings: Option<serde_json::Value>,
     #[serde(default)]
     shadow: Option<RawShadow>,
+    /// Set by the host, never read from a file: see
+    /// [`RawPolicy::confine_to_namespace`].
+    #[serde(skip)]
+    only_namespace: Option<String>,
 }
 
 impl RawPolicy {
+    /// Confines the policy to requests in `namespace`: a namespaced policy
+    /// resource (`AdmissionPolicy`) must never see another namespace's
+    /// requests, nor cluster-scoped ones (Namespace objects included),
+    /// whatever its `match` says. Call it before [`Config::from_parts`].
+    pub fn confine_to_namespace(&mut self, namespace: &str) {
+        self.only_namespace = Some(namespace.to_string());
+    }
+
     /// Gives the entry another name: how a namespaced policy resource gets
     /// its `NAMESPACE.NAME` ([`PolicyName::namespaced`]), which no config
     /// file can spell.
     pub fn rename(&mut self, name: PolicyName) {
         self.name = name;
-    }
-
-    /// Only requests in `namespace` (interim: replaced by the matcher's
-    /// strict confinement).
-    pub fn confine_to_namespace(&mut self, namespace: &str) {
-        let matching = self.matching.get_or_insert_with(RawMatch::default);
-        matching.namespaces = RawNamespaces {
-            include: vec![namespace.to_string()],
-            exclude: Vec::new(),
-        };
     }
 }
 
@@ -556,7 +568,8 @@ impl Config {
                 timeout: Duration::from_millis(timeout),
                 memory,
             };
-            let matching = policy.matching.unwrap_or_default();
+            let matcher = matcher(policy.matching.unwrap_or_default(), policy.only_namespace)
+                .map_err(|m| invalid(format!("{at}.match.{m}")))?;
             let source = module_source(base, &policy.module)
                 .map_err(|m| invalid(format!("{at}.module: {m}")))?;
             // The keys a registry module of this policy (the live one or
@@ -610,12 +623,7 @@ impl Config {
                 mode: policy.mode.or(defaults.mode).unwrap_or_default(),
                 on_error: policy.on_error.or(defaults.on_error).unwrap_or_default(),
                 limits,
-                matcher: Matcher {
-                    operations: matching.operations,
-                    resources: matching.resources,
-                    include_namespaces: matching.namespaces.include,
-                    exclude_namespaces: matching.namespaces.exclude,
-                },
+                matcher,
                 settings,
                 shadow,
             });
@@ -625,6 +633,41 @@ impl Config {
             policies,
         })
     }
+}
+
+/// Checks a `match` block: its selectors as the API server checks a
+/// webhook's, its conditions parsed. Empty selectors and condition lists
+/// select everything, so they are left out (and need nothing).
+fn matcher(raw: RawMatch, only_namespace: Option<String>) -> Result<Matcher, String> {
+    let selector = |field: &str, raw: Option<RawLabelSelector>| {
+        raw.map(LabelSelector::parse)
+            .transpose()
+            .map(|selector| selector.filter(|s| !s.is_empty()))
+            .map_err(|m| format!("{field}.{m}"))
+    };
+    let match_conditions = raw
+        .match_conditions
+        .filter(|conditions| !conditions.is_empty())
+        .map(MatchConditions::compile)
+        .transpose()
+        .map_err(|m| {
+            if m.starts_with('[') {
+                format!("matchConditions{m}")
+            } else {
+                format!("matchConditions: {m}")
+            }
+        })?
+        .map(Arc::new);
+    Ok(Matcher {
+        operations: raw.operations,
+        resources: raw.resources,
+        include_namespaces: raw.namespaces.include,
+        exclude_namespaces: raw.namespaces.exclude,
+        only_namespace,
+        object_selector: selector("objectSelector", raw.object_selector)?,
+        namespace_selector: selector("namespaceSelector", raw.namespace_selector)?,
+        match_conditions,
+    })
 }
 
 /// Reads a `module` value: a registry reference, or a path resolved against
@@ -932,6 +975,130 @@ policies:
                 .contains("policies[0] (a).shadow: memoryLimit"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn selectors_and_conditions_are_read_and_checked() {
+        let config = parse(
+            r#"
+policies:
+  - name: a
+    module: a.wasm
+    match:
+      namespaceSelector:
+        matchLabels: { team: a }
+        matchExpressions: [{ key: env, operator: NotIn, values: [prod] }]
+      objectSelector: { matchExpressions: [{ key: skip, operator: DoesNotExist }] }
+      matchConditions:
+        - { name: not-dry-run, expression: "!request.dryRun" }
+        - { name: example.com/pods, expression: "request.resource.resource == 'pods'" }
+  - name: empty
+    module: b.wasm
+    match: { namespaceSelector: {}, objectSelector: { matchLabels: {} }, matchConditions: [] }
+"#,
+        )
+        .expect("valid config");
+        let a = &config.policies[0].matcher;
+        assert!(a.namespace_selector.is_some());
+        assert!(a.object_selector.is_some());
+        assert!(a.match_conditions.is_some());
+        assert_eq!(a.only_namespace, None);
+        // Empty selectors and lists select everything: nothing to check.
+        let empty = &config.policies[1].matcher;
+        assert_eq!(empty, &Matcher::default());
+    }
+
+    #[test]
+    fn bad_selectors_and_conditions_are_refused_with_where_and_why() {
+        let policy = |block: &str| {
+            format!("policies:\n  - name: a\n    module: a.wasm\n    match:\n      {block}\n")
+        };
+        for (block, expected) in [
+            (
+                "objectSelector: { matchExpressions: [{ key: env, operator: In }] }",
+                "invalid config file /etc/portcullis/config.yaml: policies[0] (a).match.objectSelector.\
+                 matchExpressions[0].values: must be specified when `operator` is In or NotIn",
+            ),
+            (
+                "namespaceSelector: { matchExpressions: [{ key: env, operator: Exists, values: [a] }] }",
+                "policies[0] (a).match.namespaceSelector.matchExpressions[0].values: \
+                 may not be specified when `operator` is Exists or DoesNotExist",
+            ),
+            (
+                "namespaceSelector: { matchLabels: { \"bad key\": a } }",
+                "policies[0] (a).match.namespaceSelector.matchLabels: key \"bad key\": \
+                 name part must consist of",
+            ),
+            (
+                "objectSelector: { matchExpressions: [{ key: env, operator: Is, values: [a] }] }",
+                "unknown variant `Is`, expected one of `In`, `NotIn`, `Exists`, `DoesNotExist` at line 5",
+            ),
+            (
+                "objectSelector: { matchLabel: { a: b } }",
+                "unknown field `matchLabel`",
+            ),
+            (
+                "matchConditions: [{ name: broken, expression: \"object.metadata.name ==\" }]",
+                "policies[0] (a).match.matchConditions[0] (broken).expression: syntax error at 1:",
+            ),
+            (
+                "matchConditions: [{ name: rbac, expression: \"authorizer.requestResource.check('get').allowed()\" }]",
+                "policies[0] (a).match.matchConditions[0] (rbac).expression: `authorizer` is not supported",
+            ),
+            (
+                "matchConditions: [{ name: a, expression: \"true\" }, { name: a, expression: \"true\" }]",
+                "policies[0] (a).match.matchConditions[1].name: \"a\" is used twice",
+            ),
+            (
+                "matchConditions: [{ name: \"Not Qualified\", expression: \"true\" }]",
+                "policies[0] (a).match.matchConditions[0].name: \"Not Qualified\": name part",
+            ),
+            (
+                "matchConditions: [{ name: a }]",
+                "missing field `expression`",
+            ),
+        ] {
+            let text = policy(block);
+            let err = parse(&text).expect_err(block).to_string();
+            assert!(err.contains(expected), "{block}:\n{err}");
+        }
+        let many: Vec<String> = (0..65)
+            .map(|i| format!("{{ name: c{i}, expression: \"true\" }}"))
+            .collect();
+        let err = parse(&policy(&format!("matchConditions: [{}]", many.join(", "))))
+            .expect_err("65 conditions")
+            .to_string();
+        assert!(
+            err.contains(
+                "policies[0] (a).match.matchConditions: at most 64 conditions are allowed, not 65"
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn confinement_is_set_by_the_host_not_the_file() {
+        let err = parse("policies:\n  - name: a\n    module: a.wasm\n    onlyNamespace: x\n")
+            .expect_err("not a config key");
+        assert!(
+            err.to_string().contains("unknown field `onlyNamespace`"),
+            "{err}"
+        );
+        let mut raw: RawPolicy = serde_json::from_value(serde_json::json!({
+            "name": "tenant-policy", "module": "a.wasm",
+            "match": { "namespaces": { "include": ["other"] } }
+        }))
+        .expect("valid entry");
+        raw.confine_to_namespace("tenant");
+        let config = Config::from_parts(
+            Path::new("admissionpolicies"),
+            RawDefaults::default(),
+            vec![raw],
+        )
+        .expect("valid");
+        let matcher = &config.policies[0].matcher;
+        assert_eq!(matcher.only_namespace.as_deref(), Some("tenant"));
+        assert_eq!(matcher.include_namespaces, vec!["other"]);
     }
 
     #[test]

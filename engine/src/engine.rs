@@ -6,8 +6,8 @@
 //! bytes into compiled components and hands out sandboxed stores.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -18,6 +18,7 @@ use crate::artifact_cache::ArtifactCache;
 use crate::bindings::AdmissionPolicy;
 use crate::breaker::BreakerSettings;
 use crate::config::MAX_POLICY_MEMORY;
+use crate::matcher::NamespaceLabels;
 use crate::report::Report;
 use crate::sandbox::StoreState;
 
@@ -107,6 +108,9 @@ pub struct PolicyEngine {
     memory: MemoryBudget,
     breaker: BreakerSettings,
     pre_initialize: bool,
+    /// The cluster's namespaces, for namespaceSelector; set once by a
+    /// server that follows them.
+    namespaces: OnceLock<Arc<dyn NamespaceLabels>>,
 }
 
 impl PolicyEngine {
@@ -176,6 +180,7 @@ impl PolicyEngine {
             },
             breaker: options.breaker,
             pre_initialize: options.pre_initialize,
+            namespaces: OnceLock::new(),
         }))
     }
 
@@ -207,6 +212,25 @@ impl PolicyEngine {
     /// Whether modules that export `prepare` are pre-initialized.
     pub fn pre_initializes(&self) -> bool {
         self.pre_initialize
+    }
+
+    /// Gives policies' `namespaceSelector` the cluster's namespaces. Set
+    /// once, before the policies that need it are loaded: a policy with a
+    /// namespaceSelector does not load without it. Matching asks it only
+    /// for such a policy, and only once its cheaper checks matched.
+    ///
+    /// # Errors
+    /// The provider back when one was set already.
+    pub fn set_namespace_labels(
+        &self,
+        provider: Arc<dyn NamespaceLabels>,
+    ) -> Result<(), Arc<dyn NamespaceLabels>> {
+        self.namespaces.set(provider)
+    }
+
+    /// The namespace labels given with [`PolicyEngine::set_namespace_labels`].
+    pub fn namespace_labels(&self) -> Option<&dyn NamespaceLabels> {
+        self.namespaces.get().map(|provider| &**provider)
     }
 
     /// The total of the memory caps of calls running at once, in bytes.

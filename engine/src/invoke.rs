@@ -12,6 +12,7 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use crate::bindings::AdmissionPolicy;
 use crate::bindings::portcullis::policy::types as wit;
 use crate::config::Limits;
+use crate::matcher::MatchError;
 use crate::module::CompiledModule;
 use crate::sandbox::StoreState;
 use crate::sandbox::{self, GuestLog, MemoryCap, MemoryLimitExceeded};
@@ -59,6 +60,10 @@ pub enum PolicyError {
         .retry_in.as_millis()
     )]
     CircuitOpen { failures: u32, retry_in: Duration },
+    /// Not run: whether the policy applies to the request could not be
+    /// decided (its namespace is not known, a match condition failed).
+    #[error("could not be matched: {0}")]
+    Match(#[from] MatchError),
 }
 
 impl PolicyError {
@@ -74,6 +79,7 @@ impl PolicyError {
             Self::NoTimeLeft => "timeout",
             Self::MemoryBudget { .. } => "memory_budget",
             Self::CircuitOpen { .. } => "circuit_open",
+            Self::Match(error) => error.kind(),
         }
     }
 }

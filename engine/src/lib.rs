@@ -17,7 +17,12 @@
 //! # Layout
 //! Each module imports only modules above it in this list:
 //! - `config`: the YAML config, typed and validated; per-call [`Limits`].
-//! - `matcher`: which policies apply to a request.
+//! - `selector`: label selectors (`namespaceSelector`, `objectSelector`)
+//!   and the Kubernetes name grammar they use.
+//! - `conditions`: CEL `matchConditions`, parsed at load, evaluated on
+//!   the request's JSON.
+//! - `matcher`: which policies apply to a request; the namespace labels
+//!   a host provides.
 //! - `admission`: AdmissionReview parsing and response building.
 //! - `contract`: the WIT contract version and the check that a module fits.
 //! - `bindings`: host bindings generated from `wit/`.
@@ -48,6 +53,7 @@ mod bindings;
 mod breaker;
 mod chain;
 mod componentize;
+mod conditions;
 mod config;
 mod contract;
 mod engine;
@@ -64,6 +70,7 @@ mod pool;
 mod prepare;
 mod report;
 mod sandbox;
+mod selector;
 mod shadow;
 
 pub use admission::{
@@ -74,6 +81,7 @@ pub use artifact_cache::{ArtifactCache, CacheError, default_dir as default_cache
 pub use breaker::BreakerSettings;
 pub use chain::{ChainFailure, Evaluation, Selection, mutate, validate};
 pub use componentize::{ComponentizeError, ModuleFormat};
+pub use conditions::{ConditionError, MAX_CONDITIONS, MatchConditions, RawMatchCondition};
 pub use config::{
     Config, ConfigError, DEFAULT_MEMORY, DEFAULT_TIMEOUT_MS, Limits, MAX_POLICY_MEMORY, Mode,
     ModuleSource, ModuleSpec, OnError, PolicyConfig, PolicyName, Quantity, REGISTRY_SCHEME,
@@ -84,7 +92,7 @@ pub use engine::{DEFAULT_MEMORY_BUDGET, EPOCH_TICK, EngineError, EngineOptions, 
 pub use files::{MAX_CONFIG_BYTES, MAX_MODULE_BYTES, ReadError, read_bounded, read_text_bounded};
 pub use invoke::{Metadata, MutationOutput, PolicyError, Verdict};
 pub use log_text::{LogText, MAX_LOG_TEXT};
-pub use matcher::{Matcher, Operation, ResourcePattern};
+pub use matcher::{MatchError, Matcher, NamespaceLabels, Operation, ResourcePattern};
 pub use module::{CompiledModule, ModuleError, digest as module_digest};
 pub use offline::{Answer, OfflineError, PatchError, as_review, evaluate};
 pub use policy::{LoadError, Policy};
@@ -92,4 +100,5 @@ pub use policy_set::{BuildStats, ModuleCache, PolicySet, SetError};
 pub use policy_store::{LoadFailure, PolicyStore, ReloadStatus};
 pub use pool::{EvalPool, Evaluating, PoolError, TaskError};
 pub use report::Report;
+pub use selector::{LabelSelector, Labels, RawLabelSelector};
 pub use shadow::{Comparison, Said, ShadowCall, ShadowResult};

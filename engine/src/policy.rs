@@ -9,7 +9,7 @@ use crate::breaker::Breaker;
 use crate::config::Limits;
 use crate::config::{Mode, ModuleSource, OnError, PolicyConfig, RegistryOrigin};
 use crate::invoke::{Metadata, MutationOutput, PolicyError, Verdict};
-use crate::matcher::{Matcher, RequestFacts};
+use crate::matcher::{MatchInput, Matcher, RequestFacts};
 use crate::module::{CompiledModule, ModuleError};
 
 /// Why one policy could not be loaded.
@@ -66,6 +66,13 @@ pub enum LoadError {
     /// not do what the live version does (validate, mutate).
     #[error("the shadow candidate does not {0}, but the live version does")]
     CandidateLacks(&'static str),
+    /// The policy has a namespaceSelector and nothing follows the
+    /// cluster's namespaces.
+    #[error(
+        "match.namespaceSelector needs the cluster's namespaces, which only \
+         `serve --cluster-policies` follows"
+    )]
+    NoNamespaces,
 }
 
 /// A policy ready to serve.
@@ -104,6 +111,10 @@ impl Policy {
         config: &PolicyConfig,
         module: Arc<CompiledModule>,
     ) -> Result<Self, LoadError> {
+        if config.matcher.namespace_selector.is_some() && module.engine.namespace_labels().is_none()
+        {
+            return Err(LoadError::NoNamespaces);
+        }
         let budget = module.engine.memory_budget();
         if config.limits.memory > budget {
             return Err(LoadError::OverBudget {
@@ -189,9 +200,24 @@ impl Policy {
             }
     }
 
-    /// Whether this policy applies to a request.
+    /// Whether this policy applies to a request by its operation,
+    /// resource and namespace; see [`Matcher::matches`].
     pub fn matches(&self, request: &RequestFacts<'_>) -> bool {
         self.matcher.matches(request)
+    }
+
+    /// For a request [`Policy::matches`] matched: whether its selectors
+    /// and match conditions select it too. Free for a policy without them.
+    ///
+    /// # Errors
+    /// A [`PolicyError::Match`] when that cannot be decided.
+    pub(crate) fn selects(&self, input: &MatchInput<'_>) -> Result<bool, PolicyError> {
+        if !self.matcher.needs_input() {
+            return Ok(true);
+        }
+        Ok(self
+            .matcher
+            .selects(input, self.module.engine.namespace_labels())?)
     }
 
     /// The policy's limits, its deadline shortened to the review's.

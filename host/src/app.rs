@@ -26,6 +26,7 @@ use crate::controller::{self, ControllerSettings};
 use crate::limits::EvalLimiter;
 use crate::listener::{ConnectionLimits, Listener, Phase};
 use crate::metrics::Metrics;
+use crate::namespaces::Namespaces;
 use crate::registry::{ModuleResolver, RegistrySettings};
 use crate::reload::{ReloadError, Reloader};
 use crate::replica::{self, ReplicaSettings};
@@ -428,6 +429,11 @@ async fn load_policies(
     let store = PolicyStore::new(PolicySet::empty(0));
     let cluster = match (&options.cluster, client) {
         (Some(settings), Some(client)) => {
+            // What policies' namespaceSelector reads.
+            let namespaces = Namespaces::start(client.clone(), settings.sync_timeout).await?;
+            if engine.set_namespace_labels(Arc::new(namespaces)).is_err() {
+                tracing::warn!("the engine follows another view of the namespaces already");
+            }
             Some(ClusterPolicies::start(client, settings.sync_timeout).await?)
         }
         _ => None,

@@ -117,7 +117,7 @@ pub enum ClusterError {
     #[error("cannot make a Kubernetes client")]
     Client(#[source] kube::Error),
     #[error(
-        "the {what} were not listed within {seconds} s (is the CRD installed, and may this server list them?)"
+        "the {what} were not listed within {seconds} s (may this server list and watch them? is their CRD installed?)"
     )]
     NotSynced { what: &'static str, seconds: u64 },
 }

@@ -15,6 +15,8 @@
 //!   warnings a flood could multiply.
 //! - `reload`: build a new policy set and swap it in; `cert_reload`: the
 //!   same for the certificate; `watch`: file watching at directory level.
+//! - `namespaces`: the cluster's namespaces and their labels, for
+//!   policies' `namespaceSelector` (with `--cluster-policies`).
 //! - `registry`: `oci://` modules resolved to verified files before a
 //!   reload builds its set, and the check for moved tags.
 //! - `control`: the one control loop that file events, reload requests
@@ -36,6 +38,7 @@ pub mod controller;
 mod limits;
 mod listener;
 mod metrics;
+mod namespaces;
 pub mod registry;
 mod reload;
 pub mod replica;

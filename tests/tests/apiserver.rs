@@ -320,3 +320,121 @@ fn wait_until(mut done: impl FnMut() -> Result<bool>) -> Result<bool> {
     }
     Ok(false)
 }
+
+/// Selectors and match conditions through the real API server: a
+/// `ClusterAdmissionPolicy` with a namespaceSelector judges pods only in
+/// the namespaces whose labels it selects (and follows a relabelled
+/// namespace), one with an objectSelector and a matchCondition only the
+/// pods both select.
+#[test]
+fn cluster_policies_judge_only_what_their_selectors_select() -> Result<()> {
+    let cluster = TestCluster::start()?;
+    cluster.install_crds()?;
+    cluster.apply(
+        "apiVersion: v1\nkind: Namespace\nmetadata: { name: team-a, labels: { team: a } }\n---\n\
+         apiVersion: v1\nkind: Namespace\nmetadata: { name: team-b, labels: { team: b } }\n",
+    )?;
+
+    let kubeconfig = cluster.kubeconfig();
+    let flags = ["--cluster-policies", "--kubeconfig", path_str(&kubeconfig)?];
+    let server = Server::start_with(&flags, |_, dir| {
+        let config = dir.join("policies.yaml");
+        std::fs::write(&config, "policies: []\n")?;
+        Ok(config)
+    })?;
+    let ca_bundle = base64::engine::general_purpose::STANDARD.encode(&server.certs.ca_pem);
+    register_webhook(&cluster, server.port, &ca_bundle)?;
+    let module = path_str(&server.paths.required_labels)?.to_string();
+    cluster.apply(&format!(
+        "apiVersion: portcullis.dev/v1alpha1
+kind: ClusterAdmissionPolicy
+metadata: {{ name: by-namespace }}
+spec:
+  module: {module}
+  match:
+    namespaceSelector: {{ matchLabels: {{ team: a }} }}
+  settings: {{ labels: {{ team: \"^.+$\" }} }}
+---
+apiVersion: portcullis.dev/v1alpha1
+kind: ClusterAdmissionPolicy
+metadata: {{ name: by-object }}
+spec:
+  module: {module}
+  match:
+    objectSelector:
+      matchExpressions: [{{ key: checked, operator: In, values: [\"yes\"] }}]
+    matchConditions:
+      - name: portcullis.dev/not-exempt
+        expression: \"!object.metadata.name.startsWith('exempt-')\"
+  settings: {{ labels: {{ owner: \"^.+$\" }} }}
+"
+    ))?;
+    let dry_run = |namespace: &str, name: &str, labels: &str| {
+        let mut args = vec![
+            "-n",
+            namespace,
+            "run",
+            name,
+            "--image=registry.k8s.io/pause:3.10",
+            "--dry-run=server",
+        ];
+        let labels = format!("--labels={labels}");
+        if labels.len() > "--labels=".len() {
+            args.push(&labels);
+        }
+        cluster.kubectl(&args)
+    };
+    let by_namespace = "by-namespace: missing required label: team";
+    let by_object = "by-object: missing required label: owner";
+    ensure!(
+        wait_until(|| Ok(dry_run("team-a", "plain", "")?
+            .stderr
+            .contains(by_namespace)))?,
+        "the namespaceSelector policy never judged team-a\n/policies: {}",
+        server.policies()?
+    );
+    ensure!(
+        wait_until(|| Ok(dry_run("team-b", "checked", "checked=yes")?
+            .stderr
+            .contains(by_object)))?,
+        "the objectSelector policy never judged a checked pod\n{}",
+        server.logs()
+    );
+    // Each judges only what it selects.
+    for (namespace, name, labels, judged) in [
+        ("team-a", "labelled", "team=x", None),
+        ("team-b", "plain", "", None),
+        ("team-b", "unchecked", "checked=no", None),
+        ("team-b", "exempt-pod", "checked=yes", None),
+        (
+            "team-a",
+            "both",
+            "checked=yes",
+            Some(format!("{by_namespace}; {by_object}")),
+        ),
+        ("default", "checked", "checked=yes,owner=me", None),
+    ] {
+        let out = dry_run(namespace, name, labels)?;
+        match judged {
+            None => ensure!(
+                out.status.success(),
+                "{namespace}/{name} ({labels}) should not be judged\n{out}"
+            ),
+            Some(message) => ensure!(
+                !out.status.success() && out.stderr.contains(&message),
+                "{namespace}/{name} ({labels}) should be refused with {message:?}\n{out}"
+            ),
+        }
+    }
+    // A namespace relabelled to the selected team is judged from then on.
+    let out = cluster.kubectl(&["label", "namespace", "team-b", "team=a", "--overwrite"])?;
+    ensure!(out.status.success(), "{out}");
+    ensure!(
+        wait_until(|| Ok(dry_run("team-b", "plain", "")?
+            .stderr
+            .contains(by_namespace)))?,
+        "the relabelled namespace was never selected\n{}",
+        server.logs()
+    );
+    Ok(())
+}

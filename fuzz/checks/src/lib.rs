@@ -79,8 +79,8 @@ pub fn review_parse(data: &[u8]) {
             .map(|p| ResourcePattern::parse(p).expect("valid pattern"))
             .collect(),
         ),
-        include_namespaces: Vec::new(),
         exclude_namespaces: vec!["kube-system".to_string()],
+        ..Matcher::default()
     };
     let _ = matcher.matches(&facts);
     let _ = Matcher::default().matches(&facts);
