@@ -171,11 +171,14 @@ clean:
 deploy-policies: policies
 	sh $(DEPLOY)/copy-policies.sh target/wasm32-wasip1/policy $(DEPLOY)/base/policies
 
-# Renders the base and every overlay into target/deploy/<name>.yaml.
+# Renders the CRDs (applied first, on their own), the base and every overlay
+# into target/deploy/<name>.yaml.
 deploy-render: deploy-policies
 	@command -v $(KUBECTL) >/dev/null 2>&1 || { echo "error: $(KUBECTL) not found: install kubectl (1.27 or later; it includes kustomize v5)"; exit 2; }
 	@$(KUBECTL) kustomize --help >/dev/null 2>&1 || { echo "error: '$(KUBECTL) kustomize' does not work: install kubectl 1.27 or later (it includes kustomize v5)"; exit 2; }
 	@mkdir -p target/deploy
+	$(KUBECTL) kustomize $(DEPLOY)/crds >target/deploy/crds.yaml.tmp
+	@mv target/deploy/crds.yaml.tmp target/deploy/crds.yaml
 	$(KUBECTL) kustomize $(DEPLOY)/base >target/deploy/base.yaml.tmp
 	@mv target/deploy/base.yaml.tmp target/deploy/base.yaml
 	@for overlay in $(OVERLAYS); do \

@@ -9,8 +9,10 @@
 #      portcullis.portcullis.svc (a new CA only if CERT_DIR has none);
 #   2. the Namespace, then the Secret portcullis-tls (`tls.crt`, `tls.key`,
 #      `ca.crt`; created or updated) before the pods that mount it;
-#   3. the custom resource definitions (portcullis.dev/phase=crds), then
-#      wait until the API server serves them;
+#   3. the custom resource definitions (the rendering's
+#      CustomResourceDefinitions, applied on their own: `apply -l` resolves
+#      every object's kind before it filters, and ClusterAdmissionPolicy is
+#      unknown until they are served), then wait until they are served;
 #   4. everything labelled portcullis.dev/phase=server (RBAC, ConfigMaps,
 #      Deployment, Service, ...), then wait for the rollout. The controller
 #      in those pods writes the two webhook configurations, with the
@@ -97,7 +99,14 @@ NS
 "$KUBECTL" apply --server-side --force-conflicts -f "$work/secret.yaml"
 
 # 3. The custom resource definitions, served before anything names them.
-"$KUBECTL" apply --server-side -f "$MANIFESTS" -l portcullis.dev/phase=crds
+awk '
+    /^---[[:space:]]*$/ { if (crd) printf "%s---\n", doc; doc = ""; crd = 0; next }
+    { doc = doc $0 "\n"; if ($0 == "kind: CustomResourceDefinition") crd = 1 }
+    END { if (crd) printf "%s", doc }
+' "$MANIFESTS" >"$work/crds.yaml"
+grep -q '^kind: CustomResourceDefinition$' "$work/crds.yaml" ||
+    die "$MANIFESTS has no CustomResourceDefinition: render overlays/self-signed"
+"$KUBECTL" apply --server-side -f "$work/crds.yaml"
 "$KUBECTL" wait --for condition=Established crd -l portcullis.dev/phase=crds --timeout 60s
 
 # 4. The server and controller. Server-side apply: the policy ConfigMaps are
