@@ -23,7 +23,8 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     && cp target/release/portcullis /out/portcullis \
     && cp target/wasm32-wasip1/policy/*.wasm /out/policies/ \
     && rm -f /out/policies/misbehave.wasm \
-    && cp deploy/kubernetes/base/config.yaml /out/policies/config.yaml
+    && sed 's|module: \.\./target/wasm32-wasip1/policy/|module: |' \
+       policies/standard.yaml >/out/policies/config.yaml
 
 # The same Debian release as the build stage, so the glibc the binary was
 # linked against is there. The server needs nothing else from the image.
@@ -33,9 +34,11 @@ RUN groupadd --system --gid 65532 portcullis \
     && useradd --system --uid 65532 --gid 65532 --home-dir /nonexistent \
        --no-create-home --shell /usr/sbin/nologin portcullis
 COPY --from=build /out/portcullis /usr/local/bin/portcullis
-# The policy library and a default config (the in-cluster policy set, same
-# layout as the ConfigMap volume: config.yaml beside the modules). In the
-# cluster the ConfigMap volume at /etc/portcullis/policies is used instead.
+# The policy library and a default config for running the image on its own
+# (policies/standard.yaml, config.yaml beside the modules). In the cluster
+# the policies are ClusterAdmissionPolicy resources naming these modules
+# (the Helm chart) or the ConfigMap volume's (kustomize), and the config
+# file is the ConfigMap's.
 COPY --from=build /out/policies/ /usr/share/portcullis/policies/
 USER 65532:65532
 # Without --tls-cert/--tls-key, `serve` makes a development certificate here.

@@ -95,8 +95,9 @@ test-tools:
 	@command -v docker-registry >/dev/null 2>&1 || { echo "error: docker-registry could not be installed"; exit 2; }
 
 # A real kube-apiserver and etcd for the tests that need an API server
-# (tests/src/kube.rs): built with Go from the modules tests/kube/*/go.mod
-# pin, once, into target/kube/bin (rebuilt when their sources change).
+# (tests/src/kube.rs), and helm for the chart's tests: built with Go from the
+# modules tests/kube/*/go.mod pin, once, into target/kube/bin (rebuilt when
+# their sources change).
 GO          ?= $(shell command -v go 2>/dev/null || echo /usr/local/go/bin/go)
 KUBE_BIN    := target/kube/bin
 KUBE_VERSION := $(shell sed -n 's/^require k8s.io\/kubernetes \(v[^ ]*\).*/\1/p; s/^[[:space:]]*k8s.io\/kubernetes \(v[^ ]*\).*/\1/p' tests/kube/apiserver/go.mod | head -n 1)
@@ -113,7 +114,17 @@ $(KUBE_BIN)/etcd: tests/kube/etcd/main.go tests/kube/etcd/go.mod tests/kube/etcd
 	@command -v $(GO) >/dev/null 2>&1 || { echo "error: Go is required to build the test etcd"; exit 2; }
 	cd tests/kube/etcd && GOFLAGS=-mod=readonly $(GO) build -trimpath -o $(CURDIR)/$@ .
 
-test-apiserver: $(KUBE_BIN)/kube-apiserver $(KUBE_BIN)/etcd
+# Helm, for the chart's tests only (tests/tests/helm.rs: lint, template,
+# and the rendered chart applied to the test API server): the helm command
+# of the helm.sh/helm/v4 module tests/kube/helm/go.mod pins.
+HELM_VERSION := $(shell sed -n 's/^require helm.sh\/helm\/v4 \(v[^ ]*\).*/\1/p' tests/kube/helm/go.mod | head -n 1)
+
+$(KUBE_BIN)/helm: tests/kube/helm/main.go tests/kube/helm/go.mod tests/kube/helm/go.sum
+	@command -v $(GO) >/dev/null 2>&1 || { echo "error: Go is required to build the test helm"; exit 2; }
+	cd tests/kube/helm && GOFLAGS=-mod=readonly $(GO) build -trimpath \
+	    -ldflags "-X helm.sh/helm/v4/internal/version.version=$(HELM_VERSION)" -o $(CURDIR)/$@ .
+
+test-apiserver: $(KUBE_BIN)/kube-apiserver $(KUBE_BIN)/etcd $(KUBE_BIN)/helm
 
 # One native profile (release) for the host, the SDK, the policies' unit
 # tests, the fuzz regression replays and the end-to-end tests, so
@@ -160,11 +171,14 @@ clean:
 deploy-policies: policies
 	sh $(DEPLOY)/copy-policies.sh target/wasm32-wasip1/policy $(DEPLOY)/base/policies
 
-# Renders the base and every overlay into target/deploy/<name>.yaml.
+# Renders the CRDs (applied first, on their own), the base and every overlay
+# into target/deploy/<name>.yaml.
 deploy-render: deploy-policies
 	@command -v $(KUBECTL) >/dev/null 2>&1 || { echo "error: $(KUBECTL) not found: install kubectl (1.27 or later; it includes kustomize v5)"; exit 2; }
 	@$(KUBECTL) kustomize --help >/dev/null 2>&1 || { echo "error: '$(KUBECTL) kustomize' does not work: install kubectl 1.27 or later (it includes kustomize v5)"; exit 2; }
 	@mkdir -p target/deploy
+	$(KUBECTL) kustomize $(DEPLOY)/crds >target/deploy/crds.yaml.tmp
+	@mv target/deploy/crds.yaml.tmp target/deploy/crds.yaml
 	$(KUBECTL) kustomize $(DEPLOY)/base >target/deploy/base.yaml.tmp
 	@mv target/deploy/base.yaml.tmp target/deploy/base.yaml
 	@for overlay in $(OVERLAYS); do \

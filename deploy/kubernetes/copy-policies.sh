@@ -1,7 +1,9 @@
 #!/bin/sh
-# Copies the policy modules that base/config.yaml names from SRC (the build
-# output, target/wasm32-wasip1/policy) into DEST (base/policies, git-ignored),
-# where base/kustomization.yaml's configMapGenerator reads them.
+# Copies the policy modules that base/library.yaml names
+# (/etc/portcullis/policies/<file>.wasm, where the pods mount them) from SRC
+# (the build output, target/wasm32-wasip1/policy) into DEST (base/policies,
+# git-ignored), where base/kustomization.yaml's configMapGenerator reads
+# them.
 # Used by `make deploy-render` and by tests/tests/deploy.rs.
 #
 # usage: copy-policies.sh SRC DEST
@@ -14,11 +16,11 @@ set -eu
 src=$1
 dest=$2
 here=$(cd "$(dirname "$0")" && pwd)
-config=$here/base/config.yaml
+library=$here/base/library.yaml
 
-modules=$(sed -n 's/^[[:space:]]*module:[[:space:]]*\([^[:space:]#]*\).*$/\1/p' "$config")
+modules=$(sed -n 's|^[[:space:]]*module:[[:space:]]*/etc/portcullis/policies/\([^[:space:]#/]*\).*$|\1|p' "$library")
 [ -n "$modules" ] || {
-    echo "$0: no module named in $config" >&2
+    echo "$0: no module named in $library" >&2
     exit 1
 }
 mkdir -p "$dest"

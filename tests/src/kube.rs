@@ -23,6 +23,18 @@ const READY_TIMEOUT: Duration = Duration::from_secs(90);
 /// How long one kubectl command may take.
 const KUBECTL_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// `target/kube/bin/helm` (`make test-apiserver` builds it with Go from
+/// the module `tests/kube/helm/go.mod` pins).
+pub fn helm() -> Result<PathBuf> {
+    let helm = repo_root().join("target/kube/bin/helm");
+    ensure!(
+        helm.is_file(),
+        "{} is missing: run `make test-apiserver` (it builds helm with Go)",
+        helm.display()
+    );
+    Ok(helm)
+}
+
 /// etcd and kube-apiserver, running; both stopped when dropped.
 pub struct TestCluster {
     dir: tempfile::TempDir,
@@ -113,24 +125,43 @@ impl TestCluster {
     }
 
     fn write_kubeconfig(&self, pki: &Pki) -> Result<()> {
-        let config = format!(
+        fs::write(self.kubeconfig(), self.kubeconfig_text(pki, None)?)?;
+        Ok(())
+    }
+
+    /// A kubeconfig of the admin's certificate, acting as `user` when
+    /// given (impersonation: the admin is in `system:masters`).
+    fn kubeconfig_text(&self, pki: &Pki, user: Option<&str>) -> Result<String> {
+        let acting = user.map_or(String::new(), |u| format!(", as: \"{u}\""));
+        Ok(format!(
             "apiVersion: v1\nkind: Config\n\
              clusters: [{{name: test, cluster: {{server: \"https://127.0.0.1:{port}\", certificate-authority: {ca}}}}}]\n\
-             users: [{{name: admin, user: {{client-certificate: {crt}, client-key: {key}}}}}]\n\
+             users: [{{name: admin, user: {{client-certificate: {crt}, client-key: {key}{acting}}}}}]\n\
              contexts: [{{name: test, context: {{cluster: test, user: admin}}}}]\n\
              current-context: test\n",
             port = self.port,
             ca = path_str(&pki.ca_crt)?,
             crt = path_str(&pki.admin_crt)?,
             key = path_str(&pki.admin_key)?,
-        );
-        fs::write(self.kubeconfig(), config)?;
-        Ok(())
+        ))
     }
 
     /// The admin kubeconfig.
     pub fn kubeconfig(&self) -> PathBuf {
         self.dir.path().join("kubeconfig")
+    }
+
+    /// A kubeconfig whose requests act as `user` (e.g.
+    /// `system:serviceaccount:NS:NAME`, whose groups the API server adds),
+    /// so a client gets exactly the permissions RBAC gives that user.
+    pub fn kubeconfig_as(&self, user: &str) -> Result<PathBuf> {
+        let pki = Pki::at(&self.dir.path().join("pki"));
+        let path = self
+            .dir
+            .path()
+            .join(format!("kubeconfig-{}", user.replace([':', '/'], "-")));
+        fs::write(&path, self.kubeconfig_text(&pki, Some(user))?)?;
+        Ok(path)
     }
 
     /// Runs `kubectl --kubeconfig ... ARGS`.
@@ -157,10 +188,11 @@ impl TestCluster {
     }
 
     /// Installs the project's custom resource definitions
-    /// (`deploy/kubernetes/crds`) and waits until both are established.
+    /// (`deploy/kubernetes/crds`, a kustomization) and waits until both are
+    /// established.
     pub fn install_crds(&self) -> Result<()> {
         let crds = repo_root().join("deploy/kubernetes/crds");
-        let out = self.kubectl(&["apply", "--server-side", "-f", path_str(&crds)?])?;
+        let out = self.kubectl(&["apply", "--server-side", "-k", path_str(&crds)?])?;
         ensure!(out.status.success(), "{out}");
         let out = self.kubectl(&[
             "wait",
@@ -217,6 +249,19 @@ struct Pki {
 }
 
 impl Pki {
+    /// The files' paths in `dir`.
+    fn at(dir: &Path) -> Self {
+        Self {
+            ca_crt: dir.join("ca.crt"),
+            server_crt: dir.join("server.crt"),
+            server_key: dir.join("server.key"),
+            admin_crt: dir.join("admin.crt"),
+            admin_key: dir.join("admin.key"),
+            sa_key: dir.join("sa.key"),
+            sa_pub: dir.join("sa.pub"),
+        }
+    }
+
     fn write(dir: &Path) -> Result<Self> {
         fs::create_dir_all(dir)?;
         let ca_key = KeyPair::generate()?;
@@ -248,15 +293,7 @@ impl Pki {
         let admin_cert = admin.signed_by(&admin_key, &issuer)?;
 
         let sa_key = KeyPair::generate()?;
-        let pki = Self {
-            ca_crt: dir.join("ca.crt"),
-            server_crt: dir.join("server.crt"),
-            server_key: dir.join("server.key"),
-            admin_crt: dir.join("admin.crt"),
-            admin_key: dir.join("admin.key"),
-            sa_key: dir.join("sa.key"),
-            sa_pub: dir.join("sa.pub"),
-        };
+        let pki = Self::at(dir);
         fs::write(&pki.ca_crt, ca_cert.pem())?;
         fs::write(&pki.server_crt, server_cert.pem())?;
         fs::write(&pki.server_key, server_key.serialize_pem())?;

@@ -604,10 +604,10 @@ fn signatures_gate_what_enters_service() -> Result<()> {
     Ok(())
 }
 
-/// `make publish` pushes the library, and the deployed config of the
-/// registry overlay (`deploy/kubernetes/overlays/registry`, rendered with
-/// `kubectl kustomize`) serves it from the registry, deciding as the
-/// ConfigMap base does.
+/// `make publish` pushes the library, and the ClusterAdmissionPolicy
+/// resources of the registry overlay (`deploy/kubernetes/overlays/registry`,
+/// rendered with `kubectl kustomize`) serve it from the registry, deciding
+/// as the ConfigMap base does.
 #[test]
 fn the_registry_overlay_serves_the_published_library() -> Result<()> {
     let _serial = serial();
@@ -674,6 +674,8 @@ fn the_registry_overlay_serves_the_published_library() -> Result<()> {
     let config_text = config_maps[0]["data"]["config.yaml"]
         .as_str()
         .context("config.yaml in the ConfigMap")?;
+    let config: Json = serde_yaml_ng::from_str(config_text)?;
+    ensure!(config["policies"] == serde_json::json!([]), "{config_text}");
     let deployment = docs
         .iter()
         .find(|d| d["kind"] == "Deployment")
@@ -706,17 +708,27 @@ fn the_registry_overlay_serves_the_published_library() -> Result<()> {
         .context("the registry-auth volume")?;
     ensure!(secret["secret"]["optional"] == true, "{secret}");
 
-    // Its config, pointed at the test registry, serves the library.
-    let config: Json = serde_yaml_ng::from_str(config_text)?;
-    for policy in config["policies"].as_array().context("policies")? {
-        let module = policy["module"].as_str().unwrap_or_default();
-        let expected = format!(
-            "oci://registry.example/portcullis/policies/{}:0.1.0",
-            policy["name"].as_str().unwrap_or_default()
-        );
+    // Its policies, as a server with --cluster-policies takes them (the
+    // spec and the name, by name), pointed at the test registry, serve the
+    // library.
+    let mut policies: Vec<&Json> = docs
+        .iter()
+        .filter(|d| d["kind"] == "ClusterAdmissionPolicy")
+        .collect();
+    policies.sort_by_key(|p| p["metadata"]["name"].as_str().unwrap_or_default());
+    ensure!(policies.len() == 5, "{} policies", policies.len());
+    let mut entries = Vec::new();
+    for policy in policies {
+        let name = policy["metadata"]["name"].as_str().unwrap_or_default();
+        let module = policy["spec"]["module"].as_str().unwrap_or_default();
+        let expected = format!("oci://registry.example/portcullis/policies/{name}:0.1.0");
         ensure!(module == expected, "{module} != {expected}");
+        let mut entry = policy["spec"].clone();
+        entry["name"] = serde_json::json!(name);
+        entries.push(entry);
     }
-    let local = config_text.replace("registry.example/portcullis", &prefix);
+    let local = serde_yaml_ng::to_string(&serde_json::json!({ "policies": entries }))?
+        .replace("registry.example/portcullis", &prefix);
     let store = tempfile::tempdir()?;
     let server = start(&registry.flags(store.path())?, |_, dir| {
         let path = dir.join("config.yaml");

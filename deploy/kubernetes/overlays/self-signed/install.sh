@@ -1,17 +1,24 @@
 #!/bin/sh
 # Installs (or updates) Portcullis with a certificate made by `portcullis
 # certs`, without cert-manager. Re-running it is safe: it reuses the CA in
-# CERT_DIR, so a re-run rotates the serving certificate and keeps the
-# webhook configurations' caBundle unchanged.
+# CERT_DIR, so a re-run rotates the serving certificate and keeps the CA,
+# and so the webhook configurations' caBundle, unchanged.
 #
-# Order, so that no webhook is registered before it can answer:
+# Order:
 #   1. certificates: a CA and a serving certificate for
 #      portcullis.portcullis.svc (a new CA only if CERT_DIR has none);
-#   2. the Namespace, then the Secret portcullis-tls (created or updated);
-#   3. everything labelled portcullis.dev/phase=server (ConfigMaps,
-#      Deployment, Service, ...), then wait for the rollout;
-#   4. the two webhook configurations (portcullis.dev/phase=webhooks), with
-#      the CA substituted for PORTCULLIS_CA_BUNDLE before they are applied.
+#   2. the Namespace, then the Secret portcullis-tls (`tls.crt`, `tls.key`,
+#      `ca.crt`; created or updated) before the pods that mount it;
+#   3. the custom resource definitions (the rendering's
+#      CustomResourceDefinitions, applied on their own: `apply -l` resolves
+#      every object's kind before it filters, and ClusterAdmissionPolicy is
+#      unknown until they are served), then wait until they are served;
+#   4. everything labelled portcullis.dev/phase=server (RBAC, ConfigMaps,
+#      Deployment, Service, ...), then wait for the rollout. The controller
+#      in those pods writes the two webhook configurations, with the
+#      Secret's `ca.crt` as their caBundle;
+#   5. the standard library's ClusterAdmissionPolicy resources
+#      (portcullis.dev/phase=policies).
 #
 # Environment:
 #   MANIFESTS   the rendered overlay (default: `kubectl kustomize` of this
@@ -52,8 +59,13 @@ if [ -z "$MANIFESTS" ]; then
     "$KUBECTL" kustomize "$here" >"$MANIFESTS"
 fi
 [ -f "$MANIFESTS" ] || die "$MANIFESTS: no such file"
-grep -q PORTCULLIS_CA_BUNDLE "$MANIFESTS" ||
-    die "$MANIFESTS has no PORTCULLIS_CA_BUNDLE placeholder: render overlays/self-signed"
+# cert-manager's rendering issues the Secret itself: this script and
+# cert-manager would keep replacing each other's certificate.
+if grep -q '^kind: Certificate$' "$MANIFESTS"; then
+    die "$MANIFESTS has cert-manager Certificates: render overlays/self-signed (or install overlays/cert-manager as docs/deploy.md says)"
+fi
+grep -q 'portcullis.dev/phase: crds' "$MANIFESTS" ||
+    die "$MANIFESTS has no custom resource definitions (portcullis.dev/phase: crds): render overlays/self-signed"
 
 # 1. Certificates.
 mkdir -p "$CERT_DIR"
@@ -68,9 +80,7 @@ else
     echo "install.sh: making a new CA and serving certificate in $CERT_DIR"
     "$PORTCULLIS" certs --out "$CERT_DIR" "$@" >"$work/certs.out"
 fi
-# The last line `portcullis certs` prints is the base64 caBundle.
-ca_bundle=$(tail -n 1 "$work/certs.out")
-[ -n "$ca_bundle" ] || die "portcullis certs printed no caBundle"
+[ -s "$CERT_DIR/ca.crt" ] || die "portcullis certs wrote no $CERT_DIR/ca.crt"
 
 # 2. The Namespace and the TLS Secret (before the pods that mount it).
 cat >"$work/namespace.yaml" <<NS
@@ -88,13 +98,24 @@ NS
     --dry-run=client -o yaml >"$work/secret.yaml"
 "$KUBECTL" apply --server-side --force-conflicts -f "$work/secret.yaml"
 
-# 3. The server. Server-side apply: the policy ConfigMaps are too large for
-# the last-applied-configuration annotation of a client-side apply.
+# 3. The custom resource definitions, served before anything names them.
+awk '
+    /^---[[:space:]]*$/ { if (crd) printf "%s---\n", doc; doc = ""; crd = 0; next }
+    { doc = doc $0 "\n"; if ($0 == "kind: CustomResourceDefinition") crd = 1 }
+    END { if (crd) printf "%s", doc }
+' "$MANIFESTS" >"$work/crds.yaml"
+grep -q '^kind: CustomResourceDefinition$' "$work/crds.yaml" ||
+    die "$MANIFESTS has no CustomResourceDefinition: render overlays/self-signed"
+"$KUBECTL" apply --server-side -f "$work/crds.yaml"
+"$KUBECTL" wait --for condition=Established crd -l portcullis.dev/phase=crds --timeout 60s
+
+# 4. The server and controller. Server-side apply: the policy ConfigMaps are
+# too large for the last-applied-configuration annotation of a client-side
+# apply.
 "$KUBECTL" apply --server-side -f "$MANIFESTS" -l portcullis.dev/phase=server
 "$KUBECTL" rollout status deployment/portcullis --namespace "$NAMESPACE" --timeout "$ROLLOUT_TIMEOUT"
 
-# 4. The webhooks, with the CA in their caBundle.
-sed "s|PORTCULLIS_CA_BUNDLE|$ca_bundle|g" "$MANIFESTS" >"$work/webhooks.yaml"
-"$KUBECTL" apply --server-side -f "$work/webhooks.yaml" -l portcullis.dev/phase=webhooks
+# 5. The policies.
+"$KUBECTL" apply --server-side -f "$MANIFESTS" -l portcullis.dev/phase=policies
 
-echo "install.sh: Portcullis is serving; webhooks registered with the CA in $CERT_DIR/ca.crt"
+echo "install.sh: Portcullis is serving; the controller registers the webhooks with the CA in $CERT_DIR/ca.crt"
