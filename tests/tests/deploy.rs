@@ -20,7 +20,7 @@ use std::sync::OnceLock;
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use portcullis_e2e::kube::{TestCluster, helm};
+use portcullis_e2e::kube::{TestCluster, helm, poll};
 use portcullis_e2e::{
     CLI_TIMEOUT, Json, Server, fixtures_dir, json, path_str, paths, read_json, repo_root,
     review_of, run_cli,
@@ -71,18 +71,6 @@ const IMAGE_MODULES: &str = "/usr/share/portcullis/policies";
 /// The caBundle placeholder of `deploy/external/webhooks.yaml`.
 const PLACEHOLDER: &str = "PORTCULLIS_CA_BUNDLE";
 const OVERLAYS: [&str; 2] = ["cert-manager", "self-signed"];
-/// `serve` flags of the controller (issue 19), which the manifests use
-/// before the binary has them; once `serve --help` lists them they are
-/// checked like every other flag.
-const PENDING_FLAGS: [&str; 7] = [
-    "--controller",
-    "--namespace",
-    "--replica-id",
-    "--webhook-name",
-    "--webhook-service",
-    "--webhook-url",
-    "--ca-secret",
-];
 
 // ---------------------------------------------------------------------------
 // Rendering
@@ -290,7 +278,6 @@ fn serve_flags() -> Result<BTreeSet<String>> {
             && flags.contains("--cluster-policies"),
         "{out}"
     );
-    flags.extend(PENDING_FLAGS.iter().map(|f| f.to_string()));
     Ok(flags)
 }
 
@@ -2031,15 +2018,21 @@ fn check_permissions(cluster: &TestCluster, user: &str, cases: &[(&[&str], bool)
 
 /// A server acting as `user` serves the library from the cluster.
 fn serve_as(cluster: &TestCluster, user: &str) -> Result<()> {
+    serve_library_as(cluster, user, &["--cluster-policies"]).map(drop)
+}
+
+/// Starts `portcullis serve FLAGS` as `user` (a kubeconfig impersonating
+/// it) with an empty config file, and waits until it serves the library
+/// with no request refused for want of permission.
+fn serve_library_as(cluster: &TestCluster, user: &str, flags: &[&str]) -> Result<Server> {
     let kubeconfig = cluster.kubeconfig_as(user)?;
-    let server = Server::start_with(
-        &["--cluster-policies", "--kubeconfig", path_str(&kubeconfig)?],
-        |_, dir| {
-            let config = dir.join("config.yaml");
-            fs::write(&config, "policies: []\n")?;
-            Ok(config)
-        },
-    )?;
+    let mut args = flags.to_vec();
+    args.extend(["--kubeconfig", path_str(&kubeconfig)?]);
+    let server = Server::start_with(&args, |_, dir| {
+        let config = dir.join("config.yaml");
+        fs::write(&config, "policies: []\n")?;
+        Ok(config)
+    })?;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let names = loop {
         let policies = server.policies()?;
@@ -2063,6 +2056,77 @@ fn serve_as(cluster: &TestCluster, user: &str) -> Result<()> {
     );
     let logs = server.logs();
     ensure!(!logs.contains("forbidden"), "{user}: {logs}");
+    Ok(server)
+}
+
+/// The chart's own pod flags, run as its ServiceAccount with the
+/// controller: it writes the webhook configurations, the API server then
+/// enforces the library through them, and every policy reports Ready.
+/// The API server cannot reach a Service here (no kube-proxy), so the
+/// chart's `controller.webhookURL` points it at the server directly.
+fn the_chart_enforces_as_its_service_account(
+    cluster: &TestCluster,
+    module_dir: &str,
+) -> Result<()> {
+    let docs = helm_template(&[module_dir, "controller.webhookURL=https://127.0.0.1:{port}"])?;
+    let kept = [
+        "--cluster-policies",
+        "--controller",
+        "--webhook-name",
+        "--webhook-url",
+        "--ca-secret",
+    ];
+    let mut flags: Vec<&str> = args_of(&docs)?
+        .into_iter()
+        .filter(|arg| kept.contains(&arg.split('=').next().unwrap_or(arg)))
+        .collect();
+    ensure!(flags.len() == kept.len(), "the chart's flags: {flags:?}");
+    flags.extend(["--namespace", NAMESPACE, "--replica-id", "chart-0"]);
+    let server = serve_library_as(cluster, SERVICE_ACCOUNT, &flags)?;
+    // The serving certificate's CA, where the chart's flags say.
+    let secret = flag_value(&flags, "--ca-secret").context("--ca-secret")?;
+    let out = cluster.apply(&format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{ name: {secret}, namespace: {NAMESPACE} }}\ndata: {{ ca.crt: {} }}\n",
+        BASE64.encode(&server.certs.ca_pem)
+    ))?;
+    ensure!(out.status.success(), "{out}");
+    let refused = |name: &str| -> Result<bool> {
+        let out = cluster.kubectl(&[
+            "run",
+            name,
+            "-n",
+            "default",
+            "--image=registry.k8s.io/pause:3.10",
+            "--dry-run=server",
+        ])?;
+        Ok(out.stderr.contains("denied the request") && out.stderr.contains("required-labels"))
+    };
+    ensure!(
+        poll(std::time::Duration::from_secs(30), || refused("unlabelled"))?,
+        "the library never enforced through the API server\n{}",
+        server.logs()
+    );
+    let ready = || -> Result<bool> {
+        let out = cluster.kubectl(&["get", "cap", "-o", "json"])?;
+        let list: Json = serde_json::from_str(&out.stdout)?;
+        Ok(list["items"].as_array().is_some_and(|items| {
+            items.len() == LIBRARY.len()
+                && items.iter().all(|p| {
+                    p["status"]["servingSummary"] == "1/1"
+                        && p["status"]["conditions"].as_array().is_some_and(|c| {
+                            c.iter()
+                                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                        })
+                })
+        }))
+    };
+    ensure!(
+        poll(std::time::Duration::from_secs(30), ready)?,
+        "the library never reported Ready 1/1: {}",
+        cluster.kubectl(&["get", "cap", "-o", "wide"])?
+    );
+    let logs = server.logs();
+    ensure!(!logs.contains("forbidden"), "{logs}");
     Ok(())
 }
 
@@ -2080,7 +2144,7 @@ fn the_chart_installs_and_its_service_account_serves_the_library_and_no_more() -
     install(&cluster, &docs)?;
     check_listed(&cluster, &docs)?;
 
-    serve_as(&cluster, SERVICE_ACCOUNT)?;
+    the_chart_enforces_as_its_service_account(&cluster, &module_dir)?;
 
     let ns = ["-n", NAMESPACE];
     let yes: &[&[&str]] = &[
