@@ -16,6 +16,9 @@ use portcullis_engine::ResourcePattern;
 pub const MUTATING_WEBHOOK: &str = "mutate.portcullis.dev";
 pub const VALIDATING_WEBHOOK: &str = "validate.portcullis.dev";
 
+const MUTATING_KIND: &str = "MutatingWebhookConfiguration";
+const VALIDATING_KIND: &str = "ValidatingWebhookConfiguration";
+
 /// Namespaces no policy is ever called for: the control plane's own, so a
 /// broken policy can never lock the cluster out of repairing itself.
 pub const SYSTEM_NAMESPACES: [&str; 2] = ["kube-system", "kube-node-lease"];
@@ -102,7 +105,7 @@ pub fn desired(
         mutating: configuration(
             settings,
             ca_bundle,
-            "MutatingWebhookConfiguration",
+            MUTATING_KIND,
             MUTATING_WEBHOOK,
             "/mutate",
             &mutators,
@@ -110,7 +113,7 @@ pub fn desired(
         validating: configuration(
             settings,
             ca_bundle,
-            "ValidatingWebhookConfiguration",
+            VALIDATING_KIND,
             VALIDATING_WEBHOOK,
             "/validate",
             &validators,
@@ -153,7 +156,11 @@ fn configuration(
         // and a second for the rest, within the API server's 1-30 s.
         let total_ms: u64 = policies.iter().map(|p| p.timeout_ms).sum();
         let timeout = (total_ms.div_ceil(1000) + 1).clamp(1, 30);
-        let fail_closed = policies.iter().any(|p| p.fail_closed);
+        // Validation fails closed when a policy enforces and denies on
+        // error: no answer must not admit what it should judge. Mutation
+        // fails open: it adds defaults, and what missed them is still
+        // judged by validation, with a message that says what is missing.
+        let fail_closed = kind == VALIDATING_KIND && policies.iter().any(|p| p.fail_closed);
         let mut webhook = json!({
             "name": webhook,
             "clientConfig": client_config,
@@ -171,8 +178,9 @@ fn configuration(
             "timeoutSeconds": timeout,
             "admissionReviewVersions": ["v1"],
         });
-        if kind == "MutatingWebhookConfiguration" {
-            webhook["reinvocationPolicy"] = json!("Never");
+        if kind == MUTATING_KIND {
+            // Run again when a later mutating webhook changed the object.
+            webhook["reinvocationPolicy"] = json!("IfNeeded");
         }
         vec![webhook]
     };
@@ -309,6 +317,8 @@ mod tests {
             json!(["kube-node-lease", "kube-system", "portcullis", "tenant-ops"])
         );
         let mutating = &desired.mutating["webhooks"][0];
+        assert_eq!(mutating["failurePolicy"], "Ignore", "mutation fails open");
+        assert_eq!(mutating["reinvocationPolicy"], "IfNeeded");
         assert_eq!(
             mutating["rules"],
             json!([{"apiGroups": [""], "apiVersions": ["*"], "operations": ["*"],
