@@ -172,7 +172,16 @@ impl TestCluster {
     /// Runs kubectl with `input` on its standard input (`apply -f -`).
     pub fn kubectl_with_input(&self, args: &[&str], input: Option<&[u8]>) -> Result<CliOutput> {
         let kubeconfig = self.kubeconfig();
-        let mut all = vec!["--kubeconfig", path_str(&kubeconfig)?];
+        // Its own discovery cache: kubectl keys the cache by host and port,
+        // and a port reused from an earlier test's cluster would bring
+        // that cluster's kinds along.
+        let cache = self.dir.path().join("kubectl-cache");
+        let mut all = vec![
+            "--kubeconfig",
+            path_str(&kubeconfig)?,
+            "--cache-dir",
+            path_str(&cache)?,
+        ];
         all.extend_from_slice(args);
         run_cli(Path::new("kubectl"), &all, input, KUBECTL_TIMEOUT)
     }
