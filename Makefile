@@ -114,7 +114,7 @@ $(KUBE_BIN)/etcd: tests/kube/etcd/main.go tests/kube/etcd/go.mod tests/kube/etcd
 	@command -v $(GO) >/dev/null 2>&1 || { echo "error: Go is required to build the test etcd"; exit 2; }
 	cd tests/kube/etcd && GOFLAGS=-mod=readonly $(GO) build -trimpath -o $(CURDIR)/$@ .
 
-# Helm, for the chart's tests only (tests/tests/helm.rs: lint, template,
+# Helm, for the chart's tests only (tests/tests/deploy.rs: lint, template,
 # and the rendered chart applied to the test API server): the helm command
 # of the helm.sh/helm/v4 module tests/kube/helm/go.mod pins.
 HELM_VERSION := $(shell sed -n 's/^require helm.sh\/helm\/v4 \(v[^ ]*\).*/\1/p' tests/kube/helm/go.mod | head -n 1)

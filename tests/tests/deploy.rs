@@ -265,17 +265,17 @@ fn selects(match_labels: &Json, labels: &Json) -> Result<()> {
     Ok(())
 }
 
-/// The flags `portcullis serve --help` lists, and the controller's that
-/// are on their way.
+/// The flags `portcullis serve --help` lists.
 fn serve_flags() -> Result<BTreeSet<String>> {
     let paths = paths()?;
     let out = run_cli(&paths.bin, &["serve", "--help"], None, CLI_TIMEOUT)?;
     ensure!(out.code() == Some(0), "serve --help\n{out}");
-    let mut flags = flag_names(&out.stdout);
+    let flags = flag_names(&out.stdout);
     ensure!(
         flags.contains("--config")
             && flags.contains("--tls-cert")
-            && flags.contains("--cluster-policies"),
+            && flags.contains("--cluster-policies")
+            && flags.contains("--controller"),
         "{out}"
     );
     Ok(flags)
@@ -1951,12 +1951,34 @@ fn check_listed(cluster: &TestCluster, docs: &[Json]) -> Result<()> {
     Ok(())
 }
 
+/// The kustomize base installs phase by phase, and its pod's flags, run as
+/// its ServiceAccount, write the webhooks and enforce the library.
 #[test]
 fn the_base_installs_into_the_api_server() -> Result<()> {
-    let docs = &renders()?["base"];
+    // The modules where this machine has them (the pod's ConfigMaps in a
+    // cluster).
+    let paths = paths()?;
+    let rendered = serde_json::to_string(&renders()?["base"])?.replace(
+        &format!("{MOUNTED_MODULES}/"),
+        &format!("{}/", path_str(&paths.modules)?),
+    );
+    let docs: &[Json] = &serde_json::from_str::<Vec<Json>>(&rendered)?;
     let cluster = TestCluster::start()?;
     install(&cluster, docs)?;
     check_listed(&cluster, docs)?;
+    // Its pod's flags, as its ServiceAccount; the Service is unreachable
+    // here (no kube-proxy), so the webhooks call the server by URL.
+    enforces_as_its_service_account(
+        &cluster,
+        docs,
+        &[
+            "--cluster-policies",
+            "--controller",
+            "--webhook-name",
+            "--ca-secret",
+        ],
+        &["--webhook-url=https://127.0.0.1:{port}"],
+    )?;
     // The Deployment as the API server stored it.
     let out = cluster.kubectl(&[
         "-n",
@@ -2063,12 +2085,25 @@ fn the_chart_enforces_as_its_service_account(
         "--webhook-url",
         "--ca-secret",
     ];
-    let mut flags: Vec<&str> = args_of(&docs)?
+    enforces_as_its_service_account(cluster, &docs, &kept, &[])
+}
+
+/// Runs the server with the rendering's pod flags named in `kept` (and
+/// `extra`), as the rendering's ServiceAccount, and checks the library is
+/// enforced through the API server and Ready.
+fn enforces_as_its_service_account(
+    cluster: &TestCluster,
+    docs: &[Json],
+    kept: &[&str],
+    extra: &[&str],
+) -> Result<()> {
+    let mut flags: Vec<&str> = args_of(docs)?
         .into_iter()
         .filter(|arg| kept.contains(&arg.split('=').next().unwrap_or(arg)))
         .collect();
-    ensure!(flags.len() == kept.len(), "the chart's flags: {flags:?}");
-    flags.extend(["--namespace", NAMESPACE, "--replica-id", "chart-0"]);
+    ensure!(flags.len() == kept.len(), "the pod's flags: {flags:?}");
+    flags.extend(extra);
+    flags.extend(["--namespace", NAMESPACE, "--replica-id", "pod-0"]);
     let server = serve_library_as(cluster, SERVICE_ACCOUNT, &flags)?;
     // The serving certificate's CA, where the chart's flags say.
     let secret = flag_value(&flags, "--ca-secret").context("--ca-secret")?;
