@@ -351,10 +351,10 @@ pub async fn start(
             reports,
             phase.clone(),
         )));
-        controller = settings
-            .controller
-            .clone()
-            .map(|settings| tokio::spawn(controller::run(client, settings, stopped())));
+        controller = settings.controller.clone().map(|settings| {
+            let metrics = state.metrics.clone();
+            tokio::spawn(controller::run(client, settings, metrics, stopped()))
+        });
     }
     // Serves through the drain's delay, so the kubelet sees the pod
     // unready while it drains.

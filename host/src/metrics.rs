@@ -122,6 +122,10 @@ pub struct Metrics {
     pub tls_last_reload_failed: Gauge,
     /// notAfter of the serving certificate, unix seconds.
     pub tls_certificate_expiry: Gauge,
+    /// Policy resources whose newest generation this replica refused.
+    pub cluster_policies_refused: Gauge,
+    /// 1 while this replica leads the controller.
+    pub controller_leader: Gauge,
 }
 
 impl Metrics {
@@ -242,8 +246,22 @@ impl Metrics {
             "notAfter of the serving certificate, in unix seconds",
             tls_certificate_expiry.clone(),
         );
+        let cluster_policies_refused = Gauge::default();
+        registry.register(
+            "portcullis_cluster_policies_refused",
+            "Policy resources whose newest generation this replica refused (their last good generation keeps deciding)",
+            cluster_policies_refused.clone(),
+        );
+        let controller_leader = Gauge::default();
+        registry.register(
+            "portcullis_controller_leader",
+            "1 while this replica leads the controller (webhook configurations and policy status)",
+            controller_leader.clone(),
+        );
         Arc::new(Self {
             registry,
+            cluster_policies_refused,
+            controller_leader,
             requests,
             request_duration,
             policy_evaluations,

@@ -469,7 +469,11 @@ impl Reloader {
                 (entry.key.to_string(), report)
             })
             .chain(files)
-            .collect();
+            .collect::<BTreeMap<String, PolicyReport>>();
+        let refused = reports.values().filter(|r| r.refused.is_some()).count();
+        self.metrics
+            .cluster_policies_refused
+            .set(i64::try_from(refused).unwrap_or(i64::MAX));
         Arc::new(reports)
     }
 }

@@ -195,6 +195,15 @@ fn the_controller_keeps_webhooks_and_status_in_step() -> Result<()> {
         policy()?["status"]
     );
     ensure!(condition(&policy()?, "Degraded")["status"] == "True");
+    // Each replica counts the refused resource; only the leader leads.
+    for (server, leads) in [(&first, 1), (&second, 0)] {
+        let counted = poll(Duration::from_secs(30), || {
+            let metrics = server.metrics()?;
+            Ok(metrics.contains("portcullis_cluster_policies_refused 1")
+                && metrics.contains(&format!("portcullis_controller_leader {leads}")))
+        })?;
+        ensure!(counted, "{}", server.metrics()?);
+    }
     ensure!(
         dry_run("rejected")?
             .stderr

@@ -26,6 +26,7 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use crate::cluster_policies::{PolicyKey, PolicyKind, Reflected};
+use crate::metrics::Metrics;
 use crate::replica::{FILE_POLICY_PREFIX, LEASE_PREFIX, REPLICA_LABEL, ReplicaState};
 use portcullis_engine::Report;
 
@@ -62,6 +63,7 @@ pub struct ControllerSettings {
 pub async fn run(
     client: kube::Client,
     settings: ControllerSettings,
+    metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()>,
 ) {
     let elector = LeaderElector::new(
@@ -73,8 +75,9 @@ pub async fn run(
     let leadership = elector.leadership();
     tokio::select! {
         () = elect(elector, settings.lease_duration / 3, shutdown) => {}
-        () = lead(client, settings, leadership) => {}
+        () = lead(client, settings, leadership, &metrics) => {}
     }
+    metrics.controller_leader.set(0);
 }
 
 /// Takes or renews the lease every `retry` until `shutdown`, then
@@ -103,7 +106,12 @@ async fn elect(mut elector: LeaderElector, retry: Duration, shutdown: impl Futur
 /// Reconciles while this candidate leads: at once on every change it
 /// watches, and every third of the lease's duration (expired replica
 /// leases change nothing it watches).
-async fn lead(client: kube::Client, settings: ControllerSettings, leadership: Leadership) {
+async fn lead(
+    client: kube::Client,
+    settings: ControllerSettings,
+    leadership: Leadership,
+    metrics: &Metrics,
+) {
     let retry = settings.lease_duration / 3;
     let mut leading: Option<Reconciler> = None;
     loop {
@@ -111,10 +119,12 @@ async fn lead(client: kube::Client, settings: ControllerSettings, leadership: Le
             (true, false) => {
                 tracing::info!(identity = %settings.identity, "leading the controller");
                 leading = Some(Reconciler::start(client.clone(), settings.clone()));
+                metrics.controller_leader.set(1);
             }
             (false, true) => {
                 tracing::warn!(identity = %settings.identity, "no longer leading the controller");
                 leading = None;
+                metrics.controller_leader.set(0);
             }
             _ => {}
         }
@@ -145,6 +155,10 @@ struct Reconciler {
     applied: Option<(webhooks::Desired, Instant)>,
     /// Why the configurations could not be written, while they cannot.
     blocked: Option<String>,
+    /// The caBundle as last read, and when: read again after a third of
+    /// the lease's duration, not on every pass (each replica's renewal is
+    /// a pass).
+    ca: Option<(Result<Vec<u8>, String>, Instant)>,
 }
 
 impl Reconciler {
@@ -180,6 +194,7 @@ impl Reconciler {
             changes,
             applied: None,
             blocked: None,
+            ca: None,
         }
     }
 
@@ -294,7 +309,7 @@ impl Reconciler {
         rules: &BTreeMap<PolicyKey, PolicyRules>,
         files: &[PolicyRules],
     ) -> BTreeSet<PolicyKey> {
-        let ca = match self.ca_bundle().await {
+        let ca = match self.ca_bundle_cached().await {
             Ok(ca) => ca,
             Err(reason) => {
                 if self.blocked.as_deref() != Some(reason.as_str()) {
@@ -361,6 +376,22 @@ impl Reconciler {
                 self.applied = None;
                 BTreeSet::new()
             }
+        }
+    }
+
+    /// [`Reconciler::ca_bundle`], read again once a third of the lease's
+    /// duration has passed.
+    async fn ca_bundle_cached(&mut self) -> Result<Vec<u8>, String> {
+        let fresh = self
+            .ca
+            .as_ref()
+            .is_some_and(|(_, at)| at.elapsed() < self.settings.lease_duration / 3);
+        if !fresh {
+            self.ca = Some((self.ca_bundle().await, Instant::now()));
+        }
+        match &self.ca {
+            Some((ca, _)) => ca.clone(),
+            None => Err("the caBundle was not read".to_string()),
         }
     }
 
