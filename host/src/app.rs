@@ -320,7 +320,15 @@ pub async fn start(
     // resolves; the listeners, `/readyz` and the control loop watch it.
     let (phase_tx, phase) = watch::channel(Phase::Serving);
     let pool = Arc::new(EvalPool::per_core()?);
-    let state = server_state(store, pool, metrics, phase.clone(), &options);
+    let cluster_reports = options.cluster.is_some().then(|| reports.clone());
+    let state = server_state(
+        store,
+        pool,
+        metrics,
+        phase.clone(),
+        cluster_reports,
+        &options,
+    );
     let https_addr = local_addr(&listeners.https)?;
     let operations_addr = listeners.operations.as_ref().map(local_addr).transpose()?;
 
@@ -410,11 +418,12 @@ pub async fn router(options: &ServeOptions) -> Result<axum::Router, AppError> {
     let metrics = Metrics::new();
     let engine = PolicyEngine::with_options(options.cache_dir.as_deref(), options.engine)?;
     let client = connect(options).await?;
-    let (_reloader, store) = load_policies(&engine, options, &metrics, client).await?;
+    let (reloader, store) = load_policies(&engine, options, &metrics, client).await?;
+    let reports = options.cluster.is_some().then(|| reloader.reports());
     let pool = Arc::new(EvalPool::per_core()?);
     let (_, phase) = watch::channel(Phase::Serving);
     Ok(server::router(server_state(
-        store, pool, metrics, phase, options,
+        store, pool, metrics, phase, reports, options,
     )))
 }
 
@@ -486,6 +495,7 @@ fn server_state(
     pool: Arc<EvalPool>,
     metrics: Arc<Metrics>,
     phase: watch::Receiver<Phase>,
+    cluster_reports: Option<crate::replica::Reports>,
     options: &ServeOptions,
 ) -> ServerState {
     let edge = options.limits;
@@ -506,6 +516,7 @@ fn server_state(
         )),
         body_timeout: edge.body_read_timeout,
         phase,
+        cluster_reports,
     }
 }
 

@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use crate::cluster_policies::{ClusterEntry, ClusterPolicies, PolicyKey};
 use crate::metrics::Metrics;
 use crate::registry::{ModuleResolver, ResolveError, TrackedTag};
-use crate::replica::{FILE_POLICY_PREFIX, PolicyReport, Refusal, ServedVersion};
+use crate::replica::{FILE_POLICY_PREFIX, PolicyReport, Refusal, Reports, ServedVersion};
 use crate::watch::Fingerprint;
 use portcullis_engine::{Config, ConfigError, Report};
 use portcullis_engine::{LoadError, Mode, OnError, Policy, PolicyConfig, PolicyEngine};
@@ -136,7 +136,7 @@ impl Reloader {
 
     /// What each cluster policy resource has in service, updated by every
     /// reload that gets as far as building.
-    pub fn reports(&self) -> watch::Receiver<Arc<BTreeMap<String, PolicyReport>>> {
+    pub fn reports(&self) -> Reports {
         self.reports.subscribe()
     }
 

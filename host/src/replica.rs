@@ -34,6 +34,10 @@ pub const FILE_POLICY_PREFIX: &str = "ConfigFile/";
 
 const FIELD_MANAGER: &str = "portcullis-replica";
 
+/// What a replica does with each policy resource, by key, as the reloader
+/// last published it.
+pub type Reports = watch::Receiver<Arc<BTreeMap<String, PolicyReport>>>;
+
 /// One replica's account of itself.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -132,7 +136,7 @@ pub async fn publish(
     client: kube::Client,
     settings: ReplicaSettings,
     store: Arc<PolicyStore>,
-    mut reports: watch::Receiver<Arc<BTreeMap<String, PolicyReport>>>,
+    mut reports: Reports,
     mut phase: watch::Receiver<Phase>,
 ) {
     let api: Api<Lease> = Api::namespaced(client, &settings.namespace);

@@ -262,14 +262,23 @@ fn servers_follow_cluster_admission_policies() -> Result<()> {
     // Settings the policy rejects: that resource is refused (its status
     // says why, see controller.rs), the previous version keeps deciding.
     cluster.apply(&policy("[not, a, map]"))?;
+    let report = || -> Result<serde_json::Value> {
+        Ok(server.policies()?["clusterPolicies"]["ClusterAdmissionPolicy/required-labels"].clone())
+    };
     ensure!(
         wait_until(|| {
-            let logs = server.logs();
-            Ok(logs.contains("policy resource refused") && logs.contains("settings rejected"))
+            let report = report()?;
+            Ok(report["refused"]["reason"] == "SettingsRejected"
+                && report["refused"]["generation"] == 3
+                && report["served"]["generation"] == 2
+                && report["refused"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("settings rejected")))
         })?,
-        "the rejected spec should be logged\n{}",
-        server.logs()
+        "/policies should say generation 3 was refused and 2 serves: {}",
+        report()?
     );
+    ensure!(server.logs().contains("policy resource refused"));
     ensure!(
         dry_run("rejected")?
             .stderr

@@ -59,6 +59,9 @@ pub struct ServerState {
     pub shadows: Arc<Shadows>,
     /// Where the process is in its life: `/readyz` fails once it drains.
     pub phase: tokio::sync::watch::Receiver<Phase>,
+    /// With `--cluster-policies`: what this replica does with each policy
+    /// resource (as its lease reports it), for `/policies`.
+    pub cluster_reports: Option<crate::replica::Reports>,
 }
 
 /// The webhook router. `/policies` and `/metrics` only with

@@ -119,6 +119,11 @@ struct PoliciesView {
     loaded_at: String,
     policies: Vec<PolicyView>,
     reload: ReloadView,
+    /// With `--cluster-policies`: each policy resource by
+    /// `KIND/[NAMESPACE/]NAME`, the generation in service here or why the
+    /// newest was refused (what this replica's lease reports).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cluster_policies: Option<std::collections::BTreeMap<String, crate::replica::PolicyReport>>,
 }
 
 pub(super) async fn policies(State(state): State<ServerState>) -> Response {
@@ -179,6 +184,10 @@ pub(super) async fn policies(State(state): State<ServerState>) -> Response {
             modules_reused: status.modules_reused,
             modules_from_disk_cache: status.modules_from_disk_cache,
         },
+        cluster_policies: state
+            .cluster_reports
+            .as_ref()
+            .map(|reports| (**reports.borrow()).clone()),
     };
     match serde_json::to_vec(&view) {
         Ok(body) => json(body),
