@@ -13,12 +13,16 @@ use serde_json::Value;
 
 const NAMESPACE: &str = "portcullis";
 
-/// Two replicas, both controller candidates, lease 3 s.
+/// A replica and controller candidate, lease 3 s.
 fn replica(cluster: &TestCluster, id: &str) -> Result<Server> {
+    serve(cluster, id, &["--controller"])
+}
+
+/// A replica with `extra` flags, lease 3 s.
+fn serve(cluster: &TestCluster, id: &str, extra: &[&str]) -> Result<Server> {
     let kubeconfig = cluster.kubeconfig();
-    let flags = [
+    let mut flags = vec![
         "--cluster-policies",
-        "--controller",
         "--kubeconfig",
         path_str(&kubeconfig)?,
         "--namespace",
@@ -31,6 +35,7 @@ fn replica(cluster: &TestCluster, id: &str) -> Result<Server> {
         "--webhook-url",
         "https://127.0.0.1:{port}",
     ];
+    flags.extend(extra);
     Server::start_with(&flags, |_, dir| {
         let config = dir.join("policies.yaml");
         std::fs::write(&config, "policies: []\n")?;
@@ -350,17 +355,48 @@ spec:
     );
     let other = dry_run("team-b")?;
     ensure!(other.status.success(), "judged another namespace: {other}");
-    let status = get_json(&cluster, &["get", "ap", "-n", "team-a", "require-team"])?;
+    let policy = || get_json(&cluster, &["get", "ap", "-n", "team-a", "require-team"]);
     ensure!(
         poll(Duration::from_secs(30), || {
-            let p = get_json(&cluster, &["get", "ap", "-n", "team-a", "require-team"])?;
+            let p = policy()?;
             Ok(
                 condition(&p, "Ready")["status"] == "True"
                     && p["status"]["servingSummary"] == "1/1",
             )
         })?,
         "{}",
-        status["status"]
+        policy()?["status"]
+    );
+
+    // A second replica (not a controller candidate) joins: 2/2. Stopped
+    // gracefully, it says so in its lease as it drains: 1/2 at once, not
+    // after its lease expires.
+    let spare = serve(&cluster, "spare", &["--shutdown-delay=5"])?;
+    ensure!(
+        poll(Duration::from_secs(30), || Ok(
+            policy()?["status"]["servingSummary"] == "2/2"
+        ))?,
+        "{}",
+        policy()?["status"]
+    );
+    spare.terminate()?;
+    let stopped = Instant::now();
+    ensure!(
+        poll(Duration::from_secs(30), || {
+            let p = policy()?;
+            Ok(p["status"]["servingSummary"] == "1/2"
+                && condition(&p, "Ready")["status"] == "True"
+                && condition(&p, "Degraded")["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("spare")))
+        })?,
+        "{}",
+        policy()?["status"]
+    );
+    let counted_ms = stopped.elapsed().as_millis();
+    ensure!(
+        spare.is_running(),
+        "counted only once it exited ({counted_ms} ms): the drain should have said so first"
     );
     Ok(())
 }
