@@ -203,13 +203,18 @@ fn selected<'a>(
 ///
 /// # Errors
 /// [`ChainFailure`] when the policy says `onError: fail`.
-fn applies(
+fn applies<'r, I: std::borrow::Borrow<MatchInput<'r>>>(
     outcome: &mut Outcome<'_>,
     policy: &Policy,
-    input: &MatchInput<'_>,
+    input: impl FnOnce() -> I,
 ) -> Result<bool, ChainFailure> {
+    // Most policies have no selector or condition: nothing to build or
+    // time for them on the request path.
+    if !policy.needs_match_input() {
+        return Ok(true);
+    }
     let started = Instant::now();
-    match policy.selects(input) {
+    match policy.selects(input().borrow()) {
         Ok(selected) => Ok(selected),
         Err(error) => {
             outcome.evaluated(policy, error.kind(), started);
@@ -248,7 +253,9 @@ pub async fn mutate(
     for policy in policies {
         // Selected on the object as the mutators before it left it, as
         // separate webhooks would be.
-        if !applies(&mut outcome, policy, &review.match_input(current.as_ref()))? {
+        if !applies(&mut outcome, policy, || {
+            review.match_input(current.as_ref())
+        })? {
             if outcome.is_denied() {
                 break;
             }
@@ -330,9 +337,12 @@ pub async fn validate(
     let request = review.request.get();
     // The request text, copied once for every candidate that judges it.
     let mut shared: Option<Arc<str>> = None;
-    let input = review.match_input(None);
+    // Built once, for the first validator that needs it.
+    let input = std::cell::OnceCell::new();
     for policy in selected(set.validators(), selection, review) {
-        if !applies(&mut outcome, policy, &input)? {
+        if !applies(&mut outcome, policy, || {
+            input.get_or_init(|| review.match_input(None))
+        })? {
             continue;
         }
         let started = Instant::now();

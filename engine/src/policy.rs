@@ -212,12 +212,18 @@ impl Policy {
     /// # Errors
     /// A [`PolicyError::Match`] when that cannot be decided.
     pub(crate) fn selects(&self, input: &MatchInput<'_>) -> Result<bool, PolicyError> {
-        if !self.matcher.needs_input() {
+        if !self.needs_match_input() {
             return Ok(true);
         }
         Ok(self
             .matcher
             .selects(input, self.module.engine.namespace_labels())?)
+    }
+
+    /// Whether it has selectors or match conditions to check before it
+    /// runs.
+    pub(crate) fn needs_match_input(&self) -> bool {
+        self.matcher.needs_input()
     }
 
     /// The policy's limits, its deadline shortened to the review's.

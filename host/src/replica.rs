@@ -149,7 +149,15 @@ pub async fn publish(
             ready: *phase.borrow() == Phase::Serving && store.current().generation > 0,
             policies: (**reports.borrow_and_update()).clone(),
         };
-        match write(&api, &name, &settings, &report).await {
+        // A hung request must not hold back the next renewal: by then the
+        // report may have changed, and the lease must not lapse unseen.
+        let written = tokio::time::timeout(
+            settings.lease_duration / 3,
+            write(&api, &name, &settings, &report),
+        )
+        .await
+        .unwrap_or_else(|_| Err(WriteError::TimedOut));
+        match written {
             Ok(()) if failing => {
                 tracing::info!(lease = %name, "replica lease written again");
                 failing = false;
@@ -169,12 +177,21 @@ pub async fn publish(
     }
 }
 
+/// Why the lease was not written.
+#[derive(Debug, thiserror::Error)]
+enum WriteError {
+    #[error(transparent)]
+    Api(#[from] kube::Error),
+    #[error("the API server did not answer within a third of the lease's duration")]
+    TimedOut,
+}
+
 async fn write(
     api: &Api<Lease>,
     name: &str,
     settings: &ReplicaSettings,
     report: &ReplicaReport,
-) -> Result<(), kube::Error> {
+) -> Result<(), WriteError> {
     let report = serde_json::to_string(report).map_err(kube::Error::SerdeError)?;
     let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
         k8s_openapi::jiff::Timestamp::now(),
@@ -201,8 +218,8 @@ async fn write(
         &PatchParams::apply(FIELD_MANAGER).force(),
         &Patch::Apply(lease),
     )
-    .await
-    .map(drop)
+    .await?;
+    Ok(())
 }
 
 /// A replica as the controller sees it: its lease.

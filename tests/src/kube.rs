@@ -186,6 +186,22 @@ impl TestCluster {
         run_cli(Path::new("kubectl"), &all, input, KUBECTL_TIMEOUT)
     }
 
+    /// `kubectl run NAME --dry-run=server` (in `namespace`, default
+    /// `default`): a pod the API server admits or refuses (webhooks
+    /// included) without creating it.
+    pub fn dry_run_pod(&self, name: &str, namespace: Option<&str>) -> Result<CliOutput> {
+        let mut args = vec![
+            "run",
+            name,
+            "--image=registry.k8s.io/pause:3.10",
+            "--dry-run=server",
+        ];
+        if let Some(namespace) = namespace {
+            args.extend(["-n", namespace]);
+        }
+        self.kubectl(&args)
+    }
+
     /// `kubectl apply -f -` of `yaml`, which must succeed.
     pub fn apply(&self, yaml: &str) -> Result<CliOutput> {
         let out = self.kubectl_with_input(&["apply", "-f", "-"], Some(yaml.as_bytes()))?;

@@ -208,29 +208,14 @@ fn servers_follow_cluster_admission_policies() -> Result<()> {
     let cluster = TestCluster::start()?;
     cluster.install_crds()?;
 
-    let kubeconfig = cluster.kubeconfig();
-    let flags = ["--cluster-policies", "--kubeconfig", path_str(&kubeconfig)?];
-    let server = Server::start_with(&flags, |_, dir| {
-        let config = dir.join("policies.yaml");
-        std::fs::write(&config, "policies: []\n")?;
-        Ok(config)
-    })?;
-    let ca_bundle = base64::engine::general_purpose::STANDARD.encode(&server.certs.ca_pem);
-    register_webhook(&cluster, server.port, &ca_bundle)?;
+    let server = cluster_policies_server(&cluster)?;
     let module = path_str(&server.paths.required_labels)?.to_string();
     let policy = |labels: &str| {
         format!(
             "apiVersion: portcullis.dev/v1alpha1\nkind: ClusterAdmissionPolicy\nmetadata: {{ name: required-labels }}\nspec:\n  module: {module}\n  settings: {{ labels: {labels} }}\n"
         )
     };
-    let dry_run = |name: &str| {
-        cluster.kubectl(&[
-            "run",
-            name,
-            "--image=registry.k8s.io/pause:3.10",
-            "--dry-run=server",
-        ])
-    };
+    let dry_run = |name: &str| cluster.dry_run_pod(name, None);
     ensure!(
         dry_run("before")?.status.success(),
         "no policy yet: allowed"
@@ -300,6 +285,21 @@ fn servers_follow_cluster_admission_policies() -> Result<()> {
     Ok(())
 }
 
+/// `serve --cluster-policies` with an empty config file, registered as
+/// the validating webhook for pods.
+fn cluster_policies_server(cluster: &TestCluster) -> Result<Server> {
+    let kubeconfig = cluster.kubeconfig();
+    let flags = ["--cluster-policies", "--kubeconfig", path_str(&kubeconfig)?];
+    let server = Server::start_with(&flags, |_, dir| {
+        let config = dir.join("policies.yaml");
+        std::fs::write(&config, "policies: []\n")?;
+        Ok(config)
+    })?;
+    let ca_bundle = base64::engine::general_purpose::STANDARD.encode(&server.certs.ca_pem);
+    register_webhook(cluster, server.port, &ca_bundle)?;
+    Ok(server)
+}
+
 fn register_webhook(cluster: &TestCluster, port: u16, ca_bundle: &str) -> Result<()> {
     cluster.apply(&format!(
         "apiVersion: admissionregistration.k8s.io/v1
@@ -344,15 +344,7 @@ fn cluster_policies_judge_only_what_their_selectors_select() -> Result<()> {
          apiVersion: v1\nkind: Namespace\nmetadata: { name: team-b, labels: { team: b } }\n",
     )?;
 
-    let kubeconfig = cluster.kubeconfig();
-    let flags = ["--cluster-policies", "--kubeconfig", path_str(&kubeconfig)?];
-    let server = Server::start_with(&flags, |_, dir| {
-        let config = dir.join("policies.yaml");
-        std::fs::write(&config, "policies: []\n")?;
-        Ok(config)
-    })?;
-    let ca_bundle = base64::engine::general_purpose::STANDARD.encode(&server.certs.ca_pem);
-    register_webhook(&cluster, server.port, &ca_bundle)?;
+    let server = cluster_policies_server(&cluster)?;
     let module = path_str(&server.paths.required_labels)?.to_string();
     cluster.apply(&format!(
         "apiVersion: portcullis.dev/v1alpha1

@@ -64,6 +64,20 @@ fn leader(cluster: &TestCluster) -> Result<String> {
     Ok(out.stdout.trim().to_string())
 }
 
+/// Whether `id` comes to hold the controller lease within 30 s.
+fn leads(cluster: &TestCluster, id: &str) -> Result<bool> {
+    poll(Duration::from_secs(30), || Ok(leader(cluster)? == id))
+}
+
+/// The Secret the controller reads the webhooks' caBundle from.
+fn ca_secret(cluster: &TestCluster, ca_pem: &[u8]) -> Result<()> {
+    cluster.apply(&format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{ name: portcullis-tls, namespace: {NAMESPACE} }}\ndata: {{ ca.crt: {} }}\n",
+        base64::engine::general_purpose::STANDARD.encode(ca_pem)
+    ))?;
+    Ok(())
+}
+
 fn condition<'a>(policy: &'a Value, kind: &str) -> &'a Value {
     policy["status"]["conditions"]
         .as_array()
@@ -102,9 +116,7 @@ fn the_controller_keeps_webhooks_and_status_in_step() -> Result<()> {
 
     let first = replica(&cluster, "replica-a")?;
     ensure!(
-        poll(Duration::from_secs(20), || Ok(
-            leader(&cluster)? == "replica-a"
-        ))?,
+        leads(&cluster, "replica-a")?,
         "the first replica never led\n{}",
         first.logs()
     );
@@ -112,20 +124,10 @@ fn the_controller_keeps_webhooks_and_status_in_step() -> Result<()> {
     // The caBundle: both replicas' CAs, as a Secret the controller reads.
     let mut bundle = first.certs.ca_pem.clone();
     bundle.extend_from_slice(&second.certs.ca_pem);
-    cluster.apply(&format!(
-        "apiVersion: v1\nkind: Secret\nmetadata: {{ name: portcullis-tls, namespace: {NAMESPACE} }}\ndata: {{ ca.crt: {} }}\n",
-        base64::engine::general_purpose::STANDARD.encode(&bundle)
-    ))?;
+    ca_secret(&cluster, &bundle)?;
 
     let module = path_str(&first.paths.required_labels)?.to_string();
-    let dry_run = |name: &str| {
-        cluster.kubectl(&[
-            "run",
-            name,
-            "--image=registry.k8s.io/pause:3.10",
-            "--dry-run=server",
-        ])
-    };
+    let dry_run = |name: &str| cluster.dry_run_pod(name, None);
     ensure!(dry_run("before")?.status.success(), "no policy yet");
 
     // Created: the webhook configuration gains the rule and the API server
@@ -243,9 +245,7 @@ fn the_controller_keeps_webhooks_and_status_in_step() -> Result<()> {
         .status()?;
     let killed = Instant::now();
     ensure!(
-        poll(Duration::from_secs(30), || Ok(
-            leader(&cluster)? == "replica-b"
-        ))?,
+        leads(&cluster, "replica-b")?,
         "the second replica never took over\n{}",
         second.logs()
     );
@@ -321,10 +321,7 @@ fn an_admission_policy_never_judges_another_namespace() -> Result<()> {
         ))?;
     }
     let server = replica(&cluster, "only")?;
-    cluster.apply(&format!(
-        "apiVersion: v1\nkind: Secret\nmetadata: {{ name: portcullis-tls, namespace: {NAMESPACE} }}\ndata: {{ ca.crt: {} }}\n",
-        base64::engine::general_purpose::STANDARD.encode(&server.certs.ca_pem)
-    ))?;
+    ca_secret(&cluster, &server.certs.ca_pem)?;
     let module = path_str(&server.paths.required_labels)?.to_string();
     cluster.apply(&format!(
         "apiVersion: portcullis.dev/v1alpha1
@@ -336,16 +333,7 @@ spec:
   settings: {{ labels: {{ team: \"^.+$\" }} }}
 "
     ))?;
-    let dry_run = |namespace: &str| {
-        cluster.kubectl(&[
-            "run",
-            "p",
-            "-n",
-            namespace,
-            "--image=registry.k8s.io/pause:3.10",
-            "--dry-run=server",
-        ])
-    };
+    let dry_run = |namespace: &str| cluster.dry_run_pod("p", Some(namespace));
     ensure!(
         poll(Duration::from_secs(30), || Ok(dry_run("team-a")?
             .stderr
