@@ -173,12 +173,14 @@ where
     K: kube::Resource + Clone + fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
     K::DynamicType: std::hash::Hash + Eq + Clone + Send + Sync,
 {
-    /// Starts watching; `what` names the resources in logs.
+    /// Starts watching; `what` names the resources in logs. `notify` is
+    /// bumped on the changes `changes` says matter.
     pub fn start(
         api: Api<K>,
         dynamic: K::DynamicType,
         config: watcher::Config,
         notify: watch::Sender<u64>,
+        changes: Changes,
         what: &'static str,
     ) -> Self {
         let writer = reflector::store::Writer::new(dynamic);
@@ -186,11 +188,20 @@ where
         let stream = reflector::reflector(writer, watcher(api, config)).default_backoff();
         let task = tokio::spawn(async move {
             let mut stream = std::pin::pin!(stream);
+            let mut seen = Generations::default();
             while let Some(event) = stream.next().await {
                 match event {
-                    Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => {}
-                    Ok(_) => {
-                        notify.send_modify(|n| *n += 1);
+                    Ok(event) => {
+                        let matters = match changes {
+                            Changes::Every => !matches!(
+                                event,
+                                watcher::Event::Init | watcher::Event::InitApply(_)
+                            ),
+                            Changes::Spec => seen.changed(&event),
+                        };
+                        if matters {
+                            notify.send_modify(|n| *n += 1);
+                        }
                     }
                     Err(error) => {
                         tracing::warn!(error = %Report(&error), "watching {what} failed; retrying");
@@ -214,6 +225,67 @@ where
             .await
             .map_err(|_| not_synced())?
             .map_err(|_| not_synced())
+    }
+}
+
+/// Which changes of watched objects wake whoever waits on them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Changes {
+    /// Every change after the first list.
+    Every,
+    /// Objects added or deleted, and spec changes (`metadata.generation`
+    /// moved): not status writes, which would otherwise make every
+    /// replica reload all policies each time the controller writes one
+    /// status.
+    Spec,
+}
+
+/// The generation of every object, by uid, as [`Changes::Spec`] last saw
+/// it; and the generations of a relist while it is in progress.
+#[derive(Default)]
+struct Generations {
+    seen: std::collections::HashMap<String, i64>,
+    relist: Option<std::collections::HashMap<String, i64>>,
+}
+
+impl Generations {
+    /// Records `event`; whether it changed what the objects say.
+    fn changed<K: kube::Resource>(&mut self, event: &watcher::Event<K>) -> bool {
+        let key = |object: &K| {
+            let meta = object.meta();
+            (
+                meta.uid.clone().unwrap_or_default(),
+                meta.generation.unwrap_or_default(),
+            )
+        };
+        match event {
+            watcher::Event::Init => {
+                self.relist = Some(std::collections::HashMap::new());
+                false
+            }
+            watcher::Event::InitApply(object) => {
+                let (uid, generation) = key(object);
+                self.relist
+                    .get_or_insert_with(Default::default)
+                    .insert(uid, generation);
+                false
+            }
+            watcher::Event::InitDone => {
+                let relisted = self.relist.take().unwrap_or_default();
+                let changed = relisted != self.seen;
+                self.seen = relisted;
+                changed
+            }
+            watcher::Event::Apply(object) => {
+                let (uid, generation) = key(object);
+                self.seen.insert(uid, generation) != Some(generation)
+            }
+            watcher::Event::Delete(object) => {
+                let (uid, _) = key(object);
+                self.seen.remove(&uid);
+                true
+            }
+        }
     }
 }
 
@@ -244,6 +316,7 @@ impl ClusterPolicies {
                 resource,
                 watcher::Config::default(),
                 notify.clone(),
+                Changes::Spec,
                 what,
             );
             reflected.synced(what, sync_timeout).await?;
@@ -322,4 +395,49 @@ fn policy_config(
         .into_iter()
         .next()
         .ok_or_else(|| "the resource makes no policy".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn object(uid: &str, generation: i64, status: &str) -> DynamicObject {
+        let mut object = DynamicObject::new("p", &PolicyKind::Cluster.api_resource());
+        object.metadata.uid = Some(uid.to_string());
+        object.metadata.generation = Some(generation);
+        object.data = serde_json::json!({ "status": { "servingSummary": status } });
+        object
+    }
+
+    #[test]
+    fn only_spec_changes_matter() {
+        let mut seen = Generations::default();
+        assert!(!seen.changed(&watcher::Event::<DynamicObject>::Init));
+        assert!(!seen.changed(&watcher::Event::InitApply(object("a", 1, "0/1"))));
+        assert!(
+            seen.changed(&watcher::Event::<DynamicObject>::InitDone),
+            "first list"
+        );
+        // The controller writing a status: no reload.
+        assert!(!seen.changed(&watcher::Event::Apply(object("a", 1, "1/1"))));
+        assert!(
+            seen.changed(&watcher::Event::Apply(object("a", 2, "1/1"))),
+            "spec edited"
+        );
+        assert!(
+            seen.changed(&watcher::Event::Apply(object("b", 1, ""))),
+            "added"
+        );
+        assert!(
+            seen.changed(&watcher::Event::Delete(object("b", 1, ""))),
+            "deleted"
+        );
+        // A relist that finds the same generations changes nothing; one
+        // that misses a deletion does.
+        assert!(!seen.changed(&watcher::Event::<DynamicObject>::Init));
+        assert!(!seen.changed(&watcher::Event::InitApply(object("a", 2, "2/2"))));
+        assert!(!seen.changed(&watcher::Event::<DynamicObject>::InitDone));
+        assert!(!seen.changed(&watcher::Event::<DynamicObject>::Init));
+        assert!(seen.changed(&watcher::Event::<DynamicObject>::InitDone));
+    }
 }

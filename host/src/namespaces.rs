@@ -20,7 +20,7 @@ use tokio::sync::watch;
 
 use portcullis_engine::NamespaceLabels;
 
-use crate::cluster_policies::{ClusterError, Reflected};
+use crate::cluster_policies::{Changes, ClusterError, Reflected};
 
 /// The namespaces, as the watcher last saw them. The watch stops when this
 /// is dropped.
@@ -42,6 +42,7 @@ impl Namespaces {
             (),
             watcher::Config::default(),
             changes,
+            Changes::Every,
             "namespaces",
         );
         reflected.synced("namespaces", sync_timeout).await?;

@@ -25,7 +25,7 @@ use kube::runtime::watcher;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
-use crate::cluster_policies::{PolicyKey, PolicyKind, Reflected};
+use crate::cluster_policies::{Changes, PolicyKey, PolicyKind, Reflected};
 use crate::metrics::Metrics;
 use crate::replica::{FILE_POLICY_PREFIX, LEASE_PREFIX, REPLICA_LABEL, ReplicaState};
 use portcullis_engine::Report;
@@ -174,6 +174,8 @@ impl Reconciler {
                     resource,
                     watcher::Config::default(),
                     notify.clone(),
+                    // Its own status writes need no pass.
+                    Changes::Spec,
                     "policy resources (controller)",
                 );
                 (kind, reflected)
@@ -184,6 +186,7 @@ impl Reconciler {
             (),
             watcher::Config::default().labels(&format!("{REPLICA_LABEL}=true")),
             notify,
+            Changes::Every,
             "replica leases",
         );
         Self {
